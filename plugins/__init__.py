@@ -1,0 +1,1 @@
+"""pylogd built-in plugins."""

@@ -1,0 +1,1 @@
+"""Filter plugins: decode, convert and select (BASE, IP2STR, PRINTPKT, ...)."""

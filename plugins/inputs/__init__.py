@@ -1,0 +1,1 @@
+"""Input plugins: event sources (NFLOG, NFCT, ...)."""

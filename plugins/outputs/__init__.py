@@ -1,0 +1,1 @@
+"""Output plugins: where records are written (LOGEMU, SYSLOG, JSON, ...)."""

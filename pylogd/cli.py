@@ -1,0 +1,207 @@
+"""Command line: run the daemon, ``-i`` plugin information, ``--check`` a configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from . import __version__
+from .config import ConfigError, load
+from .daemon import Daemon, DaemonError, PidFile, daemonize, drop_privileges, lookup_user
+from .log import SINK, Logger
+from .plugin import Kind, OptType, Plugin, PluginSpec
+from .registry import Registry
+from .stack import Topology, build
+
+DEFAULT_CONFIG = "/etc/pylogd.conf"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pylogd",
+        description="Netfilter userspace logging daemon (NFLOG packets, conntrack flows), ulogd.conf compatible.",
+    )
+    p.add_argument("-c", "--configfile", default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG}); .yaml/.yml for YAML")
+    p.add_argument("-d", "--daemon", action="store_true", help="detach and run in the background")
+    p.add_argument("-v", "--verbose", action="store_true", help="also echo the log to stderr")
+    p.add_argument("-l", "--loglevel", type=int, choices=(1, 3, 5, 7, 8), help="override the config's loglevel")
+    p.add_argument("-p", "--pidfile", help="write and lock a pidfile")
+    p.add_argument("-u", "--uid", metavar="USER[:GROUP]", help="drop privileges once inputs and files are open")
+    p.add_argument("-i", "--info", metavar="PLUGIN", help="describe a plugin: a name, a ulogd .so path or a .py file")
+    p.add_argument("--json", action="store_true", help="with -i: print the description as JSON")
+    p.add_argument("--check", action="store_true", help="validate the config, print the resolved stacks, open nothing")
+    p.add_argument("-V", "--version", action="version", version=f"pylogd {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    registry = Registry()
+    if args.info:
+        return info(registry, args.info, args.json)
+    try:
+        raw = load(args.configfile)
+        topology = build(raw, registry, Logger)
+    except ConfigError as exc:
+        print(f"pylogd: {exc}", file=sys.stderr)
+        return 1
+    for loc, warning in raw.warnings:
+        print(f"pylogd: warning: {loc}: {warning}", file=sys.stderr)
+    if args.check:
+        print(describe_topology(topology), end="")
+        return 0
+    return run(args, topology)
+
+
+def run(args: argparse.Namespace, topology: Topology) -> int:
+    log = Logger("core")
+    opts = topology.global_options
+    SINK.level = args.loglevel or opts["loglevel"]
+    try:
+        if opts["logfile"]:
+            SINK.open(opts["logfile"])
+    except OSError as exc:
+        print(f"pylogd: cannot open logfile {opts['logfile']}: {exc.strerror}", file=sys.stderr)
+        return 1
+    SINK.echo_stderr = args.verbose and not args.daemon
+    pidfile = PidFile(args.pidfile) if args.pidfile else None
+    daemon = Daemon(topology, log)
+    log.info(f"pylogd {__version__} starting with {args.configfile}")
+    try:
+        user = lookup_user(args.uid) if args.uid else None
+        if pidfile:
+            pidfile.check()
+        daemon.start()
+        if args.daemon:
+            daemonize()
+        if pidfile:
+            pidfile.create(log)
+        if user:
+            drop_privileges(*user)
+            log.info(f"running as {user[0]} (uid {user[1]}, gid {user[2]})")
+    except DaemonError as exc:
+        log.fatal(str(exc))
+        if SINK.target not in ("stderr",) and not args.verbose:
+            print(f"pylogd: {exc}", file=sys.stderr)
+        daemon.shutdown()
+        return 1
+    try:
+        daemon.run()
+    finally:
+        if pidfile:
+            pidfile.remove()
+        log.info("exited")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# -i
+
+
+def resolve_plugin(registry: Registry, what: str) -> type[Plugin]:
+    if what.endswith(".so"):
+        classes = registry.load(what)
+        if not classes:
+            raise ConfigError(None, f"pylogd has no built-in plugin for {what}")
+        return classes[0]
+    if what.endswith(".py") or os.sep in what:
+        return registry.load(what)[0]
+    return registry.require(what, None)
+
+
+def info(registry: Registry, what: str, as_json: bool) -> int:
+    try:
+        cls = resolve_plugin(registry, what)
+    except ConfigError as exc:
+        print(f"pylogd: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(spec_dict(cls.spec), indent=2))
+    else:
+        print(spec_text(cls.spec), end="")
+    return 0
+
+
+def spec_text(spec: PluginSpec) -> str:
+    """ulogd's ``-i`` layout."""
+    out = [f"Name: {spec.name}\n"]
+    if spec.options:
+        out.append("Config options:\n")
+        for o in spec.options:
+            default = "" if o.default is None else o.default
+            mandatory = ", Mandatory" if o.mandatory else ""
+            out.append(f"\tVar: {o.name} ({o.type.value}, Default: {default}{mandatory})\n")
+    out.append("Input keys:\n")
+    if spec.kind is Kind.INPUT:
+        out.append("\tInput plugin, No keys\n")
+    elif not spec.inputs:
+        out.append("\tNo statically defined keys\n")
+    for k in spec.inputs:
+        out.append(f"\tKey: {k.name} ({k.type.label}{', optional' if k.optional else ''})\n")
+    out.append("Output keys:\n")
+    if spec.kind is Kind.OUTPUT:
+        out.append("\tOutput plugin, No keys\n")
+    elif not spec.outputs:
+        out.append("\tNo statically defined keys\n")
+    for k in spec.outputs:
+        out.append(f"\tKey: {k.name} ({k.type.label})\n")
+    return "".join(out)
+
+
+def spec_dict(spec: PluginSpec) -> dict[str, Any]:
+    def keys(ks: tuple) -> list[dict[str, Any]]:
+        return [
+            {"name": k.name, "type": k.type.name, "optional": k.optional, "help": k.help, **({"json_name": k.cim} if k.cim else {})}
+            for k in ks
+        ]
+
+    return {
+        "name": spec.name,
+        "kind": spec.kind.value,
+        "help": spec.help,
+        "options": [
+            {
+                "name": o.name,
+                "type": "int" if o.type is OptType.INT else "string",
+                "default": o.default,
+                "mandatory": o.mandatory,
+                "help": o.help,
+                **({"choices": list(o.choices)} if o.choices else {}),
+                **({"min": o.min} if o.min is not None else {}),
+                **({"max": o.max} if o.max is not None else {}),
+            }
+            for o in spec.options
+        ],
+        "wildcard_inputs": spec.wildcard_inputs,
+        "inputs": keys(spec.inputs),
+        "outputs": keys(spec.outputs),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# --check
+
+
+def describe_topology(topology: Topology) -> str:
+    out = []
+    g = topology.global_options
+    out.append(f"global: logfile={g['logfile'] or '(stderr)'} loglevel={g['loglevel']}\n")
+    for plan in topology.stacks:
+        out.append(f"stack {plan.number} ({plan.decl.loc}): {plan.decl.text}\n")
+        for inst, sources in zip(plan.instances, plan.sources, strict=True):
+            opts = " ".join(f"{k}={_show(v)}" for k, v in inst.plugin.options.items())
+            out.append(f"  {inst.id}:{inst.spec.name} ({inst.spec.kind.value}){' ' + opts if opts else ''}\n")
+            if sources:
+                fed = ", ".join(f"{k}<-{src}" for k, src in sources.items())
+                out.append(f"    reads {fed}\n")
+    out.append(f"{len(topology.stacks)} stack(s), {len(topology.instances)} instance(s): configuration OK\n")
+    return "".join(out)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    return "(unset)" if value is None else str(value)

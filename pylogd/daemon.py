@@ -1,0 +1,240 @@
+"""The running daemon: starting instances, signals, statistics, shutdown; pidfile, privileges, daemonizing."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import grp
+import os
+import pwd
+import signal
+import sys
+
+from .log import SINK, Logger
+from .loop import EventLoop
+from .plugin import Input, Kind, Output, PluginError
+from .stack import InputFeed, Stack, Topology
+
+
+class DaemonError(Exception):
+    """A start-up failure that is not a config mistake (pidfile, user, a plugin that cannot start)."""
+
+
+class Daemon:
+    def __init__(self, topology: Topology, log: Logger) -> None:
+        self.topology = topology
+        self.log = log
+        self.loop = EventLoop()
+        self.stacks = [Stack(plan, log) for plan in topology.stacks]
+        self.feeds: list[InputFeed] = []
+        self._started: list = []
+
+    def _ordered(self, kind: Kind) -> list:
+        return [inst for inst in self.topology.instances.values() if inst.spec.kind is kind]
+
+    def start(self) -> None:
+        """Open every output, then filters, then inputs, so nothing arrives before it can be written."""
+        for kind in (Kind.OUTPUT, Kind.FILTER, Kind.INPUT):
+            for inst in self._ordered(kind):
+                if kind is Kind.INPUT:
+                    feed = InputFeed(inst.plugin, [s for s in self.stacks if s.plan.instances[0] is inst])
+                    inst.plugin.feed = feed
+                    self.feeds.append(feed)
+                try:
+                    inst.plugin.start(self.loop)
+                except (PluginError, OSError) as exc:
+                    raise DaemonError(f"cannot start {inst.id} ({inst.spec.name}): {exc}") from None
+                self._started.append(inst)
+
+    def run(self) -> None:
+        """Start the output workers and signal handling, then loop until a terminal signal.
+
+        This runs after daemonizing: worker threads would not survive the fork."""
+        for stack in self.stacks:
+            stack.runner.start()
+        loop = self.loop
+        loop.add_signal(signal.SIGTERM, self._terminate)
+        loop.add_signal(signal.SIGINT, self._terminate)
+        loop.add_signal(signal.SIGHUP, self._hangup)
+        loop.add_signal(signal.SIGUSR1, self._statistics)
+        loop.add_signal(signal.SIGUSR2, self._to_inputs)
+        loop.call_every(1.0, self._retry_writes)
+        self.log.info("initialization finished, entering main loop")
+        try:
+            self.loop.run()
+        finally:
+            self.shutdown()
+
+    def _terminate(self, signum: int) -> None:
+        self.log.notice(f"{signal.Signals(signum).name} received, flushing and exiting")
+        self.loop.stop()
+
+    def _hangup(self, signum: int) -> None:
+        self.log.notice("SIGHUP received: reopening files and connections")
+        try:
+            SINK.reopen()
+        except OSError as exc:
+            print(f"pylogd: cannot reopen logfile: {exc}", file=sys.stderr)
+        for inst in self._started:
+            self._deliver(inst, signum)
+
+    def _to_inputs(self, signum: int) -> None:
+        self.log.notice(f"{signal.Signals(signum).name} received: passing it to the inputs")
+        for inst in self._started:
+            if isinstance(inst.plugin, Input):
+                self._deliver(inst, signum)
+
+    def _deliver(self, inst, signum: int) -> None:  # noqa: ANN001
+        try:
+            inst.plugin.on_signal(signum)
+        except Exception as exc:
+            self.log.error(f"{inst.id} ({inst.spec.name}) failed handling {signal.Signals(signum).name}: {exc!r}")
+
+    def statistics_lines(self) -> list[str]:
+        lines = []
+        for stack in self.stacks:
+            counters = " ".join(f"{k}={v}" for k, v in stack.statistics().items())
+            lines.append(f"stack {stack.name} [{stack.plan.decl.text}]: {counters}")
+        for inst in self._started:
+            extra = inst.plugin.statistics()
+            if extra:
+                counters = " ".join(f"{k}={v}" for k, v in extra.items())
+                lines.append(f"{inst.spec.kind.value} {inst.id} ({inst.spec.name}): {counters}")
+        return lines
+
+    def _statistics(self, _signum: int) -> None:
+        for line in self.statistics_lines():
+            self.log.notice(line)
+
+    def _retry_writes(self) -> None:
+        for stack in self.stacks:
+            if stack.runner.pending():
+                stack.runner.flush()
+
+    def shutdown(self) -> None:
+        """Stop reading, write everything accepted, close every plugin."""
+        for inst in reversed(self._started):
+            if isinstance(inst.plugin, Input):
+                self._stop(inst)
+        for stack in self.stacks:
+            stack.runner.close()
+        for inst in self._started:
+            if not isinstance(inst.plugin, Input):
+                self._stop(inst)
+        self._started.clear()
+        for line in self.statistics_lines():
+            self.log.info(line)
+        self.loop.close()
+
+    def _stop(self, inst) -> None:  # noqa: ANN001
+        try:
+            inst.plugin.stop()
+        except Exception as exc:
+            self.log.error(f"{inst.id} ({inst.spec.name}) failed to stop cleanly: {exc!r}")
+
+    def outputs(self) -> list[Output]:
+        return [inst.plugin for inst in self._ordered(Kind.OUTPUT)]
+
+
+# ---------------------------------------------------------------------------------------------
+# pidfile
+
+
+class PidFile:
+    """An exclusive, locked pidfile; a stale one (no live holder of its lock) is replaced."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def check(self) -> int | None:
+        """Raise if another daemon holds the pidfile; return the pid of a stale file, if any."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DaemonError(f"cannot open pidfile {self.path}: {exc.strerror}") from None
+        try:
+            pid = _read_pid(fd)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise DaemonError(f"another pylogd is already running with pid {pid} (pidfile {self.path})") from None
+                raise
+            return pid
+        finally:
+            os.close(fd)
+
+    def create(self, log: Logger) -> None:
+        stale = self.check()
+        if stale is not None or os.path.exists(self.path):
+            log.notice(f"removing stale pidfile {self.path} of pid {stale}")
+            os.unlink(self.path)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise DaemonError(f"pidfile {self.path} appeared while starting: another pylogd is starting") from None
+        except OSError as exc:
+            raise DaemonError(f"cannot create pidfile {self.path}: {exc.strerror}") from None
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def remove(self) -> None:
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.read(fd, 32).decode().strip())
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# privileges and daemonizing
+
+
+def lookup_user(spec: str) -> tuple[str, int, int]:
+    """USER[:GROUP] → (user, uid, gid); the group defaults to the user's primary group."""
+    user, _, group = spec.partition(":")
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise DaemonError(f'unknown user "{user}" (from -u {spec})') from None
+    gid = pw.pw_gid
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise DaemonError(f'unknown group "{group}" (from -u {spec})') from None
+    return user, pw.pw_uid, gid
+
+
+def drop_privileges(user: str, uid: int, gid: int) -> None:
+    os.setgroups([])
+    os.initgroups(user, gid)
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def daemonize() -> None:
+    """Detach from the terminal (classic double fork); the parent exits 0."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)

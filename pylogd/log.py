@@ -1,0 +1,118 @@
+"""The daemon's own log, with ulogd's levels and destinations (a file, syslog or stdout).
+
+Until a logfile is opened, messages go to stderr: ulogd hides early errors in syslog.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import syslog
+import time
+from typing import TextIO
+
+DEBUG, INFO, NOTICE, ERROR, FATAL = 1, 3, 5, 7, 8
+LEVEL_NAMES = {DEBUG: "debug", INFO: "info", NOTICE: "notice", ERROR: "error", FATAL: "fatal"}
+_SYSLOG_PRIORITY = {
+    DEBUG: syslog.LOG_DEBUG,
+    INFO: syslog.LOG_INFO,
+    NOTICE: syslog.LOG_NOTICE,
+    ERROR: syslog.LOG_ERR,
+    FATAL: syslog.LOG_CRIT,
+}
+
+
+class LogSink:
+    """Where log lines go; shared by every Logger of the process."""
+
+    def __init__(self) -> None:
+        self.level = NOTICE
+        self.target = "stderr"
+        self.stream: TextIO = sys.stderr
+        self.echo_stderr = False  # -v: also echo to stderr
+
+    def open(self, target: str) -> None:
+        """Switch to ``stdout``, ``syslog``, ``stderr`` or a file path (opened for appending)."""
+        self.close()
+        if target == "stdout":
+            self.stream = sys.stdout
+        elif target == "stderr":
+            self.stream = sys.stderr
+        elif target == "syslog":
+            syslog.openlog("pylogd", syslog.LOG_PID, syslog.LOG_DAEMON)
+        else:
+            self.stream = open(target, "a", encoding="utf-8", errors="replace")
+        self.target = target
+
+    def reopen(self) -> None:
+        if self.target not in ("stdout", "stderr", "syslog"):
+            self.open(self.target)
+
+    def close(self) -> None:
+        if self.target == "syslog":
+            syslog.closelog()
+        elif self.target not in ("stdout", "stderr"):
+            self.stream.close()
+        self.target, self.stream = "stderr", sys.stderr
+
+    def write(self, level: int, origin: str, message: str) -> None:
+        if level < self.level:
+            return
+        if self.target == "syslog":
+            syslog.syslog(_SYSLOG_PRIORITY.get(level, syslog.LOG_WARNING), f"{origin}: {message}")
+            return
+        line = f"{time.ctime()} <{level}> {origin}: {message}\n"
+        try:
+            self.stream.write(line)
+            self.stream.flush()
+        except OSError:
+            pass  # a full disk must not take the daemon down through its own log
+        if self.echo_stderr and self.stream is not sys.stderr:
+            sys.stderr.write(line)
+
+
+SINK = LogSink()
+
+
+class Logger:
+    """A named logger (``core``, an instance id); ``every`` rate-limits repeated messages."""
+
+    def __init__(self, origin: str, sink: LogSink = SINK) -> None:
+        self.origin = origin
+        self.sink = sink
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def log(self, level: int, message: str) -> None:
+        self.sink.write(level, self.origin, message)
+
+    def debug(self, message: str) -> None:
+        self.sink.write(DEBUG, self.origin, message)
+
+    def info(self, message: str) -> None:
+        self.sink.write(INFO, self.origin, message)
+
+    def notice(self, message: str) -> None:
+        self.sink.write(NOTICE, self.origin, message)
+
+    def error(self, message: str) -> None:
+        self.sink.write(ERROR, self.origin, message)
+
+    def fatal(self, message: str) -> None:
+        self.sink.write(FATAL, self.origin, message)
+
+    def every(self, seconds: float, level: int, topic: str, message: str) -> None:
+        """Log at most once per ``seconds`` per topic, saying how many were held back."""
+        now = time.monotonic()
+        if now - self._last.get(topic, -1e9) < seconds:
+            self._suppressed[topic] = self._suppressed.get(topic, 0) + 1
+            return
+        held = self._suppressed.pop(topic, 0)
+        self._last[topic] = now
+        if held:
+            message = f"{message} ({held} similar messages suppressed)"
+        self.sink.write(level, self.origin, message)
+
+
+def stderr_is_terminal() -> bool:
+    return os.isatty(2)

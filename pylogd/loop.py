@@ -1,0 +1,121 @@
+"""One event loop over input sockets, timers and signals.
+
+Signals are turned into bytes on a wake-up socket by the interpreter's C-level
+handler; the loop reads them and runs the registered callbacks like any other
+event, so no work ever happens inside a signal handler.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+
+class Timer:
+    __slots__ = ("when", "callback", "interval", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], None], interval: float | None) -> None:
+        self.when = when
+        self.callback = callback
+        self.interval = interval
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class EventLoop:
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._counter = itertools.count()
+        self._signal_handlers: dict[int, Callable[[int], None]] = {}
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self.running = False
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + delay, callback, None)
+        heapq.heappush(self._timers, (timer.when, next(self._counter), timer))
+        return timer
+
+    def call_every(self, interval: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(time.monotonic() + interval, callback, interval)
+        heapq.heappush(self._timers, (timer.when, next(self._counter), timer))
+        return timer
+
+    def add_signal(self, signum: int, callback: Callable[[int], None]) -> None:
+        if self._wake_r is None:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+            self.add_reader(self._wake_r.fileno(), self._read_signals)
+        self._signal_handlers[signum] = callback
+        # the Python-level handler does nothing: the wake-up byte carries the signal to the loop
+        signal.signal(signum, lambda *_: None)
+
+    def _read_signals(self) -> None:
+        assert self._wake_r is not None
+        try:
+            data = self._wake_r.recv(512)
+        except BlockingIOError:
+            return
+        for signum in data:
+            handler = self._signal_handlers.get(signum)
+            if handler is not None:
+                handler(signum)
+
+    def stop(self) -> None:
+        self.running = False
+
+    def _run_timers(self) -> float | None:
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, timer = heapq.heappop(timers)
+            if timer.cancelled:
+                continue
+            if timer.interval is not None:
+                timer.when = max(timer.when + timer.interval, now)
+                heapq.heappush(timers, (timer.when, next(self._counter), timer))
+            timer.callback()
+            now = time.monotonic()
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        return max(0.0, timers[0][0] - now) if timers else None
+
+    def run(self) -> None:
+        self.running = True
+        select = self._selector.select
+        while self.running:
+            timeout = self._run_timers()
+            if not self.running:
+                break
+            for key, _ in select(timeout):
+                key.data()
+                if not self.running:
+                    break
+
+    def close(self) -> None:
+        if self._wake_r is not None:
+            signal.set_wakeup_fd(-1)
+            self._wake_r.close()
+            assert self._wake_w is not None
+            self._wake_w.close()
+            self._wake_r = self._wake_w = None
+        self._selector.close()

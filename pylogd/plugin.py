@@ -1,0 +1,185 @@
+"""The plugin API: one declarative spec per plugin, and the three plugin kinds.
+
+A plugin module defines a class derived from :class:`Input`, :class:`Filter` or
+:class:`Output` whose ``spec`` attribute declares its name, options and keys.
+Everything else (``-i``, ``--check``, config validation, the generated docs)
+reads that one declaration.
+
+Per event the core calls the callable returned by :meth:`Filter.handler` or
+:meth:`Output.handler` with the stack's record (a list, see :mod:`pylogd.keys`).
+Handlers are built once per stack, after key resolution, so they can keep the
+slot numbers they need in local variables instead of looking names up per event.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal as _signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .keys import Key, KeyFlag, KeyType
+
+if TYPE_CHECKING:
+    from .log import Logger
+    from .loop import EventLoop
+
+#: A filter handler returns STOP to end the event quietly (ulogd's ULOGD_IRET_STOP).
+STOP = object()
+
+
+class Kind(enum.Enum):
+    INPUT = "input"
+    FILTER = "filter"
+    OUTPUT = "output"
+
+
+class OptType(enum.Enum):
+    INT = "Integer"
+    STRING = "String"
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: OptType
+    default: int | str | None
+    help: str = ""
+    mandatory: bool = False
+    choices: tuple[str, ...] | None = None  # for strings, compared case-insensitively
+    min: int | None = None
+    max: int | None = None
+
+
+def int_option(name: str, default: int | None, help: str, **kw: Any) -> Option:
+    return Option(name, OptType.INT, default, help, **kw)
+
+
+def str_option(name: str, default: str | None, help: str, **kw: Any) -> Option:
+    return Option(name, OptType.STRING, default, help, **kw)
+
+
+def key(name: str, type: KeyType, help: str = "", *, optional: bool = False, cim: str | None = None) -> Key:
+    return Key(name, type, KeyFlag.OPTIONAL if optional else KeyFlag.NONE, help, cim)
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    name: str
+    kind: Kind
+    help: str
+    options: tuple[Option, ...] = ()
+    inputs: tuple[Key, ...] = ()
+    outputs: tuple[Key, ...] = ()
+    #: the plugin reads every key of its stack (JSON, SQL outputs)
+    wildcard_inputs: bool = False
+    #: ulogd fails a stack whose instance has no [section] for these plugins (LOGEMU, JSON, PCAP, NFCT, ...)
+    section_required: bool = False
+    option_index: dict[str, Option] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "option_index", {o.name: o for o in self.options})
+
+
+class Slots:
+    """Where a plugin's keys live in its stack's record, resolved once when the stack is built."""
+
+    def __init__(
+        self,
+        inputs: dict[str, int | None],
+        outputs: dict[str, int],
+        wildcard: list[tuple[Key, int]] | None = None,
+        size: int = 0,
+    ) -> None:
+        self._inputs = inputs
+        self._outputs = outputs
+        #: for wildcard plugins: every key of the stack, first occurrence of each name, in stack order
+        self.wildcard = wildcard or []
+        #: the number of slots in the record
+        self.size = size
+
+    def inp(self, name: str) -> int | None:
+        """The slot an input key reads, or None when an optional key stayed unresolved."""
+        return self._inputs[name]
+
+    def out(self, name: str) -> int:
+        return self._outputs[name]
+
+
+class PluginError(Exception):
+    """A plugin refuses its configuration or cannot start; ``option`` names the culprit if one does."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+class Plugin:
+    spec: ClassVar[PluginSpec]
+
+    def __init__(self, instance_id: str, options: dict[str, Any], log: Logger) -> None:
+        self.id = instance_id
+        self.options = options
+        self.log = log
+
+    def configure(self) -> None:
+        """Check the options as a whole; raise PluginError. Opens nothing (``--check`` runs this)."""
+
+    def start(self, loop: EventLoop) -> None:
+        """Open sockets and files."""
+
+    def on_signal(self, signum: int) -> None:
+        if signum == _signal.SIGHUP:
+            self.reopen()
+
+    def reopen(self) -> None:
+        """SIGHUP: reopen files, reconnect (logrotate)."""
+
+    def stop(self) -> None:
+        """Release everything; outputs have been flushed before this is called."""
+
+    def statistics(self) -> dict[str, int]:
+        """Counters shown by SIGUSR1 besides the per-stack ones."""
+        return {}
+
+
+class Input(Plugin):
+    """An event source. The core sets ``self.feed`` before ``start``."""
+
+    feed: Feed
+
+
+class Filter(Plugin):
+    def handler(self, slots: Slots) -> Callable[[list], Any]:
+        """Return the per-event callable for one stack; it returns STOP to drop the event."""
+        raise NotImplementedError
+
+
+class Output(Plugin):
+    #: an output that can block (network, database) runs its writes in a worker thread
+    blocking: ClassVar[bool] = False
+
+    def handler(self, slots: Slots) -> Callable[[list], Any]:
+        """Return the per-event callable for one stack: it turns the record into an entry
+        (whatever ``write`` wants: a line, a row) or returns None to write nothing."""
+        raise NotImplementedError
+
+    def write(self, entries: list) -> None:
+        """Write a batch of entries. Raising keeps the batch for a later retry."""
+        raise NotImplementedError
+
+
+class Feed:
+    """What an input sees of the stacks it feeds.
+
+    The input writes its keys into ``values`` (slots 0..n-1, the same in every stack it
+    feeds), calls ``emit()`` once per event and ``flush()`` once per batch of events.
+    """
+
+    values: list
+    emit: Callable[[], None]
+    flush: Callable[[], None]
+
+    def slot(self, name: str) -> int:
+        raise NotImplementedError

@@ -1,0 +1,107 @@
+"""Finding plugins: built-ins by name, ulogd .so paths mapped to built-ins, third-party .py files or modules."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import pkgutil
+import re
+import sys
+from types import ModuleType
+
+from .config import ConfigError, Loc, choices_hint
+from .plugin import Filter, Input, Output, Plugin
+
+BUILTIN_PACKAGES = ("pylogd.plugins.inputs", "pylogd.plugins.filters", "pylogd.plugins.outputs")
+_ULOGD_SO = re.compile(r"ulogd_(?:inppkt|inpflow|filter|output|raw2packet)_(\w+)\.so$")
+
+
+def plugin_classes(module: ModuleType) -> list[type[Plugin]]:
+    """The plugin classes a module defines (not the ones it imports)."""
+    return [
+        obj
+        for _, obj in inspect.getmembers(module, inspect.isclass)
+        if issubclass(obj, (Input, Filter, Output))
+        and obj.__module__ == module.__name__
+        and "spec" in obj.__dict__
+    ]
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._builtins: dict[str, type[Plugin]] | None = None
+        self.loaded: dict[str, type[Plugin]] = {}
+        #: ulogd plugin files named in plugin= lines that pylogd has no built-in for
+        self.unavailable: dict[str, Loc] = {}
+
+    def builtins(self) -> dict[str, type[Plugin]]:
+        if self._builtins is None:
+            found: dict[str, type[Plugin]] = {}
+            for package_name in BUILTIN_PACKAGES:
+                package = importlib.import_module(package_name)
+                for info in pkgutil.iter_modules(package.__path__):
+                    module = importlib.import_module(f"{package_name}.{info.name}")
+                    for cls in plugin_classes(module):
+                        found[cls.spec.name] = cls
+            self._builtins = found
+        return self._builtins
+
+    def names(self) -> list[str]:
+        return sorted({*self.builtins(), *self.loaded})
+
+    def get(self, name: str) -> type[Plugin] | None:
+        return self.loaded.get(name) or self.builtins().get(name)
+
+    def require(self, name: str, loc: Loc | None) -> type[Plugin]:
+        cls = self.get(name)
+        if cls is not None:
+            return cls
+        if name in self.unavailable:
+            raise ConfigError(
+                loc,
+                f'pylogd has no plugin "{name}" (named by the plugin= line at {self.unavailable[name]})',
+                choices_hint(name, self.names(), "available plugins"),
+            )
+        raise ConfigError(loc, f'unknown plugin "{name}"', choices_hint(name, self.names(), "available plugins"))
+
+    def load(self, value: str, loc: Loc | None = None) -> list[type[Plugin]]:
+        """Handle one plugin= value. Returns the classes it provides."""
+        so = _ULOGD_SO.search(value)
+        if so:
+            name = so.group(1)
+            cls = self.builtins().get(name)
+            if cls is None:
+                self.unavailable[name] = loc or Loc("-", 0)
+                return []
+            return [cls]
+        module = self._import(value, loc)
+        classes = plugin_classes(module)
+        if not classes:
+            raise ConfigError(loc, f"{value} defines no plugin", "a plugin is a subclass of Input, Filter or Output with a spec")
+        for cls in classes:
+            name = cls.spec.name
+            if name in self.builtins() or (name in self.loaded and self.loaded[name] is not cls):
+                raise ConfigError(loc, f'plugin "{name}" from {value} is already registered', "give it another name")
+            self.loaded[name] = cls
+        return classes
+
+    def _import(self, value: str, loc: Loc | None) -> ModuleType:
+        try:
+            if value.endswith(".py") or os.sep in value:
+                path = os.path.abspath(value)
+                if not os.path.isfile(path):
+                    raise ConfigError(loc, f"plugin file {value} does not exist")
+                mod_name = "pylogd_ext_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+                spec = importlib.util.spec_from_file_location(mod_name, path)
+                assert spec and spec.loader
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[mod_name] = module
+                spec.loader.exec_module(module)
+                return module
+            return importlib.import_module(value)
+        except ConfigError:
+            raise
+        except Exception as exc:  # a third-party module can fail in any way; say which and where
+            raise ConfigError(loc, f"cannot load plugin {value}: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,434 @@
+"""Stacks: built and resolved once from the configuration, then run per event.
+
+Building turns ``stack=`` lines into plugin instances, checks the plugin kinds,
+and resolves every input key to the slot of the nearest earlier plugin that
+outputs a key of that name.  Running an event is then a walk over prebuilt
+handlers on one preallocated record per stack.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import GLOBAL, ConfigError, Loc, RawConfig, choices_hint, instance_options, section_options
+from .keys import Key, types_compatible
+from .log import ERROR, Logger
+from .plugin import STOP, Feed, Input, Kind, Output, Plugin, PluginError, Slots, int_option, str_option
+from .registry import Registry
+
+_TOKEN = re.compile(r"^([A-Za-z0-9_.\-]+):([A-Za-z0-9_]+)$")
+
+
+@dataclass
+class StackDecl:
+    text: str
+    loc: Loc
+    tokens: list[tuple[str, str]]  # (instance id, plugin name)
+
+
+def parse_stack(text: str, loc: Loc) -> StackDecl:
+    tokens = []
+    for raw in text.split(","):
+        token = raw.strip()
+        m = _TOKEN.match(token)
+        if not m:
+            raise ConfigError(
+                loc,
+                f'malformed stack token "{token}" in "{text}"',
+                "each token is id:PLUGIN, e.g. log1:NFLOG,base1:BASE,emu1:LOGEMU",
+            )
+        tokens.append((m.group(1), m.group(2)))
+    return StackDecl(text, loc, tokens)
+
+
+@dataclass
+class Instance:
+    id: str
+    plugin: Plugin
+    loc: Loc  # where it was first used
+
+    @property
+    def spec(self):  # noqa: ANN201 - PluginSpec
+        return self.plugin.spec
+
+
+@dataclass
+class StackPlan:
+    """A resolved stack: instances in order, each with its Slots, and the record size."""
+
+    number: int
+    decl: StackDecl
+    instances: list[Instance]
+    slots: list[Slots]
+    size: int
+    sources: list[dict[str, str]] = field(default_factory=list)  # per plugin: input key -> source id
+
+
+@dataclass
+class Topology:
+    instances: dict[str, Instance]
+    stacks: list[StackPlan]
+    global_options: dict[str, Any]
+
+
+GLOBAL_OPTIONS = (
+    str_option("logfile", None, "where the daemon logs: a file path, syslog or stdout"),
+    int_option("loglevel", 5, "lowest level logged: 1 debug, 3 info, 5 notice, 7 error, 8 fatal", min=1, max=8),
+    str_option("plugin", None, "a plugin to load: a ulogd .so path (selects the built-in), a .py file or a module"),
+    str_option("stack", None, "a stack: id:PLUGIN,id:PLUGIN,..."),
+)
+
+
+def build(raw: RawConfig, registry: Registry, log_factory: Callable[[str], Logger]) -> Topology:
+    global_section = raw.sections.get(GLOBAL)
+    if global_section is None:
+        raise ConfigError(Loc(raw.path, 1), "no [global] section", "add [global] with at least one stack= line")
+    options, _ = section_options(
+        GLOBAL_OPTIONS, global_section, "[global]", multi=frozenset({"plugin", "stack"})
+    )
+    plugin_entries = [e for e in global_section.entries if e.key == "plugin"]
+    for entry in plugin_entries:
+        registry.load(entry.value, entry.loc)
+    stack_entries = [e for e in global_section.entries if e.key == "stack"]
+    if not stack_entries:
+        raise ConfigError(global_section.loc, "no stack= line in [global]", "add e.g. stack=log1:NFLOG,base1:BASE,...")
+
+    instances: dict[str, Instance] = {}
+    plans = []
+    for number, entry in enumerate(stack_entries, 1):
+        decl = parse_stack(entry.value, entry.loc)
+        plans.append(_build_stack(number, decl, raw, registry, instances, log_factory))
+    return Topology(instances, plans, options)
+
+
+def _build_stack(
+    number: int,
+    decl: StackDecl,
+    raw: RawConfig,
+    registry: Registry,
+    instances: dict[str, Instance],
+    log_factory: Callable[[str], Logger],
+) -> StackPlan:
+    loc = decl.loc
+    if len(decl.tokens) < 2:
+        raise ConfigError(loc, f'stack "{decl.text}" needs at least an input and an output')
+    members: list[Instance] = []
+    for position, (iid, name) in enumerate(decl.tokens):
+        cls = registry.require(name, loc)
+        kind = cls.spec.kind
+        if position == 0 and kind is not Kind.INPUT:
+            raise ConfigError(loc, f'first plugin in stack "{iid}:{name}" is a {kind.value}, not an input', _kind_hint(registry, Kind.INPUT))
+        if position == len(decl.tokens) - 1 and kind is not Kind.OUTPUT:
+            raise ConfigError(loc, f'last plugin in stack "{iid}:{name}" is a {kind.value}, not an output', _kind_hint(registry, Kind.OUTPUT))
+        if 0 < position < len(decl.tokens) - 1 and kind is not Kind.FILTER:
+            raise ConfigError(loc, f'"{iid}:{name}" is an {kind.value} plugin; only filters may stand inside a stack', _kind_hint(registry, Kind.FILTER))
+        if any(m.id == iid for m in members):
+            raise ConfigError(loc, f'instance id "{iid}" appears twice in one stack', "give each plugin of a stack its own id")
+        inst = instances.get(iid)
+        if inst is not None:
+            if inst.spec.name != name:
+                raise ConfigError(loc, f'instance id "{iid}" names a {name} here but a {inst.spec.name} at {inst.loc}', "use another id")
+        else:
+            section = raw.sections.get(iid)
+            options = instance_options(cls.spec, iid, section, loc)
+            plugin = cls(iid, options, log_factory(iid))
+            try:
+                plugin.configure()
+            except PluginError as exc:
+                where = section.loc if section else loc
+                if exc.option and section:
+                    where = next((e.loc for e in section.entries if e.key == exc.option), where)
+                raise ConfigError(where, f"[{iid}] ({name}): {exc}") from None
+            inst = instances[iid] = Instance(iid, plugin, loc)
+        members.append(inst)
+    return _resolve(number, decl, members)
+
+
+def _kind_hint(registry: Registry, kind: Kind) -> str:
+    names = [n for n in registry.names() if registry.get(n).spec.kind is kind]  # type: ignore[union-attr]
+    return f"{kind.value} plugins: {', '.join(names)}"
+
+
+def _resolve(number: int, decl: StackDecl, members: list[Instance]) -> StackPlan:
+    bases = []
+    size = 0
+    for inst in members:
+        bases.append(size)
+        size += len(inst.spec.outputs)
+    all_slots: list[Slots] = []
+    sources: list[dict[str, str]] = []
+    for position, inst in enumerate(members):
+        outputs = {k.name: bases[position] + i for i, k in enumerate(inst.spec.outputs)}
+        wanted: list[Key] = list(inst.spec.inputs)
+        wildcard: list[tuple[Key, int]] = []
+        if inst.spec.wildcard_inputs:
+            for earlier in members[:position]:
+                wanted.extend(earlier.spec.outputs)
+        inputs: dict[str, int | None] = {}
+        src_names: dict[str, str] = {}
+        for k in wanted:
+            if k.inactive or k.name in inputs:
+                continue
+            found = _nearest(members, bases, position, k.name)
+            if found is None:
+                if k.optional:
+                    inputs[k.name] = None
+                    continue
+                available = [o.name for m in members[:position] for o in m.spec.outputs]
+                raise ConfigError(
+                    decl.loc,
+                    f'{inst.id}:{inst.spec.name} needs key "{k.name}", which no plugin before it provides',
+                    choices_hint(k.name, list(dict.fromkeys(available)), "keys available there"),
+                )
+            source, okey, slot = found
+            if not types_compatible(k.type, okey.type):
+                raise ConfigError(
+                    decl.loc,
+                    f'type mismatch: {inst.id}:{inst.spec.name} reads "{k.name}" as {k.type.name} '
+                    f"but {source.id}:{source.spec.name} provides {okey.type.name}",
+                )
+            inputs[k.name] = slot
+            src_names[k.name] = source.id
+            if inst.spec.wildcard_inputs and k not in inst.spec.inputs:
+                wildcard.append((okey, slot))
+        all_slots.append(Slots(inputs, outputs, wildcard, size))
+        sources.append(src_names)
+    return StackPlan(number, decl, members, all_slots, size, sources)
+
+
+def _nearest(members: list[Instance], bases: list[int], position: int, name: str) -> tuple[Instance, Key, int] | None:
+    for j in range(position - 1, -1, -1):
+        for i, k in enumerate(members[j].spec.outputs):
+            if k.name == name:
+                return members[j], k, bases[j] + i
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# runtime
+
+
+class OutputRunner:
+    """Collects one stack's entries for its output and writes them once per batch.
+
+    A failed write keeps the batch and is retried (a full disk, a database that is
+    down): nothing already accepted is lost until ``max_pending`` entries wait, and
+    every entry dropped past that is counted.  A blocking output writes from a worker
+    thread so that it never stalls the netlink reader.
+    """
+
+    def __init__(self, output: Output, stack_name: str, log: Logger, max_pending: int = 200_000) -> None:
+        self.output = output
+        self.stack_name = stack_name
+        self.log = log
+        self.max_pending = max_pending
+        self.batch: list = []
+        self.written = 0
+        self.dropped = 0
+        self.write_errors = 0
+        self._retry: list = []  # entries whose write failed, oldest first
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._queued = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self.output.blocking:
+            self._queue = queue.Queue()
+            self._thread = threading.Thread(target=self._worker, name=f"output-{self.output.id}", daemon=True)
+            self._thread.start()
+
+    def pending(self) -> int:
+        return len(self.batch) + len(self._retry) + self._queued
+
+    def flush(self) -> None:
+        if not self.batch and not self._retry:
+            return
+        if self._queue is not None:
+            with self._lock:
+                room = self.max_pending - self._queued
+                take = self.batch if len(self.batch) <= room else self.batch[: max(room, 0)]
+                self.dropped += len(self.batch) - len(take)
+                self._queued += len(take)
+            if take:
+                self._queue.put(list(take))
+            self.batch.clear()
+            return
+        work = self._retry + self.batch if self._retry else self.batch
+        try:
+            self.output.write(work)
+        except Exception as exc:
+            self.write_errors += 1
+            self._keep(work, exc)
+        else:
+            self.written += len(work)
+            self._retry = []
+        self.batch.clear()
+
+    def _keep(self, work: list, exc: Exception) -> None:
+        overflow = len(work) - self.max_pending
+        if overflow > 0:
+            self.dropped += overflow
+            work = work[overflow:]
+        self._retry = list(work)
+        self.log.every(
+            10, ERROR, "write", f"stack {self.stack_name}: writing {len(work)} entries failed ({exc}); keeping them for a retry"
+        )
+
+    def _worker(self) -> None:
+        assert self._queue is not None
+        delay = 0.5
+        while True:
+            work = self._queue.get()
+            if work is None:
+                return
+            while True:
+                try:
+                    self.output.write(work)
+                except Exception as exc:
+                    self.write_errors += 1
+                    self.log.every(10, ERROR, "write", f"stack {self.stack_name}: writing {len(work)} entries failed ({exc}); retrying")
+                    if self._stopping:
+                        with self._lock:
+                            self.dropped += len(work)
+                            self._queued -= len(work)
+                        break
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                delay = 0.5
+                with self._lock:
+                    self.written += len(work)
+                    self._queued -= len(work)
+                break
+
+    _stopping = False
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is left; a blocking output gets ``timeout`` seconds to drain."""
+        self.flush()
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._stopping = True
+                self._thread.join(5)
+        elif self._retry:
+            self.flush()
+            if self._retry:
+                self.dropped += len(self._retry)
+                self.log.error(f"stack {self.stack_name}: {len(self._retry)} entries could not be written at exit")
+                self._retry = []
+
+
+class Stack:
+    """A running stack: one preallocated record and the prebuilt handler chain."""
+
+    def __init__(self, plan: StackPlan, log: Logger) -> None:
+        self.plan = plan
+        self.name = str(plan.number)
+        self.log = log
+        self.values: list = [None] * plan.size
+        self.events = 0
+        self.stopped = 0
+        self.errors = 0
+        members = plan.instances
+        self.filters = [
+            inst.plugin.handler(slots)  # type: ignore[attr-defined]
+            for inst, slots in zip(members[1:-1], plan.slots[1:-1], strict=True)
+        ]
+        output = members[-1].plugin
+        assert isinstance(output, Output)
+        self.convert = output.handler(plan.slots[-1])
+        self.runner = OutputRunner(output, self.name, log)
+        self.run = self._make_run()
+
+    def _make_run(self) -> Callable[[], None]:
+        values = self.values
+        blank = [None] * len(values)
+        filters = tuple(self.filters)
+        convert = self.convert
+        append = self.runner.batch.append
+        stack = self
+
+        def run() -> None:
+            stack.events += 1
+            try:
+                for handler in filters:
+                    if handler(values) is STOP:
+                        stack.stopped += 1
+                        break
+                else:
+                    entry = convert(values)
+                    if entry is not None:
+                        append(entry)
+            except Exception as exc:
+                stack.errors += 1
+                stack.log.every(10, ERROR, "event", f"stack {stack.name}: {stack._culprit(exc)} failed on an event: {exc!r}")
+            values[:] = blank
+
+        return run
+
+    def _culprit(self, exc: BaseException) -> str:
+        modules = {type(inst.plugin).__module__: f"{inst.id}:{inst.spec.name}" for inst in self.plan.instances}
+        tb, name = exc.__traceback__, "a plugin"
+        while tb is not None:
+            name = modules.get(tb.tb_frame.f_globals.get("__name__", ""), name)
+            tb = tb.tb_next
+        return name
+
+    def statistics(self) -> dict[str, int]:
+        r = self.runner
+        return {
+            "events": self.events,
+            "stopped": self.stopped,
+            "written": r.written,
+            "pending": r.pending(),
+            "errors": self.errors + r.write_errors,
+            "dropped": r.dropped,
+        }
+
+
+class InputFeed(Feed):
+    """Feeds one input's events to every stack that starts with it, each with its own record."""
+
+    def __init__(self, inp: Input, stacks: list[Stack]) -> None:
+        self.input = inp
+        self.stacks = stacks
+        self.values = stacks[0].values
+        self._slots = {k.name: i for i, k in enumerate(inp.spec.outputs)}
+        runners = [s.runner for s in stacks]
+        self.emit = self._make_emit()
+
+        def flush() -> None:
+            for r in runners:
+                r.flush()
+
+        self.flush = flush
+
+    def slot(self, name: str) -> int:
+        return self._slots[name]
+
+    def _make_emit(self) -> Callable[[], None]:
+        first = self.stacks[0]
+        if len(self.stacks) == 1:
+            return first.run
+        n = len(self.input.spec.outputs)
+        values = first.values
+        others = [(s.values, s.run) for s in self.stacks[1:]]
+        run_first = first.run
+
+        def emit() -> None:
+            keys = values[:n]
+            for record, run in others:
+                record[:n] = keys
+                run()
+            run_first()
+
+        return emit

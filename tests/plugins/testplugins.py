@@ -1,0 +1,131 @@
+"""Plugins that the tests load through plugin= from this file, proving third-party loading.
+
+PIPEIN reads JSON objects, one per line, from a FIFO and emits each as an event;
+ODDSTOP stops events whose test.n is odd; CAPTURE writes every valid key of its
+stack as a JSON line and fails its writes while a marker file exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from pylogd.keys import KeyType
+from pylogd.plugin import STOP, Filter, Input, Kind, Output, PluginSpec, Slots, int_option, key, str_option
+
+_INPUT_KEYS = (
+    key("test.n", KeyType.UINT32, "a sequence number"),
+    key("test.text", KeyType.STRING, "some text"),
+    key("print", KeyType.STRING, "a ready line, for LOGEMU"),
+    key("oob.time.sec", KeyType.UINT32, "event time"),
+    key("oob.mark", KeyType.UINT32, "a mark, for MARK"),
+    key("oob.family", KeyType.UINT8, "address family"),
+)
+
+
+class PipeIn(Input):
+    spec = PluginSpec(
+        name="PIPEIN",
+        kind=Kind.INPUT,
+        help="Test input: JSON lines read from a FIFO.",
+        options=(str_option("path", None, "the FIFO to read", mandatory=True),),
+        outputs=_INPUT_KEYS,
+        section_required=True,
+    )
+
+    def start(self, loop) -> None:  # noqa: ANN001
+        path = self.options["path"]
+        if not os.path.exists(path):
+            os.mkfifo(path)
+        # opened read-write so that writers coming and going never give us EOF
+        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        self.rest = b""
+        self.slots = [(k.name, self.feed.slot(k.name)) for k in _INPUT_KEYS]
+        self.received = 0
+        loop.add_reader(self.fd, self.readable)
+        self.loop = loop
+
+    def readable(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        lines = (self.rest + data).split(b"\n")
+        self.rest = lines.pop()
+        values, emit = self.feed.values, self.feed.emit
+        for line in lines:
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            for name, slot in self.slots:
+                values[slot] = obj.get(name)
+            self.received += 1
+            emit()
+        self.feed.flush()
+
+    def statistics(self) -> dict[str, int]:
+        return {"received": self.received}
+
+    def stop(self) -> None:
+        self.loop.remove_reader(self.fd)
+        os.close(self.fd)
+
+
+class OddStop(Filter):
+    spec = PluginSpec(
+        name="ODDSTOP",
+        kind=Kind.FILTER,
+        help="Test filter: stops events with an odd test.n.",
+        inputs=(key("test.n", KeyType.UINT32),),
+    )
+
+    def handler(self, slots: Slots):  # noqa: ANN201
+        i = slots.inp("test.n")
+
+        def check(v: list) -> object:
+            return STOP if v[i] % 2 else None
+
+        return check
+
+
+class Capture(Output):
+    spec = PluginSpec(
+        name="CAPTURE",
+        kind=Kind.OUTPUT,
+        help="Test output: every valid key of the stack as one JSON line.",
+        options=(
+            str_option("file", None, "where to write", mandatory=True),
+            str_option("fail_while", "", "writes fail while this file exists (a full disk, a database down)"),
+            int_option("blocking", 0, "write from a worker thread", min=0, max=1),
+        ),
+        wildcard_inputs=True,
+        section_required=True,
+    )
+
+    def configure(self) -> None:
+        self.blocking = bool(self.options["blocking"])
+
+    def start(self, loop) -> None:  # noqa: ANN001
+        self.f = open(self.options["file"], "a")
+
+    def handler(self, slots: Slots):  # noqa: ANN201
+        pairs = [(k.name, i) for k, i in slots.wildcard]
+
+        def convert(v: list) -> str:
+            return json.dumps({n: (v[i].hex() if isinstance(v[i], bytes) else v[i]) for n, i in pairs if v[i] is not None})
+
+        return convert
+
+    def write(self, entries: list) -> None:
+        marker = self.options["fail_while"]
+        if marker and os.path.exists(marker):
+            raise OSError(28, "No space left on device (simulated)")
+        self.f.write("".join(e + "\n" for e in entries))
+        self.f.flush()
+
+    def reopen(self) -> None:
+        self.f.close()
+        self.f = open(self.options["file"], "a")
+
+    def stop(self) -> None:
+        self.f.close()
