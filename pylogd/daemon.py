@@ -25,7 +25,7 @@ class Daemon:
         self.topology = topology
         self.log = log
         self.loop = EventLoop()
-        self.stacks = [Stack(plan, log) for plan in topology.stacks]
+        self.stacks: list[Stack] = []
         self.feeds: list[InputFeed] = []
         self._started: list = []
 
@@ -35,6 +35,8 @@ class Daemon:
     def start(self) -> None:
         """Open every output, then filters, then inputs, so nothing arrives before it can be written."""
         for kind in (Kind.OUTPUT, Kind.FILTER, Kind.INPUT):
+            if kind is Kind.INPUT:  # handlers are built from started plugins, before any event can come
+                self.stacks = [Stack(plan, self.log) for plan in self.topology.stacks]
             for inst in self._ordered(kind):
                 if kind is Kind.INPUT:
                     feed = InputFeed(inst.plugin, [s for s in self.stacks if s.plan.instances[0] is inst])
