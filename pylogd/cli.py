@@ -24,7 +24,12 @@ def make_parser() -> argparse.ArgumentParser:
         prog="pylogd",
         description="Netfilter userspace logging daemon (NFLOG packets, conntrack flows), ulogd.conf compatible.",
     )
-    p.add_argument("-c", "--configfile", default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG}); .yaml/.yml for YAML")
+    p.add_argument(
+        "-c",
+        "--configfile",
+        default=DEFAULT_CONFIG,
+        help=f"configuration file (default {DEFAULT_CONFIG}); .yaml/.yml for YAML",
+    )
     p.add_argument("-d", "--daemon", action="store_true", help="detach and run in the background")
     p.add_argument("-v", "--verbose", action="store_true", help="also echo the log to stderr")
     p.add_argument("-l", "--loglevel", type=int, choices=(1, 3, 5, 7, 8), help="override the config's loglevel")
@@ -154,7 +159,13 @@ def spec_text(spec: PluginSpec) -> str:
 def spec_dict(spec: PluginSpec) -> dict[str, Any]:
     def keys(ks: tuple) -> list[dict[str, Any]]:
         return [
-            {"name": k.name, "type": k.type.name, "optional": k.optional, "help": k.help, **({"json_name": k.cim} if k.cim else {})}
+            {
+                "name": k.name,
+                "type": k.type.name,
+                "optional": k.optional,
+                "help": k.help,
+                **({"json_name": k.cim} if k.cim else {}),
+            }
             for k in ks
         ]
 

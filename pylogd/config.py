@@ -251,7 +251,9 @@ def section_options(
         opt = index.get(entry.key)
         if opt is None:
             raise ConfigError(
-                entry.loc, f'unknown option "{entry.key}" in {where}', choices_hint(entry.key, list(index), "valid options")
+                entry.loc,
+                f'unknown option "{entry.key}" in {where}',
+                choices_hint(entry.key, list(index), "valid options"),
             )
         if entry.key in multi:
             values[entry.key] = [*(values[entry.key] or []), typed_value(opt, entry, where)]

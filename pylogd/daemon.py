@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import grp
@@ -86,7 +87,7 @@ class Daemon:
             if isinstance(inst.plugin, Input):
                 self._deliver(inst, signum)
 
-    def _deliver(self, inst, signum: int) -> None:  # noqa: ANN001
+    def _deliver(self, inst, signum: int) -> None:
         try:
             inst.plugin.on_signal(signum)
         except Exception as exc:
@@ -128,7 +129,7 @@ class Daemon:
             self.log.info(line)
         self.loop.close()
 
-    def _stop(self, inst) -> None:  # noqa: ANN001
+    def _stop(self, inst) -> None:
         try:
             inst.plugin.stop()
         except Exception as exc:
@@ -163,7 +164,9 @@ class PidFile:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EACCES):
-                    raise DaemonError(f"another pylogd is already running with pid {pid} (pidfile {self.path})") from None
+                    raise DaemonError(
+                        f"another pylogd is already running with pid {pid} (pidfile {self.path})"
+                    ) from None
                 raise
             return pid
         finally:
@@ -186,10 +189,8 @@ class PidFile:
 
     def remove(self) -> None:
         if self.fd is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
             os.close(self.fd)
             self.fd = None
 

@@ -5,7 +5,6 @@ Until a logfile is opened, messages go to stderr: ulogd hides early errors in sy
 
 from __future__ import annotations
 
-import os
 import sys
 import syslog
 import time
@@ -112,7 +111,3 @@ class Logger:
         if held:
             message = f"{message} ({held} similar messages suppressed)"
         self.sink.write(level, self.origin, message)
-
-
-def stderr_is_terminal() -> bool:
-    return os.isatty(2)

@@ -7,6 +7,7 @@ event, so no work ever happens inside a signal handler.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import selectors
@@ -17,7 +18,7 @@ from collections.abc import Callable
 
 
 class Timer:
-    __slots__ = ("when", "callback", "interval", "cancelled")
+    __slots__ = ("callback", "cancelled", "interval", "when")
 
     def __init__(self, when: float, callback: Callable[[], None], interval: float | None) -> None:
         self.when = when
@@ -43,10 +44,8 @@ class EventLoop:
         self._selector.register(fd, selectors.EVENT_READ, callback)
 
     def remove_reader(self, fd: int) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(fd)
-        except (KeyError, ValueError):
-            pass
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(time.monotonic() + delay, callback, None)

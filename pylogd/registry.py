@@ -23,9 +23,7 @@ def plugin_classes(module: ModuleType) -> list[type[Plugin]]:
     return [
         obj
         for _, obj in inspect.getmembers(module, inspect.isclass)
-        if issubclass(obj, (Input, Filter, Output))
-        and obj.__module__ == module.__name__
-        and "spec" in obj.__dict__
+        if issubclass(obj, (Input, Filter, Output)) and obj.__module__ == module.__name__ and "spec" in obj.__dict__
     ]
 
 
@@ -79,7 +77,9 @@ class Registry:
         module = self._import(value, loc)
         classes = plugin_classes(module)
         if not classes:
-            raise ConfigError(loc, f"{value} defines no plugin", "a plugin is a subclass of Input, Filter or Output with a spec")
+            raise ConfigError(
+                loc, f"{value} defines no plugin", "a plugin is a subclass of Input, Filter or Output with a spec"
+            )
         for cls in classes:
             name = cls.spec.name
             if name in self.builtins() or (name in self.loaded and self.loaded[name] is not cls):

@@ -54,7 +54,7 @@ class Instance:
     loc: Loc  # where it was first used
 
     @property
-    def spec(self):  # noqa: ANN201 - PluginSpec
+    def spec(self):
         return self.plugin.spec
 
 
@@ -89,9 +89,7 @@ def build(raw: RawConfig, registry: Registry, log_factory: Callable[[str], Logge
     global_section = raw.sections.get(GLOBAL)
     if global_section is None:
         raise ConfigError(Loc(raw.path, 1), "no [global] section", "add [global] with at least one stack= line")
-    options, _ = section_options(
-        GLOBAL_OPTIONS, global_section, "[global]", multi=frozenset({"plugin", "stack"})
-    )
+    options, _ = section_options(GLOBAL_OPTIONS, global_section, "[global]", multi=frozenset({"plugin", "stack"}))
     plugin_entries = [e for e in global_section.entries if e.key == "plugin"]
     for entry in plugin_entries:
         registry.load(entry.value, entry.loc)
@@ -123,17 +121,35 @@ def _build_stack(
         cls = registry.require(name, loc)
         kind = cls.spec.kind
         if position == 0 and kind is not Kind.INPUT:
-            raise ConfigError(loc, f'first plugin in stack "{iid}:{name}" is a {kind.value}, not an input', _kind_hint(registry, Kind.INPUT))
+            raise ConfigError(
+                loc,
+                f'first plugin in stack "{iid}:{name}" is a {kind.value}, not an input',
+                _kind_hint(registry, Kind.INPUT),
+            )
         if position == len(decl.tokens) - 1 and kind is not Kind.OUTPUT:
-            raise ConfigError(loc, f'last plugin in stack "{iid}:{name}" is a {kind.value}, not an output', _kind_hint(registry, Kind.OUTPUT))
+            raise ConfigError(
+                loc,
+                f'last plugin in stack "{iid}:{name}" is a {kind.value}, not an output',
+                _kind_hint(registry, Kind.OUTPUT),
+            )
         if 0 < position < len(decl.tokens) - 1 and kind is not Kind.FILTER:
-            raise ConfigError(loc, f'"{iid}:{name}" is an {kind.value} plugin; only filters may stand inside a stack', _kind_hint(registry, Kind.FILTER))
+            raise ConfigError(
+                loc,
+                f'"{iid}:{name}" is an {kind.value} plugin; only filters may stand inside a stack',
+                _kind_hint(registry, Kind.FILTER),
+            )
         if any(m.id == iid for m in members):
-            raise ConfigError(loc, f'instance id "{iid}" appears twice in one stack', "give each plugin of a stack its own id")
+            raise ConfigError(
+                loc, f'instance id "{iid}" appears twice in one stack', "give each plugin of a stack its own id"
+            )
         inst = instances.get(iid)
         if inst is not None:
             if inst.spec.name != name:
-                raise ConfigError(loc, f'instance id "{iid}" names a {name} here but a {inst.spec.name} at {inst.loc}', "use another id")
+                raise ConfigError(
+                    loc,
+                    f'instance id "{iid}" names a {name} here but a {inst.spec.name} at {inst.loc}',
+                    "use another id",
+                )
         else:
             section = raw.sections.get(iid)
             options = instance_options(cls.spec, iid, section, loc)
@@ -278,7 +294,10 @@ class OutputRunner:
             work = work[overflow:]
         self._retry = list(work)
         self.log.every(
-            10, ERROR, "write", f"stack {self.stack_name}: writing {len(work)} entries failed ({exc}); keeping them for a retry"
+            10,
+            ERROR,
+            "write",
+            f"stack {self.stack_name}: writing {len(work)} entries failed ({exc}); keeping them for a retry",
         )
 
     def _worker(self) -> None:
@@ -293,7 +312,12 @@ class OutputRunner:
                     self.output.write(work)
                 except Exception as exc:
                     self.write_errors += 1
-                    self.log.every(10, ERROR, "write", f"stack {self.stack_name}: writing {len(work)} entries failed ({exc}); retrying")
+                    self.log.every(
+                        10,
+                        ERROR,
+                        "write",
+                        f"stack {self.stack_name}: writing {len(work)} entries failed ({exc}); retrying",
+                    )
                     if self._stopping:
                         with self._lock:
                             self.dropped += len(work)
@@ -370,7 +394,9 @@ class Stack:
                         append(entry)
             except Exception as exc:
                 stack.errors += 1
-                stack.log.every(10, ERROR, "event", f"stack {stack.name}: {stack._culprit(exc)} failed on an event: {exc!r}")
+                stack.log.every(
+                    10, ERROR, "event", f"stack {stack.name}: {stack._culprit(exc)} failed on an event: {exc!r}"
+                )
             values[:] = blank
 
         return run

@@ -11,7 +11,19 @@ import json
 import os
 
 from pylogd.keys import KeyType
-from pylogd.plugin import STOP, Filter, Input, Kind, Output, PluginSpec, Slots, int_option, key, str_option
+from pylogd.plugin import (
+    STOP,
+    Filter,
+    Input,
+    Kind,
+    Output,
+    PluginError,
+    PluginSpec,
+    Slots,
+    int_option,
+    key,
+    str_option,
+)
 
 _INPUT_KEYS = (
     key("test.n", KeyType.UINT32, "a sequence number"),
@@ -33,7 +45,11 @@ class PipeIn(Input):
         section_required=True,
     )
 
-    def start(self, loop) -> None:  # noqa: ANN001
+    def configure(self) -> None:
+        if not os.path.isabs(self.options["path"]):
+            raise PluginError("path must be absolute", option="path")
+
+    def start(self, loop) -> None:
         path = self.options["path"]
         if not os.path.exists(path):
             os.mkfifo(path)
@@ -79,13 +95,51 @@ class OddStop(Filter):
         inputs=(key("test.n", KeyType.UINT32),),
     )
 
-    def handler(self, slots: Slots):  # noqa: ANN201
+    def handler(self, slots: Slots):
         i = slots.inp("test.n")
 
         def check(v: list) -> object:
             return STOP if v[i] % 2 else None
 
         return check
+
+
+class Upper(Filter):
+    spec = PluginSpec(
+        name="UPPER",
+        kind=Kind.FILTER,
+        help="Test filter: print = test.text in capitals; shadows the input's print key.",
+        inputs=(key("test.text", KeyType.STRING), key("test.absent", KeyType.STRING, optional=True)),
+        outputs=(key("print", KeyType.STRING),),
+    )
+
+    def handler(self, slots: Slots):
+        i, o = slots.inp("test.text"), slots.out("print")
+        self.absent_slot = slots.inp("test.absent")
+
+        def upper(v: list) -> None:
+            if v[i] is not None:
+                v[o] = v[i].upper() + "\n"
+
+        return upper
+
+
+class NeedX(Filter):
+    spec = PluginSpec(
+        name="NEEDX",
+        kind=Kind.FILTER,
+        help="Test filter: needs a key nobody provides.",
+        inputs=(key("test.textx", KeyType.STRING),),
+    )
+
+
+class WantStr(Filter):
+    spec = PluginSpec(
+        name="WANTSTR",
+        kind=Kind.FILTER,
+        help="Test filter: reads test.n as a string (a type mismatch).",
+        inputs=(key("test.n", KeyType.STRING),),
+    )
 
 
 class Capture(Output):
@@ -97,6 +151,7 @@ class Capture(Output):
             str_option("file", None, "where to write", mandatory=True),
             str_option("fail_while", "", "writes fail while this file exists (a full disk, a database down)"),
             int_option("blocking", 0, "write from a worker thread", min=0, max=1),
+            str_option("format", "json", "line format", choices=("json", "repr")),
         ),
         wildcard_inputs=True,
         section_required=True,
@@ -105,14 +160,18 @@ class Capture(Output):
     def configure(self) -> None:
         self.blocking = bool(self.options["blocking"])
 
-    def start(self, loop) -> None:  # noqa: ANN001
+    def start(self, loop) -> None:
         self.f = open(self.options["file"], "a")
 
-    def handler(self, slots: Slots):  # noqa: ANN201
+    def handler(self, slots: Slots):
         pairs = [(k.name, i) for k, i in slots.wildcard]
+        if self.options["format"] == "repr":
+            return lambda v: repr([(n, v[i]) for n, i in pairs if v[i] is not None])
 
         def convert(v: list) -> str:
-            return json.dumps({n: (v[i].hex() if isinstance(v[i], bytes) else v[i]) for n, i in pairs if v[i] is not None})
+            return json.dumps(
+                {n: (v[i].hex() if isinstance(v[i], bytes) else v[i]) for n, i in pairs if v[i] is not None}
+            )
 
         return convert
 

@@ -1,0 +1,161 @@
+"""Signals, pidfile, privileges and shutdown, tested on a real daemon process."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+
+import pytest
+from conftest import PYLOGD, ROOT
+from daemonkit import Daemon, read, wait_for
+
+
+@pytest.fixture
+def daemons():
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+def emu_daemon(tmp_path, daemons, args=None) -> Daemon:
+    d = Daemon(tmp_path, ["in1:PIPEIN,emu1:LOGEMU"], f'[emu1]\nfile="{tmp_path}/emu.log"\nsync=1\n', args)
+    daemons.append(d)
+    return d
+
+
+def lines(path) -> list[str]:
+    return read(path).splitlines()
+
+
+def test_hup_reopens_moved_files(tmp_path, daemons):
+    d = emu_daemon(tmp_path, daemons).start()
+    emu = tmp_path / "emu.log"
+    d.send(*({"print": f"before {i}\n", "oob.time.sec": 1795388587} for i in range(3)))
+    wait_for(lambda: len(lines(emu)) == 3, what="3 lines")
+    os.rename(emu, tmp_path / "emu.log.1")
+    os.rename(d.log, tmp_path / "pylogd.log.1")
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "reopened" in read(d.log), what="the reopen message in the new daemon log")
+    d.send({"print": "after\n"})
+    wait_for(lambda: len(lines(emu)) == 1, what="a line in the new file")
+    assert [line.split(" ", 4)[-1] for line in lines(tmp_path / "emu.log.1")] == ["before 0", "before 1", "before 2"]
+    # the packet time is used for the date prefix, like ulogd (local time)
+    assert lines(tmp_path / "emu.log.1")[0].startswith(
+        __import__("time").strftime("%b %e %H:%M:%S", __import__("time").localtime(1795388587))
+    )
+    assert lines(emu)[0].endswith(" after")
+    assert "SIGHUP received" in read(tmp_path / "pylogd.log.1")
+    assert d.stop() == 0
+
+
+def test_usr1_logs_statistics(tmp_path, daemons):
+    d = Daemon(
+        tmp_path,
+        ["in1:PIPEIN,odd:ODDSTOP,emu1:LOGEMU"],
+        f'[emu1]\nfile="{tmp_path}/emu.log"\n',
+    )
+    daemons.append(d)
+    d.start()
+    d.send(*({"test.n": i, "print": f"{i}\n"} for i in range(5)))
+    wait_for(lambda: len(lines(tmp_path / "emu.log")) == 3, what="3 even lines")
+    d.signal(signal.SIGUSR1)
+    expected = "stack 1 [in1:PIPEIN,odd:ODDSTOP,emu1:LOGEMU]: events=5 stopped=2 written=3 pending=0 errors=0 dropped=0"
+    wait_for(lambda: expected in read(d.log), what="statistics")
+    assert "input in1 (PIPEIN): received=5" in read(d.log)
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("blocking", [0, 1])
+def test_term_writes_everything_accepted_even_after_write_failures(tmp_path, daemons, blocking):
+    marker = tmp_path / "disk-full"
+    marker.touch()
+    cap = tmp_path / "cap.json"
+    d = Daemon(
+        tmp_path,
+        ["in1:PIPEIN,cap1:CAPTURE"],
+        f'[cap1]\nfile="{cap}"\nfail_while="{marker}"\nblocking={blocking}\n',
+    )
+    daemons.append(d)
+    d.start()
+    d.send(*({"test.n": i} for i in range(200)))
+    d.signal(signal.SIGUSR1)
+    wait_for(lambda: "pending=200" in read(d.log), what="200 entries held while writes fail")
+    assert read(cap) == ""
+    marker.unlink()
+    assert d.stop() == 0
+    got = [int(line.split(": ")[1].rstrip("}")) for line in lines(cap)]
+    assert got == list(range(200))
+    assert "written=200 pending=0" in read(d.log)
+    assert "failed" in read(d.log)  # the failures were reported
+
+
+def test_failed_writes_are_retried_by_the_timer(tmp_path, daemons):
+    marker = tmp_path / "disk-full"
+    marker.touch()
+    cap = tmp_path / "cap.json"
+    d = Daemon(tmp_path, ["in1:PIPEIN,cap1:CAPTURE"], f'[cap1]\nfile="{cap}"\nfail_while="{marker}"\n')
+    daemons.append(d)
+    d.start()
+    d.send({"test.n": 1}, {"test.n": 2})
+    wait_for(lambda: "keeping them for a retry" in read(d.log), what="the write failure")
+    marker.unlink()
+    wait_for(lambda: len(lines(cap)) == 2, what="the retry without any new event")
+    assert d.stop() == 0
+
+
+def test_pidfile_is_exclusive_and_stale_files_are_replaced(tmp_path, daemons):
+    pidfile = tmp_path / "pylogd.pid"
+    pidfile.write_text("999999\n")  # stale: nobody holds its lock
+    d = emu_daemon(tmp_path, daemons, ["-p", str(pidfile)]).start()
+    assert pidfile.read_text() == f"{d.proc.pid}\n"
+    assert "removing stale pidfile" in read(d.log)
+    second = subprocess.run(
+        [*PYLOGD, "-c", str(d.conf), "-p", str(pidfile)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert second.returncode == 1
+    assert f"another pylogd is already running with pid {d.proc.pid}" in second.stderr + read(d.log)
+    assert d.stop() == 0
+    assert not pidfile.exists()
+
+
+def test_drops_privileges_after_opening(tmp_path, daemons):
+    nobody = pwd.getpwnam("nobody")
+    d = emu_daemon(tmp_path, daemons, ["-u", "nobody"]).start()
+    wait_for(lambda: "running as nobody" in read(d.log), what="the privilege drop")
+    status = open(f"/proc/{d.proc.pid}/status").read()
+    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+    d.send({"print": "still writing\n"})  # the file was opened as root before the drop
+    wait_for(lambda: "still writing" in read(tmp_path / "emu.log"), what="a line written after the drop")
+    assert d.stop() == 0
+
+
+def test_unknown_user_is_an_error(tmp_path, daemons):
+    d = emu_daemon(tmp_path, daemons, ["-u", "no-such-user-xyz"]).start(wait=False)
+    assert d.proc.wait(30) == 1
+    assert 'unknown user "no-such-user-xyz"' in d.proc.stderr.read() + read(d.log)
+
+
+def test_daemon_mode_detaches(tmp_path, daemons):
+    pidfile = tmp_path / "pylogd.pid"
+    d = emu_daemon(tmp_path, daemons, ["-d", "-p", str(pidfile)]).start(wait=False)
+    assert d.proc.wait(30) == 0  # the foreground process returns at once
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the pidfile"))
+    assert pid != d.proc.pid
+    try:
+        d.send({"print": "detached\n"})
+        wait_for(lambda: "detached" in read(tmp_path / "emu.log"), what="a line from the detached daemon")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pidfile.exists(), what="the pidfile removed at exit")
+
+
+def test_start_failure_names_the_instance(tmp_path, daemons):
+    d = Daemon(tmp_path, ["in1:PIPEIN,emu1:LOGEMU"], '[emu1]\nfile="/nonexistent-dir/x.log"\n')
+    daemons.append(d)
+    d.start(wait=False)
+    assert d.proc.wait(30) == 1
+    assert "cannot start emu1 (LOGEMU): [Errno 2] No such file or directory" in d.proc.stderr.read() + read(d.log)
