@@ -106,27 +106,29 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
 # -i
 
 
-def resolve_plugin(registry: Registry, what: str) -> type[Plugin]:
+def resolve_plugins(registry: Registry, what: str) -> list[type[Plugin]]:
+    """A plugin name, a ulogd .so path (its built-in), or a .py file / module (every plugin it defines)."""
     if what.endswith(".so"):
         classes = registry.load(what)
         if not classes:
             raise ConfigError(None, f"pylogd has no built-in plugin for {what}")
-        return classes[0]
+        return classes
     if what.endswith(".py") or os.sep in what:
-        return registry.load(what)[0]
-    return registry.require(what, None)
+        return registry.load(what)
+    return [registry.require(what, None)]
 
 
 def info(registry: Registry, what: str, as_json: bool) -> int:
     try:
-        cls = resolve_plugin(registry, what)
+        classes = resolve_plugins(registry, what)
     except ConfigError as exc:
         print(f"pylogd: {exc}", file=sys.stderr)
         return 1
     if as_json:
-        print(json.dumps(spec_dict(cls.spec), indent=2))
+        specs = [spec_dict(cls.spec) for cls in classes]
+        print(json.dumps(specs[0] if len(specs) == 1 else specs, indent=2))
     else:
-        print(spec_text(cls.spec), end="")
+        print("\n".join(spec_text(cls.spec) for cls in classes), end="")
     return 0
 
 

@@ -1,0 +1,114 @@
+"""The command line: -i in ulogd's layout (checked against ulogd 2.0.8's own -i), --json, --check on ulogd's configs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI, PYLOGD, ROOT
+
+from pylogd.cli import main, spec_text
+from pylogd.registry import Registry
+
+REFERENCE = ROOT.parent / "shared" / "reference" / "ulogd-2.0.8-plugin-info.txt"
+ULOGD_PLUGIN_DIR = Path("/usr/lib/x86_64-linux-gnu/ulogd")
+
+
+def ulogd_info_blocks() -> dict[str, list[str]]:
+    """ulogd's -i output per plugin name, from the reference dump or, when present, the real ulogd."""
+    blocks: dict[str, list[str]] = {}
+    if REFERENCE.exists():
+        for chunk in REFERENCE.read_text().split("=== ")[1:]:
+            lines = chunk.splitlines()[1:]
+            name = lines[0].removeprefix("Name: ")
+            blocks[name] = lines
+    if shutil.which("ulogd"):
+        for so in sorted(ULOGD_PLUGIN_DIR.glob("ulogd_*.so")):
+            out = subprocess.run(["ulogd", "-i", str(so)], capture_output=True, text=True, timeout=30).stdout
+            lines = [line for line in out.splitlines() if line and not line.startswith(("ulogd", "("))]
+            if lines and lines[0].startswith("Name: "):
+                blocks[lines[0].removeprefix("Name: ")] = lines
+    return blocks
+
+
+def is_subsequence(needles: list[str], haystack: list[str]) -> bool:
+    it = iter(haystack)
+    return all(any(n == h for h in it) for n in needles)
+
+
+BLOCKS = ulogd_info_blocks()
+BUILTINS = Registry().builtins()
+
+
+def test_reference_is_available():
+    if not BLOCKS:
+        if IN_CI:
+            pytest.fail("neither the reference -i dump nor ulogd is available")
+        pytest.skip("no ulogd -i output to compare with")
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILTINS) & set(BLOCKS)))
+def test_info_contains_every_line_ulogd_prints(name):
+    ours = spec_text(BUILTINS[name].spec).splitlines()
+    theirs = [line for line in BLOCKS[name] if line.strip() != "Var:  (Unknown)"]
+    assert is_subsequence(theirs, ours), "\n".join(["ulogd:", *theirs, "pylogd:", *ours])
+
+
+def test_info_by_ulogd_path_and_by_name_agree(capsys):
+    assert main(["-i", str(ULOGD_PLUGIN_DIR / "ulogd_output_LOGEMU.so")]) == 0
+    by_path = capsys.readouterr().out
+    assert main(["-i", "LOGEMU"]) == 0
+    assert capsys.readouterr().out == by_path
+    assert by_path.startswith("Name: LOGEMU\nConfig options:\n\tVar: file (String, Default: /var/log/ulogd_syslogemu.log)\n")
+
+
+def test_info_json(capsys):
+    assert main(["-i", "LOGEMU", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["name"] == "LOGEMU" and data["kind"] == "output"
+    assert [o["name"] for o in data["options"]] == ["file", "sync"]
+    assert data["inputs"][1] == {"name": "oob.time.sec", "type": "UINT32", "optional": True, "help": data["inputs"][1]["help"]}
+
+
+def test_info_unknown_plugin(capsys):
+    assert main(["-i", "LOGEMUX"]) == 1
+    assert 'unknown plugin "LOGEMUX"; did you mean "LOGEMU"' in capsys.readouterr().err
+
+
+def test_info_third_party_file(capsys):
+    assert main(["-i", str(ROOT / "tests" / "plugins" / "testplugins.py")]) == 0
+    out = capsys.readouterr().out
+    assert "Name: PIPEIN\nConfig options:\n\tVar: path (String, Default: , Mandatory)\n" in out
+    assert "Name: CAPTURE\n" in out and "Name: ODDSTOP\n" in out
+
+
+def test_version_and_help():
+    out = subprocess.run([*PYLOGD, "-V"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and re.match(r"pylogd \d+\.\d+", out.stdout)
+    out = subprocess.run([*PYLOGD, "-h"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and "--check" in out.stdout and "--configfile" in out.stdout
+
+
+ULOGD_CONFIGS = [Path("/etc/ulogd.conf"), Path("/usr/share/doc/ulogd2/examples/ulogd.conf")]
+ULOGD_CONFIGS += [p.with_suffix(".conf.gz") for p in ULOGD_CONFIGS[1:]]
+
+
+@pytest.mark.parametrize("path", [p for p in ULOGD_CONFIGS if p.exists()] or [ULOGD_CONFIGS[0]], ids=str)
+def test_ulogd_stock_configs_pass_check_unchanged(path, tmp_path, capsys):
+    if not path.exists():
+        pytest.skip(f"{path} missing: install Debian's ulogd2 package")
+    if path.suffix == ".gz":
+        import gzip
+
+        plain = tmp_path / "ulogd.conf"
+        plain.write_bytes(gzip.decompress(path.read_bytes()))
+        path = plain
+    assert main(["--check", "-c", str(path)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU" in out
+    assert 'emu1:LOGEMU (output) file="/var/log/ulog/syslogemu.log" sync=1' in out
+    assert "configuration OK" in out
