@@ -28,10 +28,14 @@ class BenchIn(Input):
 
 class PassThrough(Filter):
     spec = PluginSpec(
-        name="PASS", kind=Kind.FILTER, help="reads one key, writes one", inputs=(KEYS[0],), outputs=(key("p", KeyType.UINT32),)
+        name="PASS",
+        kind=Kind.FILTER,
+        help="reads one key, writes one",
+        inputs=(KEYS[0],),
+        outputs=(key("p", KeyType.UINT32),),
     )
 
-    def handler(self, slots):  # noqa: ANN001, ANN201
+    def handler(self, slots):
         i, o = slots.inp("k0"), slots.out("p")
 
         def run(v: list) -> None:
@@ -43,7 +47,7 @@ class PassThrough(Filter):
 class NullOut(Output):
     spec = PluginSpec(name="NULL", kind=Kind.OUTPUT, help="keeps nothing", inputs=(KEYS[0],))
 
-    def handler(self, slots):  # noqa: ANN001, ANN201
+    def handler(self, slots):
         i = slots.inp("k0")
         return lambda v: v[i]
 

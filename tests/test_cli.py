@@ -63,7 +63,9 @@ def test_info_by_ulogd_path_and_by_name_agree(capsys):
     by_path = capsys.readouterr().out
     assert main(["-i", "LOGEMU"]) == 0
     assert capsys.readouterr().out == by_path
-    assert by_path.startswith("Name: LOGEMU\nConfig options:\n\tVar: file (String, Default: /var/log/ulogd_syslogemu.log)\n")
+    assert by_path.startswith(
+        "Name: LOGEMU\nConfig options:\n\tVar: file (String, Default: /var/log/ulogd_syslogemu.log)\n"
+    )
 
 
 def test_info_json(capsys):
@@ -71,7 +73,12 @@ def test_info_json(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["name"] == "LOGEMU" and data["kind"] == "output"
     assert [o["name"] for o in data["options"]] == ["file", "sync"]
-    assert data["inputs"][1] == {"name": "oob.time.sec", "type": "UINT32", "optional": True, "help": data["inputs"][1]["help"]}
+    assert data["inputs"][1] == {
+        "name": "oob.time.sec",
+        "type": "UINT32",
+        "optional": True,
+        "help": data["inputs"][1]["help"],
+    }
 
 
 def test_info_unknown_plugin(capsys):

@@ -1,0 +1,230 @@
+"""ulogd 2.0.8 and pylogd on the same packets, in turn, in a throwaway network namespace.
+
+    sudo .venv/bin/python bench/packet_path.py [--packets N] [--rate PPS] [--only pylogd|ulogd]
+
+For each daemon and each configuration it prints: packets sent, records written, loss, CPU µs per
+record (the daemon's utime+stime while the packets flowed, from /proc), peak RSS, and the ratio
+pylogd/ulogd. Both daemons read the same unmodified ulogd.conf; the daemon is pinned to CPU 1 and the
+sender to CPU 0. Packets are UDP datagrams to 127.0.0.1 inside the namespace, logged by an nft rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUP = 7
+PORT = 9999
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+SENDER = (
+    r"""
+import socket, sys, time
+n, rate = int(sys.argv[1]), float(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+payload = b"x" * 32
+addr = ("127.0.0.1", %d)
+if rate <= 0:
+    for _ in range(n):
+        s.sendto(payload, addr)
+else:
+    start = time.perf_counter()
+    chunk = max(1, int(rate / 1000))
+    sent = 0
+    while sent < n:
+        for _ in range(min(chunk, n - sent)):
+            s.sendto(payload, addr)
+        sent += chunk
+        delay = start + sent / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+"""
+    % PORT
+)
+
+CONFIGS = {
+    "LOGEMU sync=1": {"sync": 1, "qthreshold": 0},
+    "LOGEMU sync=0": {"sync": 0, "qthreshold": 0},
+    "LOGEMU sync=1 qthreshold=32": {"sync": 1, "qthreshold": 32},
+}
+
+
+def config_text(tmp: Path, name: str, sync: int, qthreshold: int) -> str:
+    q = f"netlink_qthreshold={qthreshold}\nnetlink_qtimeout=10\n" if qthreshold else ""
+    return (
+        f'[global]\nlogfile="{tmp}/{name}.log"\nloglevel=5\n'
+        "stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU\n"
+        f"[log1]\ngroup={GROUP}\nnetlink_socket_buffer_size=8388608\nnetlink_socket_buffer_maxsize=16777216\n{q}"
+        f'[emu1]\nfile="{tmp}/{name}.out"\nsync={sync}\n'
+    )
+
+
+@dataclass
+class Result:
+    daemon: str
+    config: str
+    sent: int
+    written: int
+    cpu_s: float
+    peak_rss_kb: int
+
+    @property
+    def loss(self) -> float:
+        return 1 - self.written / self.sent if self.sent else 0.0
+
+    @property
+    def us_per_record(self) -> float:
+        return self.cpu_s / self.written * 1e6 if self.written else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def count_lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def run_one(ns: str, daemon: str, config: str, opts: dict, packets: int, rate: float, tmp: Path) -> Result:
+    name = f"{daemon}-{config.replace(' ', '_').replace('=', '')}"
+    conf = tmp / f"{name}.conf"
+    conf.write_text(config_text(tmp, name, **opts))
+    out = tmp / f"{name}.out"
+    cmd = (
+        ["/usr/sbin/ulogd", "-c", str(conf)] if daemon == "ulogd" else [str(ROOT / ".venv/bin/pylogd"), "-c", str(conf)]
+    )
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "taskset", "-c", "1", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        # ready when a probe packet comes out the other end
+        deadline = time.monotonic() + 20
+        while count_lines(out) == 0:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{daemon} exited: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{daemon} never logged the probe packet")
+            sh("ip", "netns", "exec", ns, sys.executable, "-c", SENDER, "1", "0")
+            time.sleep(0.2)
+        time.sleep(0.3)
+        base_lines = count_lines(out)
+        pid = daemon_pid(proc.pid)
+        cpu0 = cpu_seconds(pid)
+        sh("ip", "netns", "exec", ns, "taskset", "-c", "0", sys.executable, "-c", SENDER, str(packets), str(rate))
+        last, stable_since = -1, time.monotonic()
+        while time.monotonic() - stable_since < 1.5:  # wait until the output stops growing
+            n = count_lines(out)
+            if n != last:
+                last, stable_since = n, time.monotonic()
+            time.sleep(0.1)
+        cpu = cpu_seconds(pid) - cpu0
+        rss = peak_rss_kb(pid)
+        return Result(daemon, config, packets, count_lines(out) - base_lines, cpu, rss)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def daemon_pid(wrapper_pid: int) -> int:
+    """ip netns exec and taskset exec() in place, so the pid is the daemon's own."""
+    return wrapper_pid
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--packets", type=int, default=100_000)
+    p.add_argument("--rate", type=float, default=0, help="packets per second; 0 = as fast as the sender can")
+    p.add_argument("--only", choices=("pylogd", "ulogd"))
+    p.add_argument("--config", choices=list(CONFIGS), action="append")
+    p.add_argument("--results", help="append a Markdown table to this file (e.g. bench/RESULTS.md)")
+    args = p.parse_args()
+    if os.geteuid() != 0 or not shutil.which("nft"):
+        print("needs root, nft and ip (apt-get install nftables iproute2)", file=sys.stderr)
+        return 1
+    ns = f"pylogd-bench-{os.getpid()}"
+    sh("ip", "netns", "add", ns)
+    results: list[Result] = []
+    try:
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        rules = f"table inet bench {{\n chain input {{\n  type filter hook input priority 0;\n  udp dport {PORT} log group {GROUP}\n }}\n}}\n"
+        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
+        with tempfile.TemporaryDirectory(prefix="pylogd-bench-") as tmpdir:
+            tmp = Path(tmpdir)
+            for config in args.config or list(CONFIGS):
+                for daemon in ("ulogd", "pylogd"):
+                    if args.only and daemon != args.only:
+                        continue
+                    results.append(run_one(ns, daemon, config, CONFIGS[config], args.packets, args.rate, tmp))
+                    print_result(results[-1])
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    table = render(results, args)
+    print()
+    print(table)
+    if args.results:
+        with open(args.results, "a") as f:
+            f.write(table + "\n")
+    return 0
+
+
+def print_result(r: Result) -> None:
+    print(
+        f"{r.daemon:6} {r.config:30} sent={r.sent} written={r.written} loss={r.loss:.1%} "
+        f"cpu={r.us_per_record:.2f}µs/record rss={r.peak_rss_kb / 1024:.1f}MiB",
+        flush=True,
+    )
+
+
+def render(results: list[Result], args: argparse.Namespace) -> str:
+    rate = "full speed" if not args.rate else f"{args.rate:.0f} pps"
+    lines = [
+        f"### {time.strftime('%Y-%m-%d')} — {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}, "
+        f"{args.packets} packets at {rate}",
+        "",
+        "| config | daemon | sent | written | loss | CPU µs/record | peak RSS MiB | CPU ratio pylogd/ulogd |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    by = {(r.config, r.daemon): r for r in results}
+    for r in results:
+        ratio = ""
+        u = by.get((r.config, "ulogd"))
+        if r.daemon == "pylogd" and u and u.written and r.written:
+            ratio = f"{r.us_per_record / u.us_per_record:.2f}"
+        lines.append(
+            f"| {r.config} | {r.daemon} | {r.sent} | {r.written} | {r.loss:.1%} | {r.us_per_record:.2f} | "
+            f"{r.peak_rss_kb / 1024:.1f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
