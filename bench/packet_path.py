@@ -26,13 +26,12 @@ GROUP = 7
 PORT = 9999
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-SENDER = (
-    r"""
+SENDER = r"""
 import socket, sys, time
 n, rate = int(sys.argv[1]), float(sys.argv[2])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 payload = b"x" * 32
-addr = ("127.0.0.1", %d)
+addr = ("127.0.0.1", int(sys.argv[3]))
 if rate <= 0:
     for _ in range(n):
         s.sendto(payload, addr)
@@ -48,8 +47,6 @@ else:
         if delay > 0:
             time.sleep(delay)
 """
-    % PORT
-)
 
 CONFIGS = {
     "LOGEMU sync=1": {"sync": 1, "qthreshold": 0},
@@ -129,13 +126,27 @@ def run_one(ns: str, daemon: str, config: str, opts: dict, packets: int, rate: f
                 raise RuntimeError(f"{daemon} exited: {proc.stderr.read().decode()[-2000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{daemon} never logged the probe packet")
-            sh("ip", "netns", "exec", ns, sys.executable, "-c", SENDER, "1", "0")
+            sh("ip", "netns", "exec", ns, sys.executable, "-c", SENDER, "1", "0", str(PORT))
             time.sleep(0.2)
         time.sleep(0.3)
         base_lines = count_lines(out)
         pid = daemon_pid(proc.pid)
         cpu0 = cpu_seconds(pid)
-        sh("ip", "netns", "exec", ns, "taskset", "-c", "0", sys.executable, "-c", SENDER, str(packets), str(rate))
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-c",
+            SENDER,
+            str(packets),
+            str(rate),
+            str(PORT),
+        )
         last, stable_since = -1, time.monotonic()
         while time.monotonic() - stable_since < 1.5:  # wait until the output stops growing
             n = count_lines(out)
@@ -175,7 +186,10 @@ def main() -> int:
     results: list[Result] = []
     try:
         sh("ip", "-n", ns, "link", "set", "lo", "up")
-        rules = f"table inet bench {{\n chain input {{\n  type filter hook input priority 0;\n  udp dport {PORT} log group {GROUP}\n }}\n}}\n"
+        rules = (
+            "table inet bench {\n chain input {\n  type filter hook input priority 0;\n"
+            f"  udp dport {PORT} log group {GROUP}\n }}\n}}\n"
+        )
         sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
         with tempfile.TemporaryDirectory(prefix="pylogd-bench-") as tmpdir:
             tmp = Path(tmpdir)
