@@ -7,11 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# CI runs the property tests on a fixed sequence of examples so that a red run can be reproduced
+settings.register_profile("ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PLUGINS = ROOT / "tests" / "plugins" / "testplugins.py"
 PYLOGD = [sys.executable, "-m", "pylogd"]
 IN_CI = os.environ.get("CI", "").lower() == "true"
+settings.load_profile("ci" if IN_CI else "dev")
 
 
 @pytest.hookimpl(hookwrapper=True)

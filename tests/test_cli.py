@@ -51,10 +51,23 @@ def test_reference_is_available():
         pytest.skip("no ulogd -i output to compare with")
 
 
+def _string_not_address(line: str) -> str:
+    return line.replace(".str (IP addr)", ".str (string)")
+
+
+# where pylogd's declaration deliberately differs from ulogd's -i, and how to read ulogd's line instead
+INFO_DIFFERENCES = {
+    # ulogd declares PRINTFLOW's orig/reply.ip.*.str inputs as IP addresses, yet they are IP2STR's strings;
+    # pylogd checks types when it resolves keys, so it declares what they are
+    "PRINTFLOW": _string_not_address,
+}
+
+
 @pytest.mark.parametrize("name", sorted(set(BUILTINS) & set(BLOCKS)))
 def test_info_contains_every_line_ulogd_prints(name):
     ours = spec_text(BUILTINS[name].spec).splitlines()
-    theirs = [line for line in BLOCKS[name] if line.strip() != "Var:  (Unknown)"]
+    fix = INFO_DIFFERENCES.get(name, lambda line: line)
+    theirs = [fix(line) for line in BLOCKS[name] if line.strip() != "Var:  (Unknown)"]
     assert is_subsequence(theirs, ours), "\n".join(["ulogd:", *theirs, "pylogd:", *ours])
 
 
