@@ -132,3 +132,28 @@ def test_ulogd_stock_configs_pass_check_unchanged(path, tmp_path, capsys):
     assert "log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU" in out
     assert 'emu1:LOGEMU (output) file="/var/log/ulog/syslogemu.log" sync=1' in out
     assert "configuration OK" in out
+
+
+def test_readme_plugin_example_loads_and_runs(tmp_path):
+    """The plugin shown in the README is real: -i describes it and a daemon writes through it."""
+    readme = (ROOT / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    plugin = tmp_path / "hello.py"
+    plugin.write_text(code)
+    out = subprocess.run([*PYLOGD, "-i", str(plugin)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("Name: HELLO\n"), out.stderr
+    import signal
+
+    from daemonkit import Daemon, read, wait_for
+
+    d = Daemon(tmp_path, ["in1:PIPEIN,h1:HELLO"], '[h1]\ngreeting="hi"\n')
+    d.conf.write_text(d.conf.read_text().replace("[global]\n", f'[global]\nplugin="{plugin}"\n'))
+    d.start()
+    try:
+        d.send({"print": "there\n"})
+        d.signal(signal.SIGUSR1)
+        wait_for(lambda: "written=1" in read(d.log), what="the event written")
+        assert d.stop() == 0
+        assert d.proc.stdout.read() == "hi there\n"
+    finally:
+        d.kill()
