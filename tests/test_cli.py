@@ -151,8 +151,12 @@ def test_readme_plugin_example_loads_and_runs(tmp_path):
     d.start()
     try:
         d.send({"print": "there\n"})
-        d.signal(signal.SIGUSR1)
-        wait_for(lambda: "written=1" in read(d.log), what="the event written")
+
+        def written() -> bool:
+            d.signal(signal.SIGUSR1)  # until the statistics show the event was written
+            return "written=1" in read(d.log)
+
+        wait_for(written, what="the event written")
         assert d.stop() == 0
         assert d.proc.stdout.read() == "hi there\n"
     finally:
