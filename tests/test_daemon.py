@@ -81,8 +81,12 @@ def test_term_writes_everything_accepted_even_after_write_failures(tmp_path, dae
     daemons.append(d)
     d.start()
     d.send(*({"test.n": i} for i in range(200)))
-    d.signal(signal.SIGUSR1)
-    wait_for(lambda: "pending=200" in read(d.log), what="200 entries held while writes fail")
+
+    def held() -> bool:
+        d.signal(signal.SIGUSR1)
+        return "pending=200" in read(d.log)
+
+    wait_for(held, what="200 entries held while writes fail")
     assert read(cap) == ""
     marker.unlink()
     assert d.stop() == 0
