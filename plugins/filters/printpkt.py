@@ -31,6 +31,9 @@ Differences from ulogd 2.0.8
   ``TYPE=11 CODE=0``), a gateway for code 5 and never the MTU.
 * UDP-Lite (protocol 136) prints ``PROTO=UDPLITE`` with the UDP fields (the udp.* keys); ulogd
   printed ``PROTO=136``.
+* A non-first fragment (IPv4 or IPv6) prints only ``PROTO=<name> ``, as the kernel's LOG target does:
+  it has no transport header. ulogd read the fragment's payload as one
+  (``SPT=16962 DPT=16962 LEN=16962`` from the data bytes).
 * The gateway of a redirect is printed in the right octet order (ulogd's BASE kept it in host
   order and PRINTPKT printed it reversed).
 """
@@ -43,6 +46,8 @@ from typing import Any
 
 from pylogd.keys import KeyType
 from pylogd.plugin import Filter, Kind, PluginSpec, Slots, key
+
+FRAGMENT_NAMES = {6: "TCP", 17: "UDP", 1: "ICMP", 132: "SCTP", 50: "ESP", 51: "AH", 136: "UDPLITE", 58: "ICMPv6"}
 
 # ulogd's key-array order (what ``-i`` shows); all untyped, all mandatory but oob.uid/oob.gid
 INPUT_NAMES = (
@@ -187,29 +192,33 @@ class PrintPkt(Filter):
         del transport6[IPPROTO_ICMP]
         get4, get6 = transport4.get, transport6.get
 
+        def later_fragment(proto: int) -> str:
+            # a non-first fragment carries no transport header: name the protocol, as the kernel's LOG does
+            return f"PROTO={FRAGMENT_NAMES.get(proto, proto)} "
+
         def ipv4(v: list) -> str:
             saddr, daddr = v[i_saddr], v[i_daddr]
             frag = v[i_frag] or 0
             proto = v[i_proto] or 0
-            part = get4(proto)
+            part = later_fragment if frag & 0x1FFF else get4(proto)
             return (
                 f"{f'SRC={saddr} ' if saddr is not None else ''}{f'DST={daddr} ' if daddr is not None else ''}"
                 f"LEN={v[i_totlen] or 0} {tos_table[v[i_tos] or 0]}TTL={v[i_ttl] or 0} ID={v[i_id] or 0} "
                 f"{flag_table[frag >> 13]}{f'FRAG:{frag & 0x1FFF} ' if frag & 0x1FFF else ''}"
-                f"{part(v) if part is not None else f'PROTO={proto} '}"
+                f"{part(proto if part is later_fragment else v) if part is not None else f'PROTO={proto} '}"
             )
 
         def ipv6(v: list) -> str:
             saddr, daddr, plen, prio, hop, flow = v[i_saddr], v[i_daddr], v[i_plen], v[i_prio], v[i_hop], v[i_flow]
             foff, fid = v[i_foff], v[i_fid]
             nexthdr = v[i_next] or 0
-            part = get6(nexthdr)
+            part = later_fragment if foff else get6(nexthdr)
             return (
                 f"{f'SRC={saddr} ' if saddr is not None else ''}{f'DST={daddr} ' if daddr is not None else ''}"
                 f"{f'LEN={plen + 40} ' if plen is not None else ''}{f'TC={prio} ' if prio is not None else ''}"
                 f"{f'HOPLIMIT={hop} ' if hop is not None else ''}{f'FLOWLBL={flow} ' if flow is not None else ''}"
                 f"{f'FRAG: {foff} ID: {fid:08x} ' if foff is not None and fid is not None else ''}"
-                f"{part(v) if part is not None else f'PROTO={nexthdr} '}"
+                f"{part(nexthdr if part is later_fragment else v) if part is not None else f'PROTO={nexthdr} '}"
             )
 
         def arp(v: list) -> str:
@@ -243,17 +252,7 @@ class PrintPkt(Filter):
                     mac = mac[:maclen]
                 mac = mac.hex(":")
             if family == 2:
-                # the IPv4 part inline: nearly every packet takes this path
-                saddr, daddr = v[i_saddr], v[i_daddr]
-                frag = v[i_frag] or 0
-                proto = v[i_proto] or 0
-                part = get4(proto)
-                body = (
-                    f"{f'SRC={saddr} ' if saddr is not None else ''}{f'DST={daddr} ' if daddr is not None else ''}"
-                    f"LEN={v[i_totlen] or 0} {tos_table[v[i_tos] or 0]}TTL={v[i_ttl] or 0} ID={v[i_id] or 0} "
-                    f"{flag_table[frag >> 13]}{f'FRAG:{frag & 0x1FFF} ' if frag & 0x1FFF else ''}"
-                    f"{part(v) if part is not None else f'PROTO={proto} '}"
-                )
+                body = ipv4(v)
             elif family == 10:
                 body = ipv6(v)
             elif family == 7:
