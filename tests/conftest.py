@@ -28,3 +28,7 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped under CI=true, which is a failure: {reason}"
+
+
+# the namespace rig's fixtures: rig, netns, netns_pair
+from rig import netns_fixture, netns_pair_fixture, rig_fixture  # noqa: E402, F401

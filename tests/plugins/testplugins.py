@@ -170,7 +170,11 @@ class Capture(Output):
 
         def convert(v: list) -> str:
             return json.dumps(
-                {n: (v[i].hex() if isinstance(v[i], bytes | memoryview) else v[i]) for n, i in pairs if v[i] is not None}
+                {
+                    n: (v[i].hex() if isinstance(v[i], bytes | memoryview) else v[i])
+                    for n, i in pairs
+                    if v[i] is not None
+                }
             )
 
         return convert

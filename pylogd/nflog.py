@@ -1,0 +1,1035 @@
+"""NFLOG over netlink: a small reader for netfilter's packet log, without C libraries.
+
+Python has no maintained NFLOG library, so this module speaks nfnetlink_log directly:
+it opens an ``AF_NETLINK``/``NETLINK_NETFILTER`` socket, binds an NFLOG group with
+``NFULNL_MSG_CONFIG`` requests (each one acknowledged and checked), and decodes the
+``NFULNL_MSG_PACKET`` messages the kernel sends.
+
+Library use::
+
+    from pylogd.nflog import FLAG_SEQ, NflogSocket
+
+    with NflogSocket(5, flags=FLAG_SEQ) as log:          # nft: ... log group 5
+        for pkt in log.packets(timeout=1.0):
+            print(pkt.prefix, pkt.hook, pkt.indev, len(pkt.payload or b""))
+
+In an event loop, register :meth:`NflogSocket.fileno` for reading and call
+:meth:`NflogSocket.drain` with a callback; the callback gets a record per packet (a
+sequence indexed by the ``F_*`` constants), whose memoryviews point into the receive
+buffer and are only valid until the callback returns.  That is the path the pylogd
+NFLOG input uses.
+
+Decoding has two paths that give the same records.  The first message of each layout
+(same attributes, same lengths, same order: one rule, one kind of packet) is walked
+attribute by attribute (:func:`parse_attributes`) and its layout compiled
+(:func:`compile_layout`); later messages of that layout are read with one struct call
+(:func:`decode_fast`) after checking that every attribute header matches.
+
+Decoding never raises on bad input: a truncated message or attribute ends the walk,
+attributes too short for their type are skipped, and the fields not found stay None.
+
+Kernel behaviour worth knowing:
+
+* Without ``qthreshold``/``qtimeout`` the kernel batches up to 100 messages and flushes
+  a batch after one second at the latest; ``qthreshold=1`` sends each packet at once.
+* A group bound by another socket answers BIND with EPERM (EBUSY only when the same
+  socket binds twice); :class:`NflogBusyError` covers both and names the other listener.
+* ``FLAG_CONNTRACK`` needs ctnetlink in the kernel; without it the flags are refused with
+  EOPNOTSUPP (``strict=False`` then keeps the other flags).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import select
+import socket
+import struct
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from operator import itemgetter
+from typing import NamedTuple
+
+__all__ = [
+    "COPY_MODES",
+    "FIELDS",
+    "FLAG_CONNTRACK",
+    "FLAG_SEQ",
+    "FLAG_SEQ_GLOBAL",
+    "NflogBusyError",
+    "NflogError",
+    "NflogSocket",
+    "Packet",
+    "bound_groups",
+    "compile_layout",
+    "decode_fast",
+    "decode_message",
+    "find_netlink_owner",
+    "iter_messages",
+    "netns_context",
+    "parse_attributes",
+]
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_ULOG = 4
+NFULNL_MSG_PACKET = NFNL_SUBSYS_ULOG << 8
+NFULNL_MSG_CONFIG = (NFNL_SUBSYS_ULOG << 8) | 1
+
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+
+# config attributes and commands (linux/netfilter/nfnetlink_log.h)
+CFG_CMD, CFG_MODE, CFG_NLBUFSIZ, CFG_TIMEOUT, CFG_QTHRESH, CFG_FLAGS = 1, 2, 3, 4, 5, 6
+CMD_BIND, CMD_UNBIND, CMD_PF_BIND, CMD_PF_UNBIND = 1, 2, 3, 4
+
+#: copy modes by name, as the ``copy_mode`` argument takes them
+COPY_MODES = {"none": 0, "meta": 1, "packet": 2}
+FLAG_SEQ = 0x1  # NFULA_SEQ: per-group sequence number (gaps = lost messages)
+FLAG_SEQ_GLOBAL = 0x2  # NFULA_SEQ_GLOBAL: sequence shared by all groups of the namespace
+FLAG_CONNTRACK = 0x4  # NFULA_CT + NFULA_CT_INFO
+
+#: the families ulogd (un)binds nfnetlink_log for: IPv4, IPv6, bridge
+PF_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_BRIDGE)
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+NLBUFSIZ_MAX = 131072  # the kernel refuses larger NFULA_CFG_NLBUFSIZ values
+DRAIN_LIMIT = 2000  # messages per drain() call, so timers and signals still get their turn
+CLONE_NEWNET = 0x40000000
+
+#: Field order of a decoded packet record (and of :class:`Packet`).
+FIELDS = (
+    "family",  # nfgenmsg.nfgen_family: 2 IPv4, 10 IPv6, 7 bridge, 3 ARP, 5 netdev
+    "group",  # nfgenmsg.res_id: the NFLOG group
+    "hook",  # NFULA_PACKET_HDR.hook: 0 prerouting .. 4 postrouting
+    "hw_protocol",  # NFULA_PACKET_HDR.hw_protocol, host order (the ethertype)
+    "mark",  # NFULA_MARK
+    "timestamp",  # NFULA_TIMESTAMP as (sec, usec)
+    "indev",  # NFULA_IFINDEX_INDEV
+    "outdev",  # NFULA_IFINDEX_OUTDEV
+    "physindev",  # NFULA_IFINDEX_PHYSINDEV
+    "physoutdev",  # NFULA_IFINDEX_PHYSOUTDEV
+    "hwaddr",  # NFULA_HWADDR.hw_addr, hwaddrlen bytes
+    "hwaddrlen",  # NFULA_HWADDR.hw_addrlen
+    "payload",  # NFULA_PAYLOAD: the layer-3 packet (or its first copy_range bytes)
+    "prefix",  # NFULA_PREFIX as str (up to the first NUL)
+    "uid",  # NFULA_UID
+    "gid",  # NFULA_GID
+    "seq",  # NFULA_SEQ
+    "seq_global",  # NFULA_SEQ_GLOBAL
+    "hwtype",  # NFULA_HWTYPE (ARPHRD_*: 1 ethernet, 772 loopback)
+    "hwheader",  # NFULA_HWHEADER: the link-layer header
+    "hwlen",  # NFULA_HWLEN
+    "vlan_proto",  # NFULA_VLAN / NFULA_VLAN_PROTO, host order
+    "vlan_tci",  # NFULA_VLAN / NFULA_VLAN_TCI, host order
+    "l2hdr",  # NFULA_L2HDR: the full layer-2 header (bridge family)
+    "ct",  # NFULA_CT: the nested ctnetlink attributes, undecoded
+    "ct_info",  # NFULA_CT_INFO: enum ip_conntrack_info
+    "msg",  # the whole netlink message
+)
+(
+    F_FAMILY,
+    F_GROUP,
+    F_HOOK,
+    F_HW_PROTOCOL,
+    F_MARK,
+    F_TIMESTAMP,
+    F_INDEV,
+    F_OUTDEV,
+    F_PHYSINDEV,
+    F_PHYSOUTDEV,
+    F_HWADDR,
+    F_HWADDRLEN,
+    F_PAYLOAD,
+    F_PREFIX,
+    F_UID,
+    F_GID,
+    F_SEQ,
+    F_SEQ_GLOBAL,
+    F_HWTYPE,
+    F_HWHEADER,
+    F_HWLEN,
+    F_VLAN_PROTO,
+    F_VLAN_TCI,
+    F_L2HDR,
+    F_CT,
+    F_CT_INFO,
+    F_MSG,
+) = range(len(FIELDS))
+NFIELDS = len(FIELDS)
+
+
+class Packet(NamedTuple):
+    """One logged packet, as :meth:`NflogSocket.packets` yields it; absent attributes are None."""
+
+    family: int | None
+    group: int | None
+    hook: int | None
+    hw_protocol: int | None
+    mark: int | None
+    timestamp: tuple[int, int] | None
+    indev: int | None
+    outdev: int | None
+    physindev: int | None
+    physoutdev: int | None
+    hwaddr: bytes | None
+    hwaddrlen: int | None
+    payload: bytes | None
+    prefix: str | None
+    uid: int | None
+    gid: int | None
+    seq: int | None
+    seq_global: int | None
+    hwtype: int | None
+    hwheader: bytes | None
+    hwlen: int | None
+    vlan_proto: int | None
+    vlan_tci: int | None
+    l2hdr: bytes | None
+    ct: bytes | None
+    ct_info: int | None
+    msg: bytes | None
+
+
+class NflogError(OSError):
+    """Opening or configuring an NFLOG socket failed; ``errno`` is the kernel's answer."""
+
+
+class NflogBusyError(NflogError):
+    """The group is already bound by another socket in that network namespace."""
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+_NLMSG = struct.Struct("=IH")  # nlmsghdr: len, type (flags, seq, pid not needed per packet)
+_NLMSG_FULL = struct.Struct("=IHHII")
+_NLERR = struct.Struct("=i")
+_NFGEN = struct.Struct(">BxH")  # nfgenmsg: family, version (skipped), res_id
+_NLA = struct.Struct("=HH")
+_BE16 = struct.Struct(">H")
+_BE32 = struct.Struct(">I")
+_PKT_HDR = struct.Struct(">HB")  # hw_protocol, hook
+_TIMESTAMP = struct.Struct(">QQ")
+_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+
+# Per attribute type: how to decode it (kind), into which field, and its minimum nla_len.
+_K_SKIP, _K_U32, _K_U16, _K_RAW, _K_HDR, _K_PREFIX, _K_TS, _K_HWADDR, _K_VLAN = range(9)
+_ATTRS = {
+    1: (_K_HDR, F_HOOK, 4 + 3),
+    2: (_K_U32, F_MARK, 8),
+    3: (_K_TS, F_TIMESTAMP, 4 + 16),
+    4: (_K_U32, F_INDEV, 8),
+    5: (_K_U32, F_OUTDEV, 8),
+    6: (_K_U32, F_PHYSINDEV, 8),
+    7: (_K_U32, F_PHYSOUTDEV, 8),
+    8: (_K_HWADDR, F_HWADDR, 4 + 4),
+    9: (_K_RAW, F_PAYLOAD, 4),
+    10: (_K_PREFIX, F_PREFIX, 4),
+    11: (_K_U32, F_UID, 8),
+    12: (_K_U32, F_SEQ, 8),
+    13: (_K_U32, F_SEQ_GLOBAL, 8),
+    14: (_K_U32, F_GID, 8),
+    15: (_K_U16, F_HWTYPE, 6),
+    16: (_K_RAW, F_HWHEADER, 4),
+    17: (_K_U16, F_HWLEN, 6),
+    18: (_K_RAW, F_CT, 4),
+    19: (_K_U32, F_CT_INFO, 8),
+    20: (_K_VLAN, F_VLAN_PROTO, 4),
+    21: (_K_RAW, F_L2HDR, 4),
+}
+_NTYPES = 22
+_KIND = tuple(_ATTRS.get(t, (_K_SKIP, 0, 0))[0] for t in range(_NTYPES))
+_FIELD = tuple(_ATTRS.get(t, (_K_SKIP, 0, 0))[1] for t in range(_NTYPES))
+_MINLEN = tuple(_ATTRS.get(t, (_K_SKIP, 0, 0))[2] for t in range(_NTYPES))
+
+
+def parse_attributes(mv: memoryview, off: int, end: int, rec: list) -> None:
+    """Decode the NFULA_* attributes found in ``mv[off:end]`` into ``rec`` (indexed by ``F_*``).
+
+    ``rec`` must hold ``NFIELDS`` items; fields whose attribute is absent are left alone,
+    so the caller resets it between packets.  Byte fields are memoryviews into ``mv``.
+    """
+    unpack_nla, be32, be16 = _NLA.unpack_from, _BE32.unpack_from, _BE16.unpack_from
+    kinds, fields, minlen = _KIND, _FIELD, _MINLEN
+    while off + 4 <= end:
+        alen, atype = unpack_nla(mv, off)
+        nxt = off + alen
+        if alen < 4 or nxt > end:
+            return  # truncated: keep what was decoded so far
+        atype &= _NLA_TYPE_MASK
+        if atype < _NTYPES and alen >= minlen[atype]:
+            kind = kinds[atype]
+            p = off + 4
+            if kind == _K_U32:
+                rec[fields[atype]] = be32(mv, p)[0]
+            elif kind == _K_RAW:
+                rec[fields[atype]] = mv[p:nxt]
+            elif kind == _K_HDR:
+                proto, hook = _PKT_HDR.unpack_from(mv, p)
+                rec[F_HW_PROTOCOL] = proto
+                rec[F_HOOK] = hook
+            elif kind == _K_PREFIX:
+                rec[F_PREFIX] = str(mv[p:nxt], "utf-8", "surrogateescape").partition("\0")[0]
+            elif kind == _K_U16:
+                rec[fields[atype]] = be16(mv, p)[0]
+            elif kind == _K_TS:
+                rec[F_TIMESTAMP] = _TIMESTAMP.unpack_from(mv, p)
+            elif kind == _K_HWADDR:
+                addrlen = be16(mv, p)[0]
+                rec[F_HWADDRLEN] = addrlen
+                rec[F_HWADDR] = mv[p + 4 : min(p + 4 + addrlen, p + 12, nxt)]
+            elif kind == _K_VLAN:
+                _parse_vlan(mv, p, nxt, rec)
+        off = (nxt + 3) & ~3
+
+
+def _parse_vlan(mv: memoryview, off: int, end: int, rec: list) -> None:
+    while off + 4 <= end:
+        alen, atype = _NLA.unpack_from(mv, off)
+        if alen < 4 or off + alen > end:
+            return
+        atype &= _NLA_TYPE_MASK
+        if alen >= 6 and atype in (1, 2):  # NFULA_VLAN_PROTO, NFULA_VLAN_TCI
+            rec[F_VLAN_PROTO if atype == 1 else F_VLAN_TCI] = _BE16.unpack_from(mv, off + 4)[0]
+        off = (off + alen + 3) & ~3
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast path: compiled message layouts
+#
+# Messages logged by one rule for one kind of packet have the same attributes with the same
+# lengths in the same order; only the values and the payload (always last) change.  For each
+# such layout one big-endian Struct reads every attribute header and fixed-size value in a
+# single call; a message takes the fast path only if its headers equal the layout's (checked
+# in one tuple comparison), so it decodes exactly as parse_attributes() would.  Anything
+# else -- a new layout, damage, a nested attribute out of the ordinary -- takes the walk.
+
+_LITTLE = sys.byteorder == "little"
+_LAYOUT_KEY = 12  # bytes after nfgenmsg that select the candidate layouts: packet header + next header
+_LAYOUTS_PER_KEY = 4
+_LAYOUTS_MAX = 256
+_COMPILES_PER_DRAIN = 8  # bounds the cost of learning when every message looks different
+_X_NONE, _X_MSG, _X_PAYLOAD, _X_HWHEADER, _X_HWADDR, _X_L2HDR, _X_CT, _X_TS, _X_PREFIX = range(9)
+_RAW_EXTRA = {F_PAYLOAD: _X_PAYLOAD, F_HWHEADER: _X_HWHEADER, F_L2HDR: _X_L2HDR, F_CT: _X_CT}
+
+
+def compile_layout(mv: memoryview, start: int, end: int) -> tuple | None:
+    """The layout of the NFULNL_MSG_PACKET message at ``mv[start:end]``, or None if it has none
+    the fast path can take (damaged, payload not last, unusual nesting)."""
+    fmt = ["16xBxH"]  # nlmsghdr skipped; nfgenmsg family, group
+    nvals = 2
+    check: list[int] = []
+    src = {F_FAMILY: 0, F_GROUP: 1}
+    slices: dict[int, tuple[int, int]] = {}  # extra index -> (start, end) relative to the message
+    ts = prefix = None
+    pay = pay_len = None
+    rel = 20
+    while rel + 4 <= end - start:
+        alen, atype = _NLA.unpack_from(mv, start + rel)
+        nxt = rel + alen
+        if alen < 4 or start + nxt > end:
+            return None
+        padded = (nxt + 3) & ~3
+        t = atype & _NLA_TYPE_MASK
+        p = rel + 4
+        if t == 9 and alen >= _MINLEN[9]:
+            if padded + 4 <= end - start:
+                return None  # attributes after the payload: leave it to the walk
+            fmt.append("HH")
+            pay, pay_len = p, nvals
+            check.append(nvals + 1)  # the type; the length is the payload's own
+            nvals += 2
+            break
+        fmt.append("I")  # length and type as one word: only compared, never interpreted
+        check.append(nvals)
+        nvals += 1
+        kind = _KIND[t] if t < _NTYPES and alen >= _MINLEN[t] else _K_SKIP
+        used = 0
+        if kind == _K_U32:
+            fmt.append("I")
+            src[_FIELD[t]], used = nvals, 4
+            nvals += 1
+        elif kind == _K_U16:
+            fmt.append("H")
+            src[_FIELD[t]], used = nvals, 2
+            nvals += 1
+        elif kind == _K_HDR:
+            fmt.append("HB")
+            src[F_HW_PROTOCOL], src[F_HOOK], used = nvals, nvals + 1, 3
+            nvals += 2
+        elif kind == _K_TS:
+            fmt.append("QQ")
+            ts, used = nvals, 16
+            nvals += 2
+        elif kind == _K_HWADDR:
+            addrlen = _BE16.unpack_from(mv, start + p)[0]
+            fmt.append("H")
+            src[F_HWADDRLEN], used = nvals, 2
+            check.append(nvals)  # the address slice depends on it
+            nvals += 1
+            slices[_X_HWADDR] = (p + 4, min(p + 4 + addrlen, p + 12, nxt))
+        elif kind == _K_PREFIX:
+            fmt.append(f"{alen - 4}s")
+            check.append(nvals)  # the text is part of the layout, decoded once
+            nvals += 1
+            used = alen - 4
+            prefix = str(mv[start + p : start + nxt], "utf-8", "surrogateescape").partition("\0")[0]
+        elif kind == _K_RAW:
+            slices[_RAW_EXTRA[_FIELD[t]]] = (p, nxt)
+        elif kind == _K_VLAN:
+            inner = p
+            while inner + 4 <= nxt:
+                ilen, itype = _NLA.unpack_from(mv, start + inner)
+                if ilen < 4 or inner + ilen > nxt:
+                    return None
+                fmt.append("I")
+                check.append(nvals)
+                nvals += 1
+                iused = 0
+                if ilen >= 6 and itype & _NLA_TYPE_MASK in (1, 2):
+                    fmt.append("H")
+                    src[F_VLAN_PROTO if itype & _NLA_TYPE_MASK == 1 else F_VLAN_TCI] = nvals
+                    nvals += 1
+                    iused = 2
+                ipadded = (inner + ilen + 3) & ~3
+                skip = min(ipadded, nxt) - inner - 4 - iused
+                if skip:
+                    fmt.append(f"{skip}x")
+                inner = ipadded
+            used = min(inner, nxt) - p
+        if kind in (_K_RAW, _K_SKIP):
+            used = 0
+        skip = min(padded, end - start) - p - used
+        if skip:
+            fmt.append(f"{skip}x")
+        rel = padded
+    else:
+        if rel < end - start:  # a few trailing bytes: rare enough to leave to the walk
+            return None
+    if not check:
+        return None
+    unpack = struct.Struct(">" + "".join(fmt)).unpack_from
+    values = unpack(mv, start)
+    getter = itemgetter(*check) if len(check) > 1 else (lambda v, i=check[0]: (v[i],))
+    extra = {F_MSG: _X_MSG, F_TIMESTAMP: _X_TS, F_PREFIX: _X_PREFIX, F_HWADDR: _X_HWADDR}
+    extra.update({f: x for f, x in _RAW_EXTRA.items()})
+    gather = []
+    for f in range(NFIELDS):
+        if f in src:
+            gather.append(src[f])
+        elif f in extra and (
+            (extra[f] in slices)
+            or (f == F_MSG)
+            or (f == F_PAYLOAD and pay is not None)
+            or (f == F_TIMESTAMP and ts is not None)
+            or (f == F_PREFIX and prefix is not None)
+        ):
+            gather.append(nvals + extra[f])
+        else:
+            gather.append(nvals + _X_NONE)
+    return (
+        struct.calcsize(">" + "".join(fmt)),
+        unpack,
+        getter,
+        getter(values),
+        pay,
+        pay_len,
+        slices.get(_X_HWHEADER),
+        slices.get(_X_HWADDR),
+        slices.get(_X_L2HDR),
+        slices.get(_X_CT),
+        ts,
+        prefix,
+        itemgetter(*gather),
+    )
+
+
+def decode_fast(layout: tuple, mv: memoryview, off: int, mlen: int) -> tuple | None:
+    """Decode a message with a compiled layout: the record (as a tuple), or None if it does not fit."""
+    size, unpack, check, expected, pay, pay_len, hh, ha, l2, ct, ts, prefix, gather = layout
+    if mlen < size:
+        return None
+    v = unpack(mv, off)
+    if check(v) != expected:
+        return None
+    end = off + mlen
+    if pay is not None:
+        n = v[pay_len]
+        if _LITTLE:
+            n = ((n & 0xFF) << 8) | (n >> 8)
+        a = off + pay
+        b = a + n - 4
+        if n < 4 or b > end or ((b + 3) & ~3) + 4 <= end:
+            return None
+        payload = mv[a:b]
+    elif ((off + size + 3) & ~3) + 4 <= end:
+        return None
+    else:
+        payload = None
+    extras = (
+        None,
+        mv[off:end],
+        payload,
+        mv[off + hh[0] : off + hh[1]] if hh else None,
+        mv[off + ha[0] : off + ha[1]] if ha else None,
+        mv[off + l2[0] : off + l2[1]] if l2 else None,
+        mv[off + ct[0] : off + ct[1]] if ct else None,
+        (v[ts], v[ts + 1]) if ts is not None else None,
+        prefix,
+    )
+    return gather(v + extras)  # concatenation: measurably faster than (*v, *extras)
+
+
+def iter_messages(
+    data: bytes | bytearray | memoryview, length: int | None = None
+) -> Iterator[tuple[int, int, int, int]]:
+    """Walk the netlink messages of one datagram: yields (type, flags, start, end) of each.
+
+    Stops at the first truncated message.  A generic helper for tests and tools; the
+    receive path inlines the same walk.
+    """
+    mv = memoryview(data)
+    n = len(mv) if length is None else min(length, len(mv))
+    off = 0
+    while off + 16 <= n:
+        mlen, mtype, mflags, _seq, _pid = _NLMSG_FULL.unpack_from(mv, off)
+        if mlen < 16 or off + mlen > n:
+            return
+        yield mtype, mflags, off, off + mlen
+        off = (off + mlen + 3) & ~3
+
+
+def decode_message(mv: memoryview, start: int, end: int) -> list:
+    """Decode one NFULNL_MSG_PACKET message at ``mv[start:end]`` into a fresh record."""
+    rec: list = [None] * NFIELDS
+    if end - start >= 20:
+        rec[F_FAMILY], rec[F_GROUP] = _NFGEN.unpack_from(mv, start + 16)
+        parse_attributes(mv, start + 20, end, rec)
+    rec[F_MSG] = mv[start:end]
+    return rec
+
+
+def _owned(rec: Sequence) -> Packet:
+    """A Packet whose byte fields are copies, safe to keep after the receive buffer is reused."""
+    return Packet._make(bytes(v) if type(v) is memoryview else v for v in rec)
+
+
+# ---------------------------------------------------------------------------------------------
+# network namespaces
+
+_libc = None
+
+
+def _setns(fd: int) -> None:
+    if hasattr(os, "setns"):  # Python 3.12+
+        os.setns(fd, CLONE_NEWNET)
+        return
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def netns_path(netns: str) -> str:
+    """A namespace name (under /run/netns) or a path (anything with a '/') as a path."""
+    return netns if "/" in netns else os.path.join("/run/netns", netns)
+
+
+@contextlib.contextmanager
+def netns_context(netns: str | None) -> Iterator[None]:
+    """Run the body with the calling thread inside network namespace ``netns`` (None: stay).
+
+    Sockets created inside keep that namespace after the thread has switched back.
+    """
+    if netns is None:
+        yield
+        return
+    path = netns_path(netns)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NflogError(
+            errno.ENOENT, f"network namespace {netns!r} not found ({path} does not exist; `ip netns list` shows names)"
+        ) from None
+    try:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                _setns(target)
+            except OSError as exc:
+                raise NflogError(exc.errno, f"cannot enter network namespace {netns!r}: {exc.strerror}") from None
+            try:
+                yield
+            finally:
+                _setns(own)
+        finally:
+            os.close(own)
+    finally:
+        os.close(target)
+
+
+# the calling thread's namespace: /proc/net would show the main thread's
+_NFLOG_PROC = "/proc/thread-self/net/netfilter/nfnetlink_log"
+
+
+def bound_groups(netns: str | None = None) -> dict[int, int]:
+    """The NFLOG groups bound in a namespace: group -> netlink port id of the listener."""
+    groups = {}
+    with netns_context(netns), contextlib.suppress(OSError), open(_NFLOG_PROC) as f:
+        for line in f:
+            cols = line.split()
+            if len(cols) >= 2 and cols[0].isdigit() and cols[1].isdigit():
+                groups[int(cols[0])] = int(cols[1])
+    return groups
+
+
+def find_netlink_owner(portid: int, netns: str | None = None) -> str | None:
+    """Best effort: 'pid N (comm)' of the process holding the NETLINK_NETFILTER socket with this port id."""
+    inode = None
+    with netns_context(netns), contextlib.suppress(OSError), open("/proc/thread-self/net/netlink") as f:
+        next(f, None)
+        for line in f:
+            cols = line.split()
+            if len(cols) >= 10 and cols[1] == str(NETLINK_NETFILTER) and cols[2] == str(portid & 0xFFFFFFFF):
+                inode = cols[-1]
+                break
+    if inode is None:
+        return None
+    wanted = f"socket:[{inode}]"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") != wanted:
+                    continue
+                with open(f"/proc/{pid}/comm") as c:
+                    return f"pid {pid} ({c.read().strip()})"
+            except OSError:  # fds come and go while we look
+                continue
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the socket
+
+
+def _nla(atype: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return _NLA.pack(length, atype) + payload + b"\0" * ((-length) % 4)
+
+
+class NflogSocket:
+    """A netlink socket bound to one NFLOG group.
+
+    Arguments:
+        group: the NFLOG group (nft ``log group N``, iptables ``-j NFLOG --nflog-group N``).
+        netns: open the socket in this network namespace (a name under /run/netns or a
+            path); the calling thread enters it only while the socket is created.
+        copy_mode: ``"none"``, ``"meta"`` (no payload) or ``"packet"``.
+        copy_range: bytes of payload to copy in packet mode (the rule's snaplen may lower it).
+        qthreshold: messages the kernel batches before sending (0: kernel default, 1).
+        qtimeout: how long the kernel holds a batch, in 1/100 s (0: kernel default).
+        flags: ``FLAG_SEQ | FLAG_SEQ_GLOBAL | FLAG_CONNTRACK``.
+        rcvbuf: socket receive buffer in bytes (0: the system default); SO_RCVBUFFORCE
+            is tried first, so root may exceed net.core.rmem_max.
+        rcvbuf_max: on ENOBUFS the receive buffer doubles, up to this (0: never grows).
+        bufsize: the userspace buffer each datagram is received into.
+        nlbufsiz: the kernel's batch buffer (NFULA_CFG_NLBUFSIZ, 0: kernel default);
+            the kernel accepts about 4 KiB to 128 KiB.
+        pf_unbind, pf_bind: first unbind, then bind nfnetlink_log as the logger of
+            IPv4, IPv6 and bridge (what ulogd does for group 0; a no-op on modern kernels).
+        strict: raise when qthreshold, qtimeout, flags or nlbufsiz are refused; when False
+            the refusal is kept in :attr:`failures` and the socket works without it.
+
+    Raises :class:`NflogBusyError` when the group already has a listener in the namespace,
+    :class:`NflogError` for other failures.
+    """
+
+    def __init__(
+        self,
+        group: int,
+        netns: str | None = None,
+        copy_mode: str = "packet",
+        copy_range: int = 0xFFFF,
+        qthreshold: int = 0,
+        qtimeout: int = 0,
+        flags: int = 0,
+        rcvbuf: int = 0,
+        *,
+        rcvbuf_max: int = 0,
+        bufsize: int = 150000,
+        nlbufsiz: int = 0,
+        pf_unbind: bool = False,
+        pf_bind: bool = False,
+        strict: bool = True,
+    ) -> None:
+        if not 0 <= group <= 0xFFFF:
+            raise ValueError(f"NFLOG group {group} out of range 0..65535")
+        if bufsize < 1:
+            raise ValueError(f"bufsize {bufsize} must be positive")
+        if copy_mode not in COPY_MODES:
+            raise ValueError(f"copy_mode {copy_mode!r}: use one of {', '.join(COPY_MODES)}")
+        self.group = group
+        self.netns = netns
+        self.flags = flags
+        self.bufsize = bufsize
+        self.rcvbuf_max = rcvbuf_max
+        #: configuration steps the kernel refused (strict=False): name -> error
+        self.failures: dict[str, OSError] = {}
+        # counters
+        self.received = 0  # NFULNL_MSG_PACKET messages decoded
+        self.enobufs = 0  # recv() reported ENOBUFS: the kernel dropped messages
+        self.lost = 0  # messages missing from the NFULA_SEQ sequence
+        self.truncated = 0  # datagrams larger than bufsize
+        self.errors = 0  # NLMSG_ERROR with an error, other recv errors
+        self.grown = 0  # receive-buffer growths after ENOBUFS
+        self.last_error: OSError | None = None
+        self._expect: int | None = None
+        self.slow = 0  # messages decoded by the attribute walk instead of a compiled layout
+        self._layouts: dict[bytes, list[tuple]] = {}
+        self._compiles = _COMPILES_PER_DRAIN
+        self._backlog: deque[bytes] = deque()
+        self._seq = int(time.time()) & 0xFFFF
+        # packets are received into the first bufsize bytes; acknowledgements may use all of it
+        self._buf = bytearray(max(bufsize, 8192))
+        self._mv = memoryview(self._buf)
+        self._rec: list = [None] * NFIELDS
+        self._blank: list = [None] * NFIELDS
+        self._recv_flags = socket.MSG_DONTWAIT | socket.MSG_TRUNC
+        self._bound = False
+
+        with netns_context(netns):
+            self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        try:
+            self._sock.bind((0, 0))
+            self.portid: int = self._sock.getsockname()[0]
+            self._sock.setblocking(False)
+            self.rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            self.rcvbuf_requested = self.rcvbuf // 2  # the kernel reports twice what was asked
+            if rcvbuf:
+                self.set_rcvbuf(rcvbuf)
+            self._configure(copy_mode, copy_range, qthreshold, qtimeout, flags, nlbufsiz, pf_unbind, pf_bind, strict)
+        except BaseException:
+            self._sock.close()
+            raise
+
+    # -- configuration --------------------------------------------------------------------------
+
+    def _configure(
+        self,
+        copy_mode: str,
+        copy_range: int,
+        qthreshold: int,
+        qtimeout: int,
+        flags: int,
+        nlbufsiz: int,
+        pf_unbind: bool,
+        pf_bind: bool,
+        strict: bool,
+    ) -> None:
+        for cmd, wanted, what in ((CMD_PF_UNBIND, pf_unbind, "unbind"), (CMD_PF_BIND, pf_bind, "bind")):
+            if not wanted:
+                continue
+            for pf in PF_FAMILIES:
+                try:
+                    self._request(pf, 0, _nla(CFG_CMD, bytes((cmd,))))
+                except OSError as exc:
+                    raise NflogError(
+                        exc.errno, f"cannot {what} nfnetlink_log for protocol family {pf}: {os.strerror(exc.errno)}"
+                    ) from None
+        try:
+            self._request(socket.AF_UNSPEC, self.group, _nla(CFG_CMD, bytes((CMD_BIND,))))
+        except OSError as exc:
+            raise self._bind_error(exc.errno) from None
+        self._bound = True
+        mode = struct.pack(">IBx", copy_range & 0xFFFFFFFF, COPY_MODES[copy_mode])
+        try:
+            self._request(socket.AF_UNSPEC, self.group, _nla(CFG_MODE, mode))
+        except OSError as exc:
+            raise NflogError(
+                exc.errno, f"NFLOG group {self.group}: copy mode {copy_mode} refused: {exc.strerror}"
+            ) from None
+        steps = (
+            ("qthreshold", qthreshold, CFG_QTHRESH, _BE32),
+            ("qtimeout", qtimeout, CFG_TIMEOUT, _BE32),
+            ("nlbufsiz", nlbufsiz, CFG_NLBUFSIZ, _BE32),
+            ("flags", flags, CFG_FLAGS, _BE16),
+        )
+        for name, value, attr, fmt in steps:
+            if not value:
+                continue
+            try:
+                self._set(attr, fmt.pack(value))
+            except OSError as exc:
+                if strict:
+                    raise NflogError(
+                        exc.errno, f"NFLOG group {self.group}: {name}={value} refused: {exc.strerror}"
+                    ) from None
+                self.failures[name] = exc
+                if name == "flags":
+                    self.flags = 0
+                    # the flags are set as a whole: without conntrack support, keep the sequence numbers
+                    if value & FLAG_CONNTRACK and value & ~FLAG_CONNTRACK:
+                        with contextlib.suppress(OSError):
+                            self._set(attr, fmt.pack(value & ~FLAG_CONNTRACK))
+                            self.flags = value & ~FLAG_CONNTRACK
+
+    def _set(self, attr: int, payload: bytes) -> None:
+        for _attempt in range(3):
+            try:
+                self._request(socket.AF_UNSPEC, self.group, _nla(attr, payload))
+                return
+            except OSError as exc:
+                # EAGAIN: the kernel has just loaded the conntrack glue and wants the request again
+                if exc.errno != errno.EAGAIN:
+                    raise
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    def _bind_error(self, err: int) -> NflogError:
+        owner_port = bound_groups(self.netns).get(self.group)
+        where = f"network namespace {self.netns!r}" if self.netns else "this network namespace"
+        if err in (errno.EBUSY, errno.EPERM) and owner_port is not None and owner_port != self.portid:
+            owner = find_netlink_owner(owner_port, self.netns)
+            who = f"netlink port id {owner_port}" + (f", {owner}" if owner else "")
+            prefix = f"ip netns exec {self.netns} " if self.netns and "/" not in self.netns else ""
+            return NflogBusyError(
+                errno.EBUSY,
+                f"NFLOG group {self.group} is already bound by another listener in {where} ({who}; "
+                f"the kernel answered {errno.errorcode.get(err, err)}). "
+                f"Only one socket per group and namespace gets the packets: stop the other listener "
+                f"(another pylogd or ulogd, a NFLOG-reading tool) or use another group. "
+                f"`{prefix}cat /proc/net/netfilter/nfnetlink_log` lists the bound groups (first column) "
+                f"and their port ids (second column); `{prefix}ss -f netlink -p` names the process of a port id.",
+            )
+        return NflogError(err, f"cannot bind NFLOG group {self.group} in {where}: {os.strerror(err)}")
+
+    def _request(self, family: int, group: int, attrs: bytes, timeout: float = 5.0) -> None:
+        """Send one NFULNL_MSG_CONFIG request and wait for its acknowledgement; raise OSError on a NACK."""
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        seq = self._seq
+        body = _NFGEN.pack(family, group) + attrs
+        msg = _NLMSG_FULL.pack(16 + len(body), NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+        # struct _NFGEN skips the version byte, which must be NFNETLINK_V0 (0): pack wrote 0 there
+        self._sock.sendto(msg, (0, 0))
+        deadline = time.monotonic() + timeout
+        mv = self._mv
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._sock], [], [], remaining)[0]:
+                raise OSError(errno.ETIMEDOUT, "no answer from nfnetlink_log")
+            try:
+                n = self._sock.recv_into(self._buf, len(self._buf), self._recv_flags)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.enobufs += 1
+                    continue
+                raise
+            n = min(n, len(self._buf))
+            answer = None
+            has_data = False
+            for mtype, _flags, start, end in iter_messages(mv, n):
+                if mtype == NLMSG_ERROR and end - start >= 20:
+                    if _NLMSG_FULL.unpack_from(mv, start)[3] == seq:
+                        answer = -_NLERR.unpack_from(mv, start + 16)[0]
+                        continue
+                elif mtype == NFULNL_MSG_PACKET:
+                    has_data = True
+            if has_data:  # packets that raced the acknowledgement: keep them for drain()
+                self._backlog.append(bytes(mv[:n]))
+            if answer is not None:
+                if answer:
+                    raise OSError(answer, os.strerror(answer))
+                return
+
+    def set_rcvbuf(self, size: int) -> int:
+        """Set the socket receive buffer (SO_RCVBUFFORCE, else SO_RCVBUF); returns what the kernel reports."""
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        except OSError:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        self.rcvbuf_requested = size
+        self.rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        return self.rcvbuf
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def _on_enobufs(self) -> None:
+        self.enobufs += 1
+        # without a sequence the loss size is unknown; the next NFULA_SEQ tells it
+        if self.rcvbuf_max and self.rcvbuf_requested < self.rcvbuf_max:
+            self.set_rcvbuf(min(self.rcvbuf_requested * 2, self.rcvbuf_max))
+            self.grown += 1
+
+    def drain(self, on_packet: Callable[[Sequence, memoryview], object], limit: int = DRAIN_LIMIT) -> int:
+        """Receive and decode until the socket would block or ``limit`` messages were handled.
+
+        ``on_packet(rec, msg)`` runs per packet with the record (a list or tuple indexed by
+        ``F_*``; the list is reused) and the message; both are only valid during the call.
+        Returns the number of messages.
+        Never raises for receive errors: ENOBUFS is counted (and grows the buffer when
+        ``rcvbuf_max`` allows), other errors are counted in ``errors``/``last_error``.
+        """
+        count = 0
+        self._compiles = _COMPILES_PER_DRAIN
+        while self._backlog and count < limit:
+            data = self._backlog.popleft()
+            count += self._walk(memoryview(data), len(data), on_packet)
+        recv_into, buf, size, flags = self._sock.recv_into, self._buf, self.bufsize, self._recv_flags
+        mv = self._mv
+        while count < limit:
+            try:
+                n = recv_into(buf, size, flags)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self._on_enobufs()
+                    continue
+                self.errors += 1
+                self.last_error = exc
+                break
+            if n > size:
+                self.truncated += 1
+                n = size
+            count += self._walk(mv, n, on_packet)
+        return count
+
+    def _walk(self, mv: memoryview, n: int, on_packet: Callable[[Sequence, memoryview], object]) -> int:
+        """Handle the messages of one datagram; returns how many there were."""
+        unpack_hdr = _NLMSG.unpack_from
+        layouts, fast = self._layouts, decode_fast
+        expect, lost = self._expect, self.lost
+        off = count = packets = 0
+        while off + 16 <= n:
+            mlen, mtype = unpack_hdr(mv, off)
+            end = off + mlen
+            if mlen < 16 or end > n:
+                self.truncated += 1
+                break
+            count += 1
+            if mtype == NFULNL_MSG_PACKET and mlen >= 20:
+                rec = None
+                if mlen >= 20 + _LAYOUT_KEY:
+                    key = mv[off + 20 : off + 20 + _LAYOUT_KEY].tobytes()
+                    candidates = layouts.get(key)
+                    if candidates is not None:
+                        for layout in candidates:
+                            rec = fast(layout, mv, off, mlen)
+                            if rec is not None:
+                                break
+                    if rec is None:
+                        rec = self._slow(mv, off, end, key, candidates)
+                else:
+                    rec = self._slow(mv, off, end, None, None)
+                seq = rec[F_SEQ]
+                if seq is not None:
+                    if expect is not None and seq != expect:
+                        gap = (seq - expect) & 0xFFFFFFFF
+                        if gap < 0x80000000:  # a backwards jump is a rebind, not a loss
+                            lost += gap
+                    expect = (seq + 1) & 0xFFFFFFFF
+                packets += 1
+                on_packet(rec, rec[F_MSG])
+            elif mtype == NLMSG_ERROR:
+                if mlen >= 20 and _NLERR.unpack_from(mv, off + 16)[0] != 0:
+                    self.errors += 1
+            elif mtype == NLMSG_OVERRUN:
+                self.errors += 1
+            off = (end + 3) & ~3
+        self._expect, self.lost = expect, lost
+        self.received += packets
+        return count
+
+    def _slow(self, mv: memoryview, off: int, end: int, key: bytes | None, candidates: list | None) -> list:
+        """Walk the attributes of a message no known layout fits, and learn its layout."""
+        rec = self._rec
+        rec[:] = self._blank
+        rec[F_FAMILY], rec[F_GROUP] = _NFGEN.unpack_from(mv, off + 16)
+        parse_attributes(mv, off + 20, end, rec)
+        rec[F_MSG] = mv[off:end]
+        self.slow += 1
+        if key is not None and self._compiles > 0:
+            self._compiles -= 1
+            layout = compile_layout(mv, off, end)
+            if layout is not None:
+                if candidates is None:
+                    if len(self._layouts) >= _LAYOUTS_MAX:
+                        self._layouts.clear()  # shapes come and go: start over rather than grow
+                    candidates = self._layouts[key] = []
+                candidates.insert(0, layout)
+                del candidates[_LAYOUTS_PER_KEY:]
+        return rec
+
+    def packets(self, timeout: float | None = None, copy: bool = True) -> Iterator[Packet]:
+        """Yield packets as they arrive; stop after ``timeout`` seconds without one (None: never).
+
+        With ``copy`` (the default) byte fields are bytes you may keep; without it they
+        are memoryviews valid only until the next packet is read.
+        """
+        pending: deque[Packet] = deque()
+        if copy:
+
+            def collect(rec: list, _msg: memoryview) -> None:
+                pending.append(_owned(rec))
+        else:
+
+            def collect(rec: list, _msg: memoryview) -> None:
+                pending.append(Packet._make(rec))
+
+        while True:
+            if not pending:
+                self.drain(collect)
+            if not pending:
+                if not select.select([self._sock], [], [], timeout)[0]:
+                    return
+                continue
+            while pending:
+                yield pending.popleft()
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "received": self.received,
+            "enobufs": self.enobufs,
+            "lost": self.lost,
+            "rcvbuf": self.rcvbuf,
+            "truncated": self.truncated,
+            "errors": self.errors,
+        }
+
+    # -- closing --------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._sock.fileno() < 0
+
+    def close(self) -> None:
+        """Unbind the group (so another listener may take it at once) and close the socket."""
+        if self.closed:
+            return
+        if self._bound:
+            with contextlib.suppress(OSError):
+                self._request(socket.AF_UNSPEC, self.group, _nla(CFG_CMD, bytes((CMD_UNBIND,))), timeout=1.0)
+            self._bound = False
+        self._backlog.clear()
+        self._sock.close()
+
+    def __enter__(self) -> NflogSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
