@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = 7
 PORT = 9999
+PROBE_PORT = 9998
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SENDER = r"""
@@ -73,6 +74,7 @@ class Result:
     written: int
     cpu_s: float
     peak_rss_kb: int
+    send_rate: float = 0.0
 
     @property
     def loss(self) -> float:
@@ -95,12 +97,15 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
-def count_lines(path: Path) -> int:
+def count_lines(path: Path, needle: bytes = b"\n") -> int:
     try:
         with open(path, "rb") as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+            return sum(chunk.count(needle) for chunk in iter(lambda: f.read(1 << 20), b""))
     except FileNotFoundError:
         return 0
+
+
+BURST_MARK = f"DPT={PORT} ".encode()  # probes go to another port, so only burst lines are counted
 
 
 def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
@@ -126,12 +131,11 @@ def run_one(ns: str, daemon: str, config: str, opts: dict, packets: int, rate: f
                 raise RuntimeError(f"{daemon} exited: {proc.stderr.read().decode()[-2000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{daemon} never logged the probe packet")
-            sh("ip", "netns", "exec", ns, sys.executable, "-c", SENDER, "1", "0", str(PORT))
+            sh("ip", "netns", "exec", ns, sys.executable, "-c", SENDER, "1", "0", str(PROBE_PORT))
             time.sleep(0.2)
-        time.sleep(0.3)
-        base_lines = count_lines(out)
         pid = daemon_pid(proc.pid)
         cpu0 = cpu_seconds(pid)
+        t0 = time.monotonic()
         sh(
             "ip",
             "netns",
@@ -147,16 +151,23 @@ def run_one(ns: str, daemon: str, config: str, opts: dict, packets: int, rate: f
             str(rate),
             str(PORT),
         )
+        send_rate = packets / (time.monotonic() - t0)
         last, stable_since = -1, time.monotonic()
-        while time.monotonic() - stable_since < 1.5:  # wait until the output stops growing
+        while time.monotonic() - stable_since < 2.5:  # past the kernel's 1 s batch timer
             n = count_lines(out)
             if n != last:
                 last, stable_since = n, time.monotonic()
             time.sleep(0.1)
         cpu = cpu_seconds(pid) - cpu0
         rss = peak_rss_kb(pid)
-        return Result(daemon, config, packets, count_lines(out) - base_lines, cpu, rss)
+        stop(proc)  # ulogd with sync=0 writes its last buffered lines at exit
+        return Result(daemon, config, packets, count_lines(out, BURST_MARK), cpu, rss, send_rate)
     finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(20)
@@ -170,6 +181,49 @@ def daemon_pid(wrapper_pid: int) -> int:
     return wrapper_pid
 
 
+def soak(ns: str, seconds: int, rate: float, tmp: Path) -> str:
+    """pylogd alone at a steady rate; RSS sampled every 10 s. Memory must stay flat."""
+    conf = tmp / "soak.conf"
+    conf.write_text(config_text(tmp, "soak", sync=1, qthreshold=0).replace("loglevel=5", "loglevel=3"))
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, str(ROOT / ".venv/bin/pylogd"), "-c", str(conf)])
+    try:
+        wait_until = time.monotonic() + 20
+        log = tmp / "soak.log"
+        while not (log.exists() and "entering main loop" in log.read_text()):
+            if time.monotonic() > wait_until or proc.poll() is not None:
+                raise RuntimeError(f"pylogd did not start: {log.read_text() if log.exists() else ''}")
+            time.sleep(0.1)
+        packets = int(seconds * rate)
+        sender = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "taskset", "-c", "0", sys.executable, "-c", SENDER, str(packets), str(rate),
+             str(PORT)]
+        )  # fmt: skip
+        samples = []
+        start = time.monotonic()
+        while sender.poll() is None:
+            samples.append((time.monotonic() - start, rss_kb(proc.pid)))
+            time.sleep(10)
+        time.sleep(3)
+        samples.append((time.monotonic() - start, rss_kb(proc.pid)))
+        written = count_lines(tmp / "soak.out", BURST_MARK)
+    finally:
+        stop(proc)
+    first = samples[1][1] if len(samples) > 1 else samples[0][1]  # after the first 10 s of warm-up
+    growth = max(r for _, r in samples[1:]) - first if len(samples) > 1 else 0
+    rows = ", ".join(f"{t:.0f}s:{r / 1024:.1f}" for t, r in samples)
+    return (
+        f"soak: {seconds}s at {rate:.0f} pps, {packets} sent, {written} written; RSS MiB {rows}; "
+        f"growth after warm-up {growth / 1024:.2f} MiB"
+    )
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--packets", type=int, default=100_000)
@@ -177,6 +231,9 @@ def main() -> int:
     p.add_argument("--only", choices=("pylogd", "ulogd"))
     p.add_argument("--config", choices=list(CONFIGS), action="append")
     p.add_argument("--results", help="append a Markdown table to this file (e.g. bench/RESULTS.md)")
+    p.add_argument(
+        "--soak", type=int, metavar="SECONDS", help="run pylogd alone at --rate (default 2000) and watch RSS"
+    )
     args = p.parse_args()
     if os.geteuid() != 0 or not shutil.which("nft"):
         print("needs root, nft and ip (apt-get install nftables iproute2)", file=sys.stderr)
@@ -188,11 +245,18 @@ def main() -> int:
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         rules = (
             "table inet bench {\n chain input {\n  type filter hook input priority 0;\n"
-            f"  udp dport {PORT} log group {GROUP}\n }}\n}}\n"
+            f"  udp dport {{ {PROBE_PORT}, {PORT} }} log group {GROUP}\n }}\n}}\n"
         )
         sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
         with tempfile.TemporaryDirectory(prefix="pylogd-bench-") as tmpdir:
             tmp = Path(tmpdir)
+            if args.soak:
+                line = soak(ns, args.soak, args.rate or 2000, tmp)
+                print(line)
+                if args.results:
+                    with open(args.results, "a") as f:
+                        f.write(f"\n{time.strftime('%Y-%m-%d')} {platform.node()}: {line}\n")
+                return 0
             for config in args.config or list(CONFIGS):
                 for daemon in ("ulogd", "pylogd"):
                     if args.only and daemon != args.only:
@@ -213,7 +277,7 @@ def main() -> int:
 def print_result(r: Result) -> None:
     print(
         f"{r.daemon:6} {r.config:30} sent={r.sent} written={r.written} loss={r.loss:.1%} "
-        f"cpu={r.us_per_record:.2f}µs/record rss={r.peak_rss_kb / 1024:.1f}MiB",
+        f"cpu={r.us_per_record:.2f}µs/record rss={r.peak_rss_kb / 1024:.1f}MiB sent at {r.send_rate:.0f} pps",
         flush=True,
     )
 
@@ -224,8 +288,9 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
         f"### {time.strftime('%Y-%m-%d')} — {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}, "
         f"{args.packets} packets at {rate}",
         "",
-        "| config | daemon | sent | written | loss | CPU µs/record | peak RSS MiB | CPU ratio pylogd/ulogd |",
-        "|---|---|---|---|---|---|---|---|",
+        "| config | daemon | sent | sent at pps | written | loss | CPU µs/record | peak RSS MiB "
+        "| CPU ratio pylogd/ulogd |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(r.config, r.daemon): r for r in results}
     for r in results:
@@ -234,8 +299,8 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
         if r.daemon == "pylogd" and u and u.written and r.written:
             ratio = f"{r.us_per_record / u.us_per_record:.2f}"
         lines.append(
-            f"| {r.config} | {r.daemon} | {r.sent} | {r.written} | {r.loss:.1%} | {r.us_per_record:.2f} | "
-            f"{r.peak_rss_kb / 1024:.1f} | {ratio} |"
+            f"| {r.config} | {r.daemon} | {r.sent} | {r.send_rate:.0f} | {r.written} | {r.loss:.1%} "
+            f"| {r.us_per_record:.2f} | {r.peak_rss_kb / 1024:.1f} | {ratio} |"
         )
     return "\n".join(lines)
 

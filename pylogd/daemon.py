@@ -93,13 +93,13 @@ class Daemon:
         except Exception as exc:
             self.log.error(f"{inst.id} ({inst.spec.name}) failed handling {signal.Signals(signum).name}: {exc!r}")
 
-    def statistics_lines(self) -> list[str]:
+    def statistics_lines(self, saved: dict[str, dict[str, int]] | None = None) -> list[str]:
         lines = []
         for stack in self.stacks:
             counters = " ".join(f"{k}={v}" for k, v in stack.statistics().items())
             lines.append(f"stack {stack.name} [{stack.plan.decl.text}]: {counters}")
         for inst in self._started:
-            extra = inst.plugin.statistics()
+            extra = saved[inst.id] if saved and inst.id in saved else inst.plugin.statistics()
             if extra:
                 counters = " ".join(f"{k}={v}" for k, v in extra.items())
                 lines.append(f"{inst.spec.kind.value} {inst.id} ({inst.spec.name}): {counters}")
@@ -116,6 +116,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Stop reading, write everything accepted, close every plugin."""
+        saved = {inst.id: inst.plugin.statistics() for inst in self._started}  # plugins may drop them at stop
         for inst in reversed(self._started):
             if isinstance(inst.plugin, Input):
                 self._stop(inst)
@@ -124,9 +125,9 @@ class Daemon:
         for inst in self._started:
             if not isinstance(inst.plugin, Input):
                 self._stop(inst)
-        self._started.clear()
-        for line in self.statistics_lines():
+        for line in self.statistics_lines(saved):
             self.log.info(line)
+        self._started.clear()
         self.loop.close()
 
     def _stop(self, inst) -> None:
