@@ -25,16 +25,13 @@ Differences from ulogd 2.0.8
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Callable
 from typing import Any
 
+from pylogd.files import FileOutput, sync_option
 from pylogd.keys import Key, KeyType
-from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, Output, PluginSpec, Slots, int_option, str_option
-
-from .logemu import open_append, write_all
+from pylogd.plugin import Kind, PluginSpec, Slots, str_option
 
 BOUNDARY = "===>PACKET BOUNDARY\n"
 
@@ -61,7 +58,7 @@ def formatter(k: Key) -> Callable[[Any], str]:
     return lambda value: "default"
 
 
-class OPrint(Output):
+class OPrint(FileOutput):
     spec = PluginSpec(
         name="OPRINT",
         kind=Kind.OUTPUT,
@@ -69,36 +66,11 @@ class OPrint(Output):
         "each event introduced by ===>PACKET BOUNDARY.",
         options=(
             str_option("file", "/var/log/ulogd_oprint.log", "file to append the dump to"),
-            int_option(
-                "sync",
-                0,
-                "accepted for ulogd compatibility: pylogd always writes each batch of events with one write()",
-                min=0,
-            ),
+            sync_option("events"),
         ),
         wildcard_inputs=True,
         section_required=True,
     )
-
-    fd: int = -1
-
-    def start(self, loop: EventLoop) -> None:
-        self.fd = open_append(self.options["file"])
-
-    def reopen(self) -> None:
-        try:
-            fd = open_append(self.options["file"])
-        except OSError as exc:
-            self.log.error(f"cannot reopen {self.options['file']}: {exc.strerror}; still writing to the old file")
-            return
-        os.close(self.fd)
-        self.fd = fd
-        self.log.notice(f"reopened {self.options['file']}")
-
-    def stop(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
     def handler(self, slots: Slots) -> Callable[[list], Any]:
         fields = tuple((f"{k.name}=", i, formatter(k)) for k, i in slots.wildcard)
@@ -112,6 +84,3 @@ class OPrint(Output):
             return "".join(lines).encode("utf-8", "surrogateescape")
 
         return convert
-
-    def write(self, entries: list) -> None:
-        write_all(self.fd, entries)
