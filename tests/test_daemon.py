@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import signal
 import subprocess
 
@@ -163,3 +164,37 @@ def test_start_failure_names_the_instance(tmp_path, daemons):
     d.start(wait=False)
     assert d.proc.wait(30) == 1
     assert "cannot start emu1 (LOGEMU): [Errno 2] No such file or directory" in d.proc.stderr.read() + read(d.log)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 64 KiB tmpfs, to fill up for real."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (root needed): {done.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_loses_and_repeats_nothing(tmp_path, daemons, small_fs):
+    log_file = small_fs / "emu.log"
+    d = Daemon(tmp_path, ["in1:PIPEIN,emu1:LOGEMU"], f'[emu1]\nfile="{log_file}"\n')
+    daemons.append(d)
+    d.start()
+    filler = small_fs / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 1024)
+        except OSError:
+            pass  # the disk is full
+    d.send(*({"print": f"line {i:04d} " + "x" * 60 + "\n"} for i in range(300)))
+    wait_for(lambda: "keeping them for a retry" in read(d.log), what="the write failure")
+    filler.unlink()
+    wait_for(lambda: len(lines(log_file)) >= 300, timeout=20, what="all lines after space came back")
+    got = [re.search(r" line (\d{4}) x{60}$", line).group(1) for line in lines(log_file)]
+    assert got == [f"{i:04d}" for i in range(300)], "lines lost, repeated or torn"
+    assert "No space left on device" in read(d.log)
+    assert d.stop() == 0
