@@ -18,7 +18,7 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.base
 
 run: $(VENV)/.base
 	mkdir -p /var/log/pylogd
-	$(VENV)/bin/pylogd -c $(CONF) -v
+	$(VENV)/bin/pylogd -c $(CONF)
 
 check: $(VENV)/.base
 	$(VENV)/bin/pylogd --check -c $(CONF)

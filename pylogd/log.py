@@ -66,7 +66,7 @@ class LogSink:
             self.stream.flush()
         except OSError:
             pass  # a full disk must not take the daemon down through its own log
-        if self.echo_stderr and self.stream is not sys.stderr:
+        if self.echo_stderr and self.stream not in (sys.stderr, sys.stdout):
             sys.stderr.write(line)
 
 

@@ -796,11 +796,12 @@ def test_printpkt_bridge(keys: dict, body: str) -> None:
 
 
 def test_printpkt_other_family_and_missing_optional_parts() -> None:
-    # family 3 (arp) or 5 (netdev): nothing between MAC= and the tail; no prefix key, no names
+    # family 5 (netdev): nothing between MAC= and the tail; no prefix key, no names
     keys = {"oob.family": 5, "oob.mark": 0x10, "oob.in": "eth0", "oob.uid": 1000}
     assert run_filter(PrintPkt, keys)["print"] == "MAC= UID=1000 MARK=0x10 \n"
+    # family 3 (arp) without decoded ARP keys: only the protocol
     keys = {"oob.family": 3, "oob.in": "eth0", "oob.out": "eth1", "oob.gid": 7, "raw.mac": b"\x01\x02\x03"}
-    assert run_filter(PrintPkt, keys)["print"] == "IN=eth0 OUT=eth1 MAC=01:02:03 GID=7 \n"
+    assert run_filter(PrintPkt, keys)["print"] == "IN=eth0 OUT=eth1 MAC=01:02:03 PROTO=ARP GID=7 \n"
 
 
 def test_printpkt_without_uid_gid_keys_resolved() -> None:

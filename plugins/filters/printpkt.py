@@ -31,6 +31,7 @@ Differences from ulogd 2.0.8
   ``TYPE=11 CODE=0``), a gateway for code 5 and never the MTU.
 * UDP-Lite (protocol 136) prints ``PROTO=UDPLITE`` with the UDP fields (the udp.* keys); ulogd
   printed ``PROTO=136``.
+* ARP is printed for the arp family (3) too, not only inside bridge frames.
 * A non-first fragment (IPv4 or IPv6) prints only ``PROTO=<name> ``, as the kernel's LOG target does:
   it has no transport header. ulogd read the fragment's payload as one
   (``SPT=16962 DPT=16962 LEN=16962`` from the data bytes).
@@ -257,6 +258,8 @@ class PrintPkt(Filter):
                 body = ipv6(v)
             elif family == 7:
                 body = bridge(v)
+            elif family == 3:  # NFPROTO_ARP: arptables-style logging and ARP read from captures
+                body = arp(v)
             else:
                 body = ""
             uid = v[i_uid] if has_uid else None
