@@ -98,11 +98,17 @@ def peak_rss_kb(pid: int) -> int:
 
 
 def count_lines(path: Path, needle: bytes = b"\n") -> int:
+    """Occurrences of ``needle`` in the file, read in chunks (a needle may straddle two chunks)."""
+    count, tail, keep = 0, b"", len(needle) - 1  # the tail kept is too short to hold a whole needle
     try:
         with open(path, "rb") as f:
-            return sum(chunk.count(needle) for chunk in iter(lambda: f.read(1 << 20), b""))
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                data = tail + chunk
+                count += data.count(needle)
+                tail = data[len(data) - keep :] if keep else b""
     except FileNotFoundError:
         return 0
+    return count
 
 
 BURST_MARK = f"DPT={PORT} ".encode()  # probes go to another port, so only burst lines are counted
@@ -184,11 +190,12 @@ def daemon_pid(wrapper_pid: int) -> int:
 def soak(ns: str, seconds: int, rate: float, tmp: Path) -> str:
     """pylogd alone at a steady rate; RSS sampled every 10 s. Memory must stay flat."""
     conf = tmp / "soak.conf"
-    conf.write_text(config_text(tmp, "soak", sync=1, qthreshold=0).replace("loglevel=5", "loglevel=3"))
+    text = config_text(tmp, "soak", sync=1, qthreshold=0).replace("loglevel=5", "loglevel=3")
+    conf.write_text(text.replace("[log1]\n", "[log1]\nseq_local=1\n"))  # sequence numbers make every loss visible
+    log = tmp / "soak.log"
     proc = subprocess.Popen(["ip", "netns", "exec", ns, str(ROOT / ".venv/bin/pylogd"), "-c", str(conf)])
     try:
         wait_until = time.monotonic() + 20
-        log = tmp / "soak.log"
         while not (log.exists() and "entering main loop" in log.read_text()):
             if time.monotonic() > wait_until or proc.poll() is not None:
                 raise RuntimeError(f"pylogd did not start: {log.read_text() if log.exists() else ''}")
@@ -208,12 +215,15 @@ def soak(ns: str, seconds: int, rate: float, tmp: Path) -> str:
         written = count_lines(tmp / "soak.out", BURST_MARK)
     finally:
         stop(proc)
+    counters = [
+        line.split(": ", 1)[1] for line in log.read_text().splitlines() if "stack 1" in line or "input log1" in line
+    ]
     first = samples[1][1] if len(samples) > 1 else samples[0][1]  # after the first 10 s of warm-up
     growth = max(r for _, r in samples[1:]) - first if len(samples) > 1 else 0
     rows = ", ".join(f"{t:.0f}s:{r / 1024:.1f}" for t, r in samples)
     return (
         f"soak: {seconds}s at {rate:.0f} pps, {packets} sent, {written} written; RSS MiB {rows}; "
-        f"growth after warm-up {growth / 1024:.2f} MiB"
+        f"growth after warm-up {growth / 1024:.2f} MiB; pylogd's counters at exit: {' | '.join(counters[-2:])}"
     )
 
 
