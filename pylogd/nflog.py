@@ -41,7 +41,6 @@ Kernel behaviour worth knowing:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import select
@@ -53,6 +52,24 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from operator import itemgetter
 from typing import NamedTuple
+
+from .netlink import (
+    NETLINK_NETFILTER,
+    NLA,
+    NLA_TYPE_MASK,
+    NLERR,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG,
+    NLMSG_ERROR,
+    NLMSG_FULL,
+    NLMSG_OVERRUN,
+    NetlinkError,
+    iter_messages,
+    netns_context,
+    nla,
+    set_rcvbuf,
+)
 
 __all__ = [
     "COPY_MODES",
@@ -74,13 +91,9 @@ __all__ = [
     "parse_attributes",
 ]
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = NFNL_SUBSYS_ULOG << 8
 NFULNL_MSG_CONFIG = (NFNL_SUBSYS_ULOG << 8) | 1
-
-NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 
 # config attributes and commands (linux/netfilter/nfnetlink_log.h)
 CFG_CMD, CFG_MODE, CFG_NLBUFSIZ, CFG_TIMEOUT, CFG_QTHRESH, CFG_FLAGS = 1, 2, 3, 4, 5, 6
@@ -95,10 +108,8 @@ FLAG_CONNTRACK = 0x4  # NFULA_CT + NFULA_CT_INFO
 #: the families ulogd (un)binds nfnetlink_log for: IPv4, IPv6, bridge
 PF_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_BRIDGE)
 
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 NLBUFSIZ_MAX = 131072  # the kernel refuses larger NFULA_CFG_NLBUFSIZ values
 DRAIN_LIMIT = 2000  # messages per drain() call, so timers and signals still get their turn
-CLONE_NEWNET = 0x40000000
 
 #: Field order of a decoded packet record (and of :class:`Packet`).
 FIELDS = (
@@ -194,8 +205,8 @@ class Packet(NamedTuple):
     msg: bytes | None
 
 
-class NflogError(OSError):
-    """Opening or configuring an NFLOG socket failed; ``errno`` is the kernel's answer."""
+#: opening or configuring an NFLOG socket failed (the generic netlink error; kept under its old name)
+NflogError = NetlinkError
 
 
 class NflogBusyError(NflogError):
@@ -205,16 +216,11 @@ class NflogBusyError(NflogError):
 # ---------------------------------------------------------------------------------------------
 # decoding
 
-_NLMSG = struct.Struct("=IH")  # nlmsghdr: len, type (flags, seq, pid not needed per packet)
-_NLMSG_FULL = struct.Struct("=IHHII")
-_NLERR = struct.Struct("=i")
 _NFGEN = struct.Struct(">BxH")  # nfgenmsg: family, version (skipped), res_id
-_NLA = struct.Struct("=HH")
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
 _PKT_HDR = struct.Struct(">HB")  # hw_protocol, hook
 _TIMESTAMP = struct.Struct(">QQ")
-_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 # Per attribute type: how to decode it (kind), into which field, and its minimum nla_len.
 _K_SKIP, _K_U32, _K_U16, _K_RAW, _K_HDR, _K_PREFIX, _K_TS, _K_HWADDR, _K_VLAN = range(9)
@@ -253,14 +259,14 @@ def parse_attributes(mv: memoryview, off: int, end: int, rec: list) -> None:
     ``rec`` must hold ``NFIELDS`` items; fields whose attribute is absent are left alone,
     so the caller resets it between packets.  Byte fields are memoryviews into ``mv``.
     """
-    unpack_nla, be32, be16 = _NLA.unpack_from, _BE32.unpack_from, _BE16.unpack_from
+    unpack_nla, be32, be16 = NLA.unpack_from, _BE32.unpack_from, _BE16.unpack_from
     kinds, fields, minlen = _KIND, _FIELD, _MINLEN
     while off + 4 <= end:
         alen, atype = unpack_nla(mv, off)
         nxt = off + alen
         if alen < 4 or nxt > end:
             return  # truncated: keep what was decoded so far
-        atype &= _NLA_TYPE_MASK
+        atype &= NLA_TYPE_MASK
         if atype < _NTYPES and alen >= minlen[atype]:
             kind = kinds[atype]
             p = off + 4
@@ -289,10 +295,10 @@ def parse_attributes(mv: memoryview, off: int, end: int, rec: list) -> None:
 
 def _parse_vlan(mv: memoryview, off: int, end: int, rec: list) -> None:
     while off + 4 <= end:
-        alen, atype = _NLA.unpack_from(mv, off)
+        alen, atype = NLA.unpack_from(mv, off)
         if alen < 4 or off + alen > end:
             return
-        atype &= _NLA_TYPE_MASK
+        atype &= NLA_TYPE_MASK
         if alen >= 6 and atype in (1, 2):  # NFULA_VLAN_PROTO, NFULA_VLAN_TCI
             rec[F_VLAN_PROTO if atype == 1 else F_VLAN_TCI] = _BE16.unpack_from(mv, off + 4)[0]
         off = (off + alen + 3) & ~3
@@ -329,12 +335,12 @@ def compile_layout(mv: memoryview, start: int, end: int) -> tuple | None:
     pay = pay_len = None
     rel = 20
     while rel + 4 <= end - start:
-        alen, atype = _NLA.unpack_from(mv, start + rel)
+        alen, atype = NLA.unpack_from(mv, start + rel)
         nxt = rel + alen
         if alen < 4 or start + nxt > end:
             return None
         padded = (nxt + 3) & ~3
-        t = atype & _NLA_TYPE_MASK
+        t = atype & NLA_TYPE_MASK
         p = rel + 4
         if t == 9 and alen >= _MINLEN[9]:
             if padded + 4 <= end - start:
@@ -383,16 +389,16 @@ def compile_layout(mv: memoryview, start: int, end: int) -> tuple | None:
         elif kind == _K_VLAN:
             inner = p
             while inner + 4 <= nxt:
-                ilen, itype = _NLA.unpack_from(mv, start + inner)
+                ilen, itype = NLA.unpack_from(mv, start + inner)
                 if ilen < 4 or inner + ilen > nxt:
                     return None
                 fmt.append("I")
                 check.append(nvals)
                 nvals += 1
                 iused = 0
-                if ilen >= 6 and itype & _NLA_TYPE_MASK in (1, 2):
+                if ilen >= 6 and itype & NLA_TYPE_MASK in (1, 2):
                     fmt.append("H")
-                    src[F_VLAN_PROTO if itype & _NLA_TYPE_MASK == 1 else F_VLAN_TCI] = nvals
+                    src[F_VLAN_PROTO if itype & NLA_TYPE_MASK == 1 else F_VLAN_TCI] = nvals
                     nvals += 1
                     iused = 2
                 ipadded = (inner + ilen + 3) & ~3
@@ -484,25 +490,6 @@ def decode_fast(layout: tuple, mv: memoryview, off: int, mlen: int) -> tuple | N
     return gather(v + extras)  # concatenation: measurably faster than (*v, *extras)
 
 
-def iter_messages(
-    data: bytes | bytearray | memoryview, length: int | None = None
-) -> Iterator[tuple[int, int, int, int]]:
-    """Walk the netlink messages of one datagram: yields (type, flags, start, end) of each.
-
-    Stops at the first truncated message.  A generic helper for tests and tools; the
-    receive path inlines the same walk.
-    """
-    mv = memoryview(data)
-    n = len(mv) if length is None else min(length, len(mv))
-    off = 0
-    while off + 16 <= n:
-        mlen, mtype, mflags, _seq, _pid = _NLMSG_FULL.unpack_from(mv, off)
-        if mlen < 16 or off + mlen > n:
-            return
-        yield mtype, mflags, off, off + mlen
-        off = (off + mlen + 3) & ~3
-
-
 def decode_message(mv: memoryview, start: int, end: int) -> list:
     """Decode one NFULNL_MSG_PACKET message at ``mv[start:end]`` into a fresh record."""
     rec: list = [None] * NFIELDS
@@ -520,59 +507,6 @@ def _owned(rec: Sequence) -> Packet:
 
 # ---------------------------------------------------------------------------------------------
 # network namespaces
-
-_libc = None
-
-
-def _setns(fd: int) -> None:
-    if hasattr(os, "setns"):  # Python 3.12+
-        os.setns(fd, CLONE_NEWNET)
-        return
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def netns_path(netns: str) -> str:
-    """A namespace name (under /run/netns) or a path (anything with a '/') as a path."""
-    return netns if "/" in netns else os.path.join("/run/netns", netns)
-
-
-@contextlib.contextmanager
-def netns_context(netns: str | None) -> Iterator[None]:
-    """Run the body with the calling thread inside network namespace ``netns`` (None: stay).
-
-    Sockets created inside keep that namespace after the thread has switched back.
-    """
-    if netns is None:
-        yield
-        return
-    path = netns_path(netns)
-    try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NflogError(
-            errno.ENOENT, f"network namespace {netns!r} not found ({path} does not exist; `ip netns list` shows names)"
-        ) from None
-    try:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            try:
-                _setns(target)
-            except OSError as exc:
-                raise NflogError(exc.errno, f"cannot enter network namespace {netns!r}: {exc.strerror}") from None
-            try:
-                yield
-            finally:
-                _setns(own)
-        finally:
-            os.close(own)
-    finally:
-        os.close(target)
-
 
 # the calling thread's namespace: /proc/net would show the main thread's
 _NFLOG_PROC = "/proc/thread-self/net/netfilter/nfnetlink_log"
@@ -621,11 +555,6 @@ def find_netlink_owner(portid: int, netns: str | None = None) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # the socket
-
-
-def _nla(atype: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return _NLA.pack(length, atype) + payload + b"\0" * ((-length) % 4)
 
 
 class NflogSocket:
@@ -742,19 +671,19 @@ class NflogSocket:
                 continue
             for pf in PF_FAMILIES:
                 try:
-                    self._request(pf, 0, _nla(CFG_CMD, bytes((cmd,))))
+                    self._request(pf, 0, nla(CFG_CMD, bytes((cmd,))))
                 except OSError as exc:
                     raise NflogError(
                         exc.errno, f"cannot {what} nfnetlink_log for protocol family {pf}: {os.strerror(exc.errno)}"
                     ) from None
         try:
-            self._request(socket.AF_UNSPEC, self.group, _nla(CFG_CMD, bytes((CMD_BIND,))))
+            self._request(socket.AF_UNSPEC, self.group, nla(CFG_CMD, bytes((CMD_BIND,))))
         except OSError as exc:
             raise self._bind_error(exc.errno) from None
         self._bound = True
         mode = struct.pack(">IBx", copy_range & 0xFFFFFFFF, COPY_MODES[copy_mode])
         try:
-            self._request(socket.AF_UNSPEC, self.group, _nla(CFG_MODE, mode))
+            self._request(socket.AF_UNSPEC, self.group, nla(CFG_MODE, mode))
         except OSError as exc:
             raise NflogError(
                 exc.errno, f"NFLOG group {self.group}: copy mode {copy_mode} refused: {exc.strerror}"
@@ -787,7 +716,7 @@ class NflogSocket:
     def _set(self, attr: int, payload: bytes) -> None:
         for _attempt in range(3):
             try:
-                self._request(socket.AF_UNSPEC, self.group, _nla(attr, payload))
+                self._request(socket.AF_UNSPEC, self.group, nla(attr, payload))
                 return
             except OSError as exc:
                 # EAGAIN: the kernel has just loaded the conntrack glue and wants the request again
@@ -818,7 +747,7 @@ class NflogSocket:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         seq = self._seq
         body = _NFGEN.pack(family, group) + attrs
-        msg = _NLMSG_FULL.pack(16 + len(body), NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+        msg = NLMSG_FULL.pack(16 + len(body), NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
         # struct _NFGEN skips the version byte, which must be NFNETLINK_V0 (0): pack wrote 0 there
         self._sock.sendto(msg, (0, 0))
         deadline = time.monotonic() + timeout
@@ -841,8 +770,8 @@ class NflogSocket:
             has_data = False
             for mtype, _flags, start, end in iter_messages(mv, n):
                 if mtype == NLMSG_ERROR and end - start >= 20:
-                    if _NLMSG_FULL.unpack_from(mv, start)[3] == seq:
-                        answer = -_NLERR.unpack_from(mv, start + 16)[0]
+                    if NLMSG_FULL.unpack_from(mv, start)[3] == seq:
+                        answer = -NLERR.unpack_from(mv, start + 16)[0]
                         continue
                 elif mtype == NFULNL_MSG_PACKET:
                     has_data = True
@@ -855,12 +784,8 @@ class NflogSocket:
 
     def set_rcvbuf(self, size: int) -> int:
         """Set the socket receive buffer (SO_RCVBUFFORCE, else SO_RCVBUF); returns what the kernel reports."""
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-        except OSError:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
         self.rcvbuf_requested = size
-        self.rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.rcvbuf = set_rcvbuf(self._sock, size)
         return self.rcvbuf
 
     # -- receiving ------------------------------------------------------------------------------
@@ -911,7 +836,7 @@ class NflogSocket:
 
     def _walk(self, mv: memoryview, n: int, on_packet: Callable[[Sequence, memoryview], object]) -> int:
         """Handle the messages of one datagram; returns how many there were."""
-        unpack_hdr = _NLMSG.unpack_from
+        unpack_hdr = NLMSG.unpack_from
         layouts, fast = self._layouts, decode_fast
         expect, lost = self._expect, self.lost
         off = count = packets = 0
@@ -946,7 +871,7 @@ class NflogSocket:
                 packets += 1
                 on_packet(rec, rec[F_MSG])
             elif mtype == NLMSG_ERROR:
-                if mlen >= 20 and _NLERR.unpack_from(mv, off + 16)[0] != 0:
+                if mlen >= 20 and NLERR.unpack_from(mv, off + 16)[0] != 0:
                     self.errors += 1
             elif mtype == NLMSG_OVERRUN:
                 self.errors += 1
@@ -1023,7 +948,7 @@ class NflogSocket:
             return
         if self._bound:
             with contextlib.suppress(OSError):
-                self._request(socket.AF_UNSPEC, self.group, _nla(CFG_CMD, bytes((CMD_UNBIND,))), timeout=1.0)
+                self._request(socket.AF_UNSPEC, self.group, nla(CFG_CMD, bytes((CMD_UNBIND,))), timeout=1.0)
             self._bound = False
         self._backlog.clear()
         self._sock.close()

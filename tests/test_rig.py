@@ -10,7 +10,7 @@ import pytest
 import rig as rigmod
 from rig import Rig, need_root_and_netns, netns_names, rig_fixture, wait_for  # noqa: F401 - a fixture
 
-from pylogd.nflog import netns_context
+from pylogd.netlink import netns_context
 
 
 def _gone(pid: int) -> bool:

@@ -34,7 +34,7 @@ from typing import Any
 from pylogd.keys import KeyType
 from pylogd.log import ERROR, Logger
 from pylogd.loop import EventLoop
-from pylogd.nflog import NflogError, netns_context
+from pylogd.netlink import netns_context
 from pylogd.plugin import Filter, Kind, PluginError, PluginSpec, Slots, key, str_option
 
 RTMGRP_LINK = 0x1
@@ -246,7 +246,7 @@ class Ifindex(Filter):
         self.caches: dict[str | None, LinkCache] = {}
         try:
             self.default = self._cache(self.options["netns"])
-        except (OSError, NflogError) as exc:
+        except OSError as exc:
             raise PluginError(f"cannot read the interfaces of {self._where(self.options['netns'])}: {exc}") from None
 
     @staticmethod
@@ -266,7 +266,7 @@ class Ifindex(Filter):
         """The cache of a namespace first seen on a packet; the default one if it cannot be opened."""
         try:
             return self._cache(netns)
-        except (OSError, NflogError) as exc:
+        except OSError as exc:
             fallback = self._where(self.default.netns)
             self.log.error(f"cannot read the interfaces of network namespace {netns} ({exc}); using {fallback}")
             self.caches[netns] = self.default  # do not retry on every packet

@@ -1,0 +1,152 @@
+"""Generic netlink pieces shared by the netfilter inputs (NFLOG, NFCT).
+
+* constants of ``linux/netlink.h`` and the header structs,
+* :func:`iter_messages`: walk the nlmsghdr-framed messages of one datagram,
+* :func:`nla`: build one attribute, :func:`nlmsg_error`: the errno of an NLMSG_ERROR,
+* :func:`set_rcvbuf`: SO_RCVBUFFORCE with an SO_RCVBUF fallback,
+* :func:`netns_context`: create sockets inside another network namespace.
+
+The receive paths of :mod:`pylogd.nflog` and :mod:`pylogd.conntrack` inline the message
+walk for speed; this module holds what they share outside the per-event path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator
+
+__all__ = [
+    "CLONE_NEWNET",
+    "NETLINK_NETFILTER",
+    "NetlinkError",
+    "iter_messages",
+    "netns_context",
+    "netns_path",
+    "nla",
+    "nlmsg_error",
+    "set_rcvbuf",
+]
+
+NETLINK_NETFILTER = 12
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_ROOT, NLM_F_MATCH = 0x100, 0x200
+NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NETLINK_BROADCAST_ERROR = 4
+NETLINK_NO_ENOBUFS = 5
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+CLONE_NEWNET = 0x40000000
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+
+NLMSG = struct.Struct("=IH")  # nlmsghdr: len, type
+NLMSG_FULL = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+NLERR = struct.Struct("=i")
+NLA = struct.Struct("=HH")
+
+
+class NetlinkError(OSError):
+    """Opening or configuring a netlink socket failed; ``errno`` is the kernel's answer."""
+
+
+def iter_messages(
+    data: bytes | bytearray | memoryview, length: int | None = None
+) -> Iterator[tuple[int, int, int, int]]:
+    """Walk the netlink messages of one datagram: yields (type, flags, start, end) of each.
+
+    Stops at the first truncated message.
+    """
+    mv = memoryview(data)
+    n = len(mv) if length is None else min(length, len(mv))
+    off = 0
+    while off + 16 <= n:
+        mlen, mtype, mflags, _seq, _pid = NLMSG_FULL.unpack_from(mv, off)
+        if mlen < 16 or off + mlen > n:
+            return
+        yield mtype, mflags, off, off + mlen
+        off = (off + mlen + 3) & ~3
+
+
+def nlmsg_error(mv: memoryview, start: int, end: int) -> int | None:
+    """The positive errno of an NLMSG_ERROR message (0 = ACK), None when it is too short."""
+    if end - start < 20:
+        return None
+    return -NLERR.unpack_from(mv, start + 16)[0]
+
+
+def nla(atype: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes."""
+    length = 4 + len(payload)
+    return NLA.pack(length, atype) + payload + b"\0" * ((-length) % 4)
+
+
+def set_rcvbuf(sock: socket.socket, size: int) -> int:
+    """Set a socket's receive buffer (SO_RCVBUFFORCE, else SO_RCVBUF); returns what the kernel reports."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+
+# ---------------------------------------------------------------------------------------------
+# network namespaces
+
+_libc = None
+
+
+def _setns(fd: int) -> None:
+    if hasattr(os, "setns"):  # Python 3.12+
+        os.setns(fd, CLONE_NEWNET)
+        return
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def netns_path(netns: str) -> str:
+    """A namespace name (under /run/netns) or a path (anything with a '/') as a path."""
+    return netns if "/" in netns else os.path.join("/run/netns", netns)
+
+
+@contextlib.contextmanager
+def netns_context(netns: str | None) -> Iterator[None]:
+    """Run the body with the calling thread inside network namespace ``netns`` (None: stay).
+
+    Sockets created inside keep that namespace after the thread has switched back.
+    Raises :class:`NetlinkError` when the namespace does not exist or cannot be entered.
+    """
+    if netns is None:
+        yield
+        return
+    path = netns_path(netns)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetlinkError(
+            errno.ENOENT, f"network namespace {netns!r} not found ({path} does not exist; `ip netns list` shows names)"
+        ) from None
+    try:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                _setns(target)
+            except OSError as exc:
+                raise NetlinkError(exc.errno, f"cannot enter network namespace {netns!r}: {exc.strerror}") from None
+            try:
+                yield
+            finally:
+                _setns(own)
+        finally:
+            os.close(own)
+    finally:
+        os.close(target)
