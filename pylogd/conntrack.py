@@ -1,0 +1,485 @@
+"""Reading conntrack (ctnetlink) events and table dumps, and decoding them by hand.
+
+* :func:`decode` turns one ctnetlink message into a record, a list indexed by the ``F_*``
+  constants (``None`` = absent).  It never raises: a truncated or garbled message yields
+  what could be read.  ctnetlink attribute payloads are big-endian.
+* :class:`CtSocket` subscribes to the NEW / UPDATE / DESTROY multicast groups of a network
+  namespace and decodes what arrives (:meth:`CtSocket.drain`).
+* :func:`dump` reads the whole table over a short-lived socket (optionally resetting the
+  counters, as ``conntrack -L -z`` does).
+
+Example::
+
+    with CtSocket(EVENT_NEW | EVENT_DESTROY, netns="blue") as ct:
+        for rec in ct.events(timeout=5):
+            print(rec[F_EVENT], socket.inet_ntop(FAMILY[rec[F_FAMILY]], rec[F_ORIG_SRC]))
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+
+from .netlink import (
+    NETLINK_BROADCAST_ERROR,
+    NETLINK_NETFILTER,
+    NETLINK_NO_ENOBUFS,
+    NLA_TYPE_MASK,
+    NLERR,
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_FULL,
+    SOL_NETLINK,
+    NetlinkError,
+    netns_context,
+    set_rcvbuf,
+)
+
+__all__ = [
+    "EVENT_DESTROY",
+    "EVENT_NEW",
+    "EVENT_UPDATE",
+    "FIELDS",
+    "CtSocket",
+    "decode",
+    "decode_bytes",
+    "dump",
+    "owned",
+]
+
+EVENT_NEW, EVENT_UPDATE, EVENT_DESTROY = 1, 2, 4  # ct.event values = the multicast group bits
+IPS_SRC_NAT, IPS_DST_NAT = 0x10, 0x20
+
+NFNL_SUBSYS_CTNETLINK = 1
+MSG_CT_NEW = NFNL_SUBSYS_CTNETLINK << 8
+MSG_CT_GET = MSG_CT_NEW | 1
+MSG_CT_DELETE = MSG_CT_NEW | 2
+MSG_CT_GET_CTRZERO = MSG_CT_NEW | 3
+NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
+DRAIN_LIMIT = 2000
+
+#: protocols whose tuples carry ports (ulogd's list)
+PORT_PROTOCOLS = frozenset((6, 17, 33, 132, 136))
+
+FIELDS = (
+    "family",  # nfgenmsg family: 2 or 10
+    "event",  # EVENT_NEW / EVENT_UPDATE / EVENT_DESTROY (dumps: EVENT_UPDATE)
+    "orig_src",
+    "orig_dst",
+    "orig_proto",
+    "orig_sport",
+    "orig_dport",
+    "icmp_type",  # from the original tuple, ICMP or ICMPv6
+    "icmp_code",
+    "icmp_id",
+    "reply_src",
+    "reply_dst",
+    "reply_proto",
+    "reply_sport",
+    "reply_dport",
+    "orig_pkts",
+    "orig_bytes",
+    "reply_pkts",
+    "reply_bytes",
+    "status",
+    "timeout",
+    "mark",
+    "id",
+    "zone",
+    "start",  # CTA_TIMESTAMP_START, ns since the epoch
+    "stop",  # CTA_TIMESTAMP_STOP
+    "msg",  # the whole netlink message (memoryview into the receive buffer, or bytes)
+)
+NFIELDS = len(FIELDS)
+(
+    F_FAMILY, F_EVENT, F_ORIG_SRC, F_ORIG_DST, F_ORIG_PROTO, F_ORIG_SPORT, F_ORIG_DPORT,
+    F_ICMP_TYPE, F_ICMP_CODE, F_ICMP_ID, F_REPLY_SRC, F_REPLY_DST, F_REPLY_PROTO,
+    F_REPLY_SPORT, F_REPLY_DPORT, F_ORIG_PKTS, F_ORIG_BYTES, F_REPLY_PKTS, F_REPLY_BYTES,
+    F_STATUS, F_TIMEOUT, F_MARK, F_ID, F_ZONE, F_START, F_STOP, F_MSG,
+) = range(NFIELDS)  # fmt: skip
+FAMILY = {2: socket.AF_INET, 10: socket.AF_INET6}
+# offset from the orig_* fields to the reply_* fields of the same tuple member
+_REPLY = F_REPLY_SRC - F_ORIG_SRC
+
+_NLA = struct.Struct("=HH")
+_U8 = struct.Struct("B")
+_BE16 = struct.Struct(">H")
+_BE32 = struct.Struct(">I")
+_BE64 = struct.Struct(">Q")
+_NFGEN = struct.Struct("=B")
+
+# top-level attributes (linux/netfilter/nfnetlink_conntrack.h)
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_TIMEOUT, CTA_MARK = 1, 2, 3, 7, 8
+CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ID, CTA_ZONE, CTA_TIMESTAMP = 9, 10, 12, 18, 20
+
+
+def _tuple(mv: memoryview, off: int, end: int, rec: list, base: int) -> None:
+    """CTA_TUPLE_*: nested CTA_TUPLE_IP and CTA_TUPLE_PROTO; ``base`` selects orig or reply fields."""
+    unpack_nla = _NLA.unpack_from
+    while off + 4 <= end:
+        alen, atype = unpack_nla(mv, off)
+        if alen < 4 or off + alen > end:
+            return
+        atype &= NLA_TYPE_MASK
+        inner, aend = off + 4, off + alen
+        if atype == 1:  # CTA_TUPLE_IP
+            while inner + 4 <= aend:
+                blen, btype = unpack_nla(mv, inner)
+                if blen < 4 or inner + blen > aend:
+                    break
+                btype &= NLA_TYPE_MASK
+                size = blen - 4
+                if (btype == 1 or btype == 2) and size >= 4:  # CTA_IP_V4_SRC/DST
+                    rec[base + btype - 1] = mv[inner + 4 : inner + 8].tobytes()
+                elif (btype == 3 or btype == 4) and size >= 16:  # CTA_IP_V6_SRC/DST
+                    rec[base + btype - 3] = mv[inner + 4 : inner + 20].tobytes()
+                inner = (inner + blen + 3) & ~3
+        elif atype == 2:  # CTA_TUPLE_PROTO
+            while inner + 4 <= aend:
+                blen, btype = unpack_nla(mv, inner)
+                if blen < 4 or inner + blen > aend:
+                    break
+                btype &= NLA_TYPE_MASK
+                size = blen - 4
+                p = inner + 4
+                if btype == 1 and size >= 1:  # CTA_PROTO_NUM
+                    rec[base + 2] = mv[p]
+                elif (btype == 2 or btype == 3) and size >= 2:  # CTA_PROTO_SRC_PORT / DST_PORT
+                    rec[base + 1 + btype] = _BE16.unpack_from(mv, p)[0]
+                elif base == F_ORIG_SRC:  # the reply tuple's ICMP fields (echo reply) are not kept
+                    if (btype == 5 or btype == 8) and size >= 1:  # ICMP(V6)_TYPE
+                        rec[F_ICMP_TYPE] = mv[p]
+                    elif (btype == 6 or btype == 9) and size >= 1:  # ICMP(V6)_CODE
+                        rec[F_ICMP_CODE] = mv[p]
+                    elif (btype == 4 or btype == 7) and size >= 2:  # ICMP(V6)_ID
+                        rec[F_ICMP_ID] = _BE16.unpack_from(mv, p)[0]
+                inner = (inner + blen + 3) & ~3
+        off = (aend + 3) & ~3
+
+
+def _counters(mv: memoryview, off: int, end: int, rec: list, field: int) -> None:
+    """CTA_COUNTERS_*: packets into rec[field], bytes into rec[field + 1] (64- or 32-bit forms)."""
+    unpack_nla = _NLA.unpack_from
+    while off + 4 <= end:
+        alen, atype = unpack_nla(mv, off)
+        if alen < 4 or off + alen > end:
+            return
+        atype &= NLA_TYPE_MASK
+        size = alen - 4
+        if atype <= 2 and size >= 8:  # CTA_COUNTERS_PACKETS / BYTES (u64)
+            rec[field + atype - 1] = _BE64.unpack_from(mv, off + 4)[0]
+        elif 3 <= atype <= 4 and size >= 4:  # the old 32-bit forms
+            rec[field + atype - 3] = _BE32.unpack_from(mv, off + 4)[0]
+        off = (off + alen + 3) & ~3
+
+
+def _tuples_layout(alen: int) -> tuple[struct.Struct, tuple, struct.Struct, int]:
+    """The fixed shape the kernel gives both tuples of a flow with ports (TCP, UDP, ...).
+
+    Returns (header struct, the expected attribute headers, value struct, byte length): one
+    unpack checks every attribute header of the two tuples, one more reads all their values.
+    """
+    ip_len, proto_len = 4 + 2 * (4 + alen), 28
+    tup_len = 4 + ip_len + proto_len
+    heads: list[tuple[int, int, int]] = []  # (offset, nla_len, nla_type)
+    vals: list[tuple[int, str]] = []  # (offset, format)
+    src_type = 1 if alen == 4 else 3
+    for b, ttype in ((0, 1), (tup_len, 2)):
+        heads += [(b, tup_len, 0x8000 | ttype), (b + 4, ip_len, 0x8001)]
+        heads += [(b + 8, 4 + alen, src_type), (b + 12 + alen, 4 + alen, src_type + 1)]
+        vals += [(b + 12, f"{alen}s"), (b + 16 + alen, f"{alen}s")]
+        p = b + 4 + ip_len
+        heads += [(p, proto_len, 0x8002), (p + 4, 5, 1), (p + 12, 6, 2), (p + 20, 6, 3)]
+        vals += [(p + 8, "B"), (p + 16, "H"), (p + 24, "H")]
+
+    def fmt(items: list[tuple[int, str]], prefix: str) -> struct.Struct:
+        out, pos = prefix, 0
+        for off, f in sorted(items):
+            out += f"{off - pos}x{f}" if off > pos else f
+            pos = off + struct.calcsize(prefix + f)
+        return struct.Struct(out)
+
+    head_struct = fmt([(o, "HH") for o, _, _ in heads], "=")
+    expected = tuple(v for _, n, t in sorted(heads) for v in (n, t))
+    return head_struct, expected, fmt(vals, ">"), 2 * tup_len
+
+
+_FAST = {2: _tuples_layout(4), 10: _tuples_layout(16)}
+
+
+def decode(mv: memoryview, start: int, end: int, rec: list) -> bool:
+    """Decode the ctnetlink message at ``mv[start:end]`` into ``rec`` (all None on entry).
+
+    Sets F_EVENT from the message type and flags, F_MSG to the message.  Returns False when
+    it is not a conntrack entry message (nothing useful was decoded).  Never raises.
+    """
+    if end - start < 20 or end > len(mv):
+        return False
+    _mlen, mtype, mflags, _seq, _pid = NLMSG_FULL.unpack_from(mv, start)
+    if mtype == MSG_CT_NEW:
+        rec[F_EVENT] = EVENT_NEW if mflags & (NLM_F_CREATE | NLM_F_EXCL) else EVENT_UPDATE
+    elif mtype == MSG_CT_DELETE:
+        rec[F_EVENT] = EVENT_DESTROY
+    else:
+        return False
+    family = rec[F_FAMILY] = mv[start + 16]
+    rec[F_MSG] = mv[start:end]
+    off = start + 20
+    fast = _FAST.get(family)
+    if fast is not None and off + fast[3] <= end and fast[0].unpack_from(mv, off) == fast[1]:
+        (
+            rec[F_ORIG_SRC], rec[F_ORIG_DST], rec[F_ORIG_PROTO], rec[F_ORIG_SPORT], rec[F_ORIG_DPORT],
+            rec[F_REPLY_SRC], rec[F_REPLY_DST], rec[F_REPLY_PROTO], rec[F_REPLY_SPORT], rec[F_REPLY_DPORT],
+        ) = fast[2].unpack_from(mv, off)  # fmt: skip
+        off += fast[3]
+    unpack_nla = _NLA.unpack_from
+    be32 = _BE32.unpack_from
+    while off + 4 <= end:
+        alen, atype = unpack_nla(mv, off)
+        if alen < 4 or off + alen > end:
+            break
+        atype &= NLA_TYPE_MASK
+        size = alen - 4
+        p = off + 4
+        if atype == CTA_TUPLE_ORIG:
+            _tuple(mv, p, off + alen, rec, F_ORIG_SRC)
+        elif atype == CTA_TUPLE_REPLY:
+            _tuple(mv, p, off + alen, rec, F_REPLY_SRC)
+        elif size >= 4 and atype == CTA_STATUS:
+            rec[F_STATUS] = be32(mv, p)[0]
+        elif size >= 4 and atype == CTA_TIMEOUT:
+            rec[F_TIMEOUT] = be32(mv, p)[0]
+        elif size >= 4 and atype == CTA_MARK:
+            rec[F_MARK] = be32(mv, p)[0]
+        elif size >= 4 and atype == CTA_ID:
+            rec[F_ID] = be32(mv, p)[0]
+        elif atype == CTA_COUNTERS_ORIG:
+            _counters(mv, p, off + alen, rec, F_ORIG_PKTS)
+        elif atype == CTA_COUNTERS_REPLY:
+            _counters(mv, p, off + alen, rec, F_REPLY_PKTS)
+        elif size >= 2 and atype == CTA_ZONE:
+            rec[F_ZONE] = _BE16.unpack_from(mv, p)[0]
+        elif atype == CTA_TIMESTAMP:
+            inner, aend = p, off + alen
+            while inner + 4 <= aend:
+                blen, btype = unpack_nla(mv, inner)
+                if blen < 4 or inner + blen > aend:
+                    break
+                btype &= NLA_TYPE_MASK
+                if (btype == 1 or btype == 2) and blen >= 12:  # CTA_TIMESTAMP_START / STOP
+                    rec[F_START + btype - 1] = _BE64.unpack_from(mv, inner + 4)[0]
+                inner = (inner + blen + 3) & ~3
+        off = (off + alen + 3) & ~3
+    return True
+
+
+def decode_bytes(msg: bytes) -> list:
+    """A fresh record decoded from one whole message (for messages kept as bytes)."""
+    rec: list = [None] * NFIELDS
+    decode(memoryview(msg), 0, len(msg), rec)
+    return rec
+
+
+def owned(rec: list) -> tuple:
+    """A copy of a record that stays valid after the receive buffer is reused."""
+    msg = rec[F_MSG]
+    out = list(rec)
+    if type(msg) is memoryview:
+        out[F_MSG] = msg.tobytes()
+    return tuple(out)
+
+
+def _request(mtype: int, flags: int, family: int = 0, seq: int = 0) -> bytes:
+    body = _NFGEN.pack(family) + b"\0\0\0"  # family, version 0, res_id 0
+    return NLMSG_FULL.pack(16 + len(body), mtype, flags | NLM_F_REQUEST, seq, 0) + body
+
+
+def _open(netns: str | None, groups: int = 0) -> socket.socket:
+    with netns_context(netns):
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        except OSError as exc:
+            raise NetlinkError(exc.errno, f"cannot open a netfilter netlink socket: {exc.strerror}") from None
+    try:
+        sock.bind((0, groups))
+    except OSError as exc:
+        sock.close()
+        raise NetlinkError(exc.errno, f"cannot subscribe to conntrack events: {exc.strerror}") from None
+    return sock
+
+
+def dump(netns: str | None = None, reset_counters: bool = False, timeout: float = 30.0) -> list[tuple]:
+    """The whole conntrack table (both families) as owned records with F_EVENT = EVENT_UPDATE.
+
+    ``reset_counters`` zeroes the counters as they are read (IPCTNL_MSG_CT_GET_CTRZERO).
+    Raises :class:`NetlinkError` when the kernel refuses the dump.
+    """
+    sock = _open(netns)
+    out: list[tuple] = []
+    try:
+        set_rcvbuf(sock, 4 << 20)
+        seq = int(time.time()) & 0xFFFFFF
+        mtype = MSG_CT_GET_CTRZERO if reset_counters else MSG_CT_GET
+        sock.send(_request(mtype, NLM_F_DUMP | NLM_F_ACK, 0, seq))
+        buf = bytearray(1 << 17)
+        mv = memoryview(buf)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+                raise NetlinkError(errno.ETIMEDOUT, "conntrack dump: no answer")
+            try:
+                n = sock.recv_into(buf, len(buf), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            off = 0
+            while off + 16 <= n:
+                mlen, mt, _f, _s, _p = NLMSG_FULL.unpack_from(mv, off)
+                if mlen < 16 or off + mlen > n:
+                    break
+                if mt == NLMSG_DONE:
+                    return out
+                if mt == NLMSG_ERROR:
+                    err = -NLERR.unpack_from(mv, off + 16)[0] if mlen >= 20 else errno.EIO
+                    if err:
+                        raise NetlinkError(err, f"conntrack dump refused: {errno.errorcode.get(err, err)}")
+                    return out
+                rec: list = [None] * NFIELDS
+                if decode(mv, off, off + mlen, rec):
+                    rec[F_EVENT] = EVENT_UPDATE
+                    out.append(owned(rec))
+                off = (off + mlen + 3) & ~3
+    finally:
+        sock.close()
+
+
+class CtSocket:
+    """A netlink socket subscribed to conntrack events of one network namespace.
+
+    Arguments:
+        events: EVENT_NEW | EVENT_UPDATE | EVENT_DESTROY (bit i = multicast group i + 1).
+        netns: a name under /run/netns or a path; the socket is created inside it.
+        rcvbuf: receive buffer in bytes (0: system default); SO_RCVBUFFORCE first.
+        rcvbuf_max: on ENOBUFS double the buffer up to this (0: never grows).
+        reliable: set NETLINK_BROADCAST_ERROR and NETLINK_NO_ENOBUFS, so that the kernel
+            reports delivery failures to ctnetlink (which then keeps DESTROY events for
+            retransmission) and this socket never sees ENOBUFS.
+    """
+
+    def __init__(
+        self,
+        events: int = EVENT_NEW | EVENT_DESTROY,
+        netns: str | None = None,
+        rcvbuf: int = 0,
+        rcvbuf_max: int = 0,
+        reliable: bool = False,
+        bufsize: int = 1 << 17,
+    ) -> None:
+        if not 0 < events <= 7:
+            raise ValueError(f"events {events}: a nonzero combination of 1 (NEW), 2 (UPDATE), 4 (DESTROY)")
+        self.netns = netns
+        self.rcvbuf_max = rcvbuf_max
+        self.received = 0
+        self.enobufs = 0
+        self.errors = 0
+        self.grown = 0
+        self.last_error: OSError | None = None
+        self._sock = _open(netns, events)
+        self._sock.setblocking(False)
+        self.rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.rcvbuf_requested = self.rcvbuf // 2
+        if rcvbuf:
+            self.set_rcvbuf(rcvbuf)
+        if reliable:
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_BROADCAST_ERROR, 1)
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
+        self._buf = bytearray(bufsize)
+        self._mv = memoryview(self._buf)
+        self._rec: list = [None] * NFIELDS
+        self._blank: list = [None] * NFIELDS
+
+    def set_rcvbuf(self, size: int) -> int:
+        self.rcvbuf_requested = size
+        self.rcvbuf = set_rcvbuf(self._sock, size)
+        return self.rcvbuf
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def drain(self, on_event: Callable[[list], object], limit: int = DRAIN_LIMIT) -> int:
+        """Receive and decode until the socket would block or ``limit`` datagrams were read.
+
+        ``on_event(rec)`` runs per conntrack message with a reused record (valid only during
+        the call).  ENOBUFS is counted (and grows the buffer up to ``rcvbuf_max``), never raised.
+        Returns the number of datagrams read.
+        """
+        recv_into, buf, mv = self._sock.recv_into, self._buf, self._mv
+        size = len(buf)
+        rec, blank = self._rec, self._blank
+        unpack_hdr = NLMSG_FULL.unpack_from
+        datagrams = received = 0
+        while datagrams < limit:
+            try:
+                n = recv_into(buf, size, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.enobufs += 1
+                    if self.rcvbuf_max and self.rcvbuf_requested < self.rcvbuf_max:
+                        self.set_rcvbuf(min(max(self.rcvbuf_requested, 4096) * 2, self.rcvbuf_max))
+                        self.grown += 1
+                    continue
+                self.errors += 1
+                self.last_error = exc
+                break
+            datagrams += 1
+            off = 0
+            while off + 16 <= n:
+                mlen = unpack_hdr(mv, off)[0]
+                end = off + mlen
+                if mlen < 16 or end > n:
+                    self.errors += 1
+                    break
+                rec[:] = blank
+                if decode(mv, off, end, rec):
+                    received += 1
+                    on_event(rec)
+                off = (end + 3) & ~3
+        self.received += received
+        return datagrams
+
+    def events(self, timeout: float | None = None) -> Iterator[tuple]:
+        """Yield owned records as they arrive; stop after ``timeout`` s without one (None: never)."""
+        pending: list[tuple] = []
+        while True:
+            self.drain(lambda rec: pending.append(owned(rec)))
+            if pending:
+                yield from pending
+                pending.clear()
+                continue
+            if not select.select([self._sock], [], [], timeout)[0]:
+                return
+
+    def statistics(self) -> dict[str, int]:
+        return {"received": self.received, "enobufs": self.enobufs, "errors": self.errors, "rcvbuf": self.rcvbuf}
+
+    @property
+    def closed(self) -> bool:
+        return self._sock.fileno() < 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> CtSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
