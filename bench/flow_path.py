@@ -134,6 +134,10 @@ def events_phase(ns: str, tmp: Path, flows: int, rate: float, only: str | None) 
         got = count_lines(tmp / f"{n}.out")
         per = cpu[n] / got * 1e6 if got else float("nan")
         print(f"{n:8} {got:9} {2 * flows - got:8} {per:13.1f} {rss[n] / 1024:13.1f}")
+    if "pylogd" in procs:  # its own exit counters say where a loss happened
+        for line in (tmp / "pylogd.log").read_text().splitlines():
+            if "ct1 (NFCT)" in line or line.split("stack ", 1)[-1].startswith("1 "):
+                print("  pylogd:", line.split("> ", 1)[-1])
 
 
 def memory_phase(ns: str, tmp: Path, live: int) -> None:

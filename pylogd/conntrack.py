@@ -7,6 +7,8 @@
   namespace and decodes what arrives (:meth:`CtSocket.drain`).
 * :func:`dump` reads the whole table over a short-lived socket (optionally resetting the
   counters, as ``conntrack -L -z`` does).
+* :func:`compile_filter` turns address and protocol filters into a classic BPF program that
+  :meth:`CtSocket.attach_filter` installs, so rejected flows never leave the kernel.
 
 Example::
 
@@ -17,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import select
 import socket
@@ -48,6 +51,7 @@ __all__ = [
     "EVENT_UPDATE",
     "FIELDS",
     "CtSocket",
+    "compile_filter",
     "decode",
     "decode_bytes",
     "dump",
@@ -360,6 +364,127 @@ def dump(netns: str | None = None, reset_counters: bool = False, timeout: float 
         sock.close()
 
 
+# ---------------------------------------------------------------------------------------------
+# kernel-side filtering: classic BPF over the ctnetlink message
+
+#: (negated, IP version, network as int, netmask as int)
+NetRule = tuple[bool, int, int, int]
+#: (negated, protocol number)
+ProtoRule = tuple[bool, int]
+
+SO_ATTACH_FILTER = 26
+BPF_MAXINSNS = 4096
+_SOCK_FILTER = struct.Struct("=HBBI")  # code, jt, jf, k
+_SOCK_FPROG = struct.Struct("@HP")  # len, pointer to the instructions
+_LD_W_ABS, _LD_B_ABS, _LD_W_IND, _LD_B_IND, _LD_IMM = 0x20, 0x30, 0x40, 0x50, 0x00
+_LDX_IMM, _ALU_AND_K, _JEQ_K, _JA, _RET_K, _TAX = 0x01, 0x54, 0x15, 0x05, 0x06, 0x07
+# ancillary loads: A = offset of the attribute of type X, searched from offset A (0: none)
+_AD_NLATTR, _AD_NLATTR_NEST = (0xFFFFF000 + 12, 0xFFFFF000 + 16)
+_ACCEPT, _REJECT = 0xFFFFFFFF, 0
+_NFGEN_FAMILY_OFF, _ATTRS_OFF = 16, 20
+
+
+def compile_filter(
+    src: list[NetRule], dst: list[NetRule], protos: list[ProtoRule]
+) -> list[tuple[int, int, int, int]] | None:
+    """A BPF program (a list of (code, jt, jf, k)) that lets a conntrack event through exactly
+    when its original tuple passes all three lists, or None when nothing is filtered.
+
+    Per list a flow passes when no negated entry matches and, if the list has positive
+    entries, one of them matches; entries of the other IP version never match.  A message
+    the program cannot read (no original tuple, a family other than IPv4 and IPv6) is let
+    through: userspace applies the same test and has the last word.  Raises ValueError when
+    the lists need more than the kernel's BPF_MAXINSNS instructions.
+    """
+    if not (src or dst or protos):
+        return None
+    prog: list[list[int]] = []  # [code, jt, jf, k, ja target label or -1]
+    labels: dict[int, int] = {}
+    label_ids = iter(range(1 << 30))
+
+    def op(code: int, k: int = 0, jt: int = 0, jf: int = 0) -> None:
+        prog.append([code, jt, jf, k & 0xFFFFFFFF, -1])
+
+    def jump(label: int) -> None:
+        prog.append([_JA, 0, 0, 0, label])
+
+    def find(path: tuple[int, ...]) -> None:
+        """X = offset of the nested attribute at ``path``; a missing one lets the message through."""
+        op(_LD_IMM, _ATTRS_OFF)
+        for depth, atype in enumerate(path):
+            op(_LDX_IMM, atype)
+            op(_LD_W_ABS, _AD_NLATTR if depth == 0 else _AD_NLATTR_NEST)
+            op(_JEQ_K, 0, 0, 1)
+            op(_RET_K, _ACCEPT)
+        op(_TAX)
+
+    def match(words: list[tuple[int, int]], width: int) -> None:
+        """Falls through to the next instruction (the action) when the value at X+4 matches
+        every (mask, value) word, else jumps past it."""
+        full = 0xFF if width == 1 else 0xFFFFFFFF
+        tests = [(i, m, v) for i, (m, v) in enumerate(words) if m]  # a /0 word matches anything
+        sizes = [2 + (m != full) for _i, m, _v in tests]
+        for pos, (i, mask, value) in enumerate(tests):
+            op(_LD_B_IND if width == 1 else _LD_W_IND, 4 + 4 * i)
+            if mask != full:
+                op(_ALU_AND_K, mask)
+            op(_JEQ_K, value, 0, sum(sizes[pos + 1 :]) + 1)
+
+    def rules(entries: list[tuple[bool, list[tuple[int, int]]]], width: int, require_positive: bool) -> None:
+        for neg, words in entries:
+            if neg:
+                match(words, width)
+                op(_RET_K, _REJECT)
+        if require_positive:
+            passed = next(label_ids)
+            for neg, words in entries:
+                if not neg:
+                    match(words, width)
+                    jump(passed)
+            op(_RET_K, _REJECT)
+            labels[passed] = len(prog)
+
+    def words_of(version: int, net: int, mask: int) -> list[tuple[int, int]]:
+        count = 1 if version == 4 else 4
+        return [((mask >> (32 * (count - 1 - i))) & 0xFFFFFFFF, (net >> (32 * (count - 1 - i))) & 0xFFFFFFFF)
+                for i in range(count)]  # fmt: skip
+
+    families = [(2, 4, 1, next(label_ids)), (10, 6, 3, next(label_ids))]  # family, version, CTA_IP_*_SRC
+    op(_LD_B_ABS, _NFGEN_FAMILY_OFF)
+    for family, _version, _src_attr, label in families:
+        op(_JEQ_K, family, 0, 1)
+        jump(label)
+    op(_RET_K, _ACCEPT)
+    for _family, version, src_attr, label in families:
+        labels[label] = len(prog)
+        for rule_list, addr_attr in ((src, src_attr), (dst, src_attr + 1)):
+            if not rule_list:
+                continue
+            entries = [(neg, words_of(ver, net, mask)) for neg, ver, net, mask in rule_list if ver == version]
+            require_positive = any(not neg for neg, *_ in rule_list)
+            if not entries:
+                if require_positive:  # only entries of the other version: nothing of this one passes
+                    op(_RET_K, _REJECT)
+                    break
+                continue
+            find((CTA_TUPLE_ORIG, 1, addr_attr))  # CTA_TUPLE_IP, CTA_IP_V*_SRC / _DST
+            rules(entries, 4, require_positive)
+        else:
+            if protos:
+                find((CTA_TUPLE_ORIG, 2, 1))  # CTA_TUPLE_PROTO, CTA_PROTO_NUM
+                rules([(neg, [(0xFF, num)]) for neg, num in protos], 1, any(not neg for neg, _ in protos))
+            op(_RET_K, _ACCEPT)
+
+    if len(prog) > BPF_MAXINSNS:
+        raise ValueError(f"the filter needs {len(prog)} BPF instructions, more than the kernel's {BPF_MAXINSNS}")
+    out = []
+    for index, (code, jt, jf, k, label) in enumerate(prog):
+        if label >= 0:
+            k = labels[label] - index - 1
+        out.append((code, jt, jf, k))
+    return out
+
+
 class CtSocket:
     """A netlink socket subscribed to conntrack events of one network namespace.
 
@@ -412,6 +537,16 @@ class CtSocket:
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+    def attach_filter(self, prog: list[tuple[int, int, int, int]]) -> None:
+        """Install a BPF program from :func:`compile_filter`: events it rejects are dropped in
+        the kernel and never reach this socket (nor count as received)."""
+        insns = ctypes.create_string_buffer(b"".join(_SOCK_FILTER.pack(*insn) for insn in prog))
+        fprog = _SOCK_FPROG.pack(len(prog), ctypes.addressof(insns))
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as exc:
+            raise NetlinkError(exc.errno, f"the kernel refused the conntrack event filter: {exc.strerror}") from None
 
     def drain(self, on_event: Callable[[list], object], limit: int = DRAIN_LIMIT) -> int:
         """Receive and decode until the socket would block or ``limit`` datagrams were read.

@@ -88,8 +88,8 @@ def ctns(rig: Rig) -> Netns:
     return ns
 
 
-def udp_from(src: str, dst: str, port: int, count: int = 1) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+def udp_from(src: str, dst: str, port: int, count: int = 1, family: int = socket.AF_INET) -> int:
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.bind((src, 0))
         for _ in range(count):
             s.sendto(b"x" * 10, (dst, port))
@@ -260,9 +260,64 @@ def test_filters(ctns: Netns, option: str, value: str, kept: set[str]) -> None:
         run.pump(0.5)
         evs = [e for e in run.feed.events if e["orig.l4.dport"] == 4030]
         got = {socket.inet_ntoa(e["orig.ip.saddr"]) for e in evs}
+        stats = run.plugin.statistics()
     finally:
         run.close()
     assert got == kept
+    # the kernel did the filtering: every event that reached the socket was one we keep
+    assert stats["kernel_filter"] == 1 and stats["filtered"] == 0
+    assert stats["received"] == len(run.feed.events)
+
+
+V6_FLOWS = [("127.0.0.1", "127.0.0.3"), ("fd00::1", "fd00::3"), ("fd00:1::1", "fd00::3"), ("fd00::1", "fd00:9::3")]
+
+
+@pytest.mark.parametrize(
+    ("options", "kept"),
+    [
+        ({"accept_src_filter": "fd00::/64"}, {"fd00::1>fd00::3", "fd00::1>fd00:9::3"}),
+        ({"accept_src_filter": "!fd00::/64"}, {"127.0.0.1>127.0.0.3", "fd00:1::1>fd00::3"}),
+        ({"accept_src_filter": "127.0.0.0/8, fd00:1::/32"}, {"127.0.0.1>127.0.0.3", "fd00:1::1>fd00::3"}),
+        ({"accept_src_filter": "::/0"}, {"fd00::1>fd00::3", "fd00:1::1>fd00::3", "fd00::1>fd00:9::3"}),
+        ({"accept_src_filter": "fd00::1", "accept_dst_filter": "!fd00:9::/48"}, {"fd00::1>fd00::3"}),
+        ({"accept_dst_filter": "fd00::3/128", "accept_proto_filter": "udp"}, {"fd00::1>fd00::3", "fd00:1::1>fd00::3"}),
+        ({"accept_dst_filter": "fd00::3/128", "accept_proto_filter": "!17"}, set()),
+    ],
+)
+def test_kernel_filter_ipv6_and_mixed_families(ctns: Netns, options: dict[str, str], kept: set[str]) -> None:
+    for addr in ("fd00::1", "fd00:1::1", "fd00::3", "fd00:9::3"):
+        ctns.run(f"ip -6 addr add {addr}/128 dev lo nodad")
+    run = Running(ctns, hash_enable=0, event_mask=1, **options)
+    try:
+        for src, dst in V6_FLOWS:
+            ctns.call(udp_from, src, dst, 4070, family=socket.AF_INET6 if ":" in src else socket.AF_INET)
+        run.pump(0.5)
+        stats = run.plugin.statistics()
+    finally:
+        run.close()
+    got = {
+        f"{socket.inet_ntop(socket.AF_INET6 if e['oob.family'] == 10 else socket.AF_INET, e['orig.ip.saddr'])}>"
+        f"{socket.inet_ntop(socket.AF_INET6 if e['oob.family'] == 10 else socket.AF_INET, e['orig.ip.daddr'])}"
+        for e in run.feed.events
+    }
+    assert got == kept
+    assert stats["kernel_filter"] == 1 and stats["filtered"] == 0 and stats["received"] == len(kept)
+
+
+def test_filter_too_big_for_the_kernel_falls_back_to_userspace(ctns: Netns) -> None:
+    many = ",".join(f"10.{i // 250}.{i % 250}.0/24" for i in range(2000)) + ",127.0.0.2"
+    run = Running(ctns, hash_enable=0, event_mask=1, accept_src_filter=many)
+    try:
+        assert run.plugin.bpf is None and "BPF instructions" in run.plugin.bpf_problem
+        ctns.call(udp_from, "127.0.0.1", "127.0.0.3", 4080)
+        ctns.call(udp_from, "127.0.0.2", "127.0.0.3", 4080)
+        evs = run.until(lambda evs: len(evs) >= 1, "the accepted flow")
+        run.pump(0.3)
+        stats = run.plugin.statistics()
+    finally:
+        run.close()
+    assert [socket.inet_ntoa(e["orig.ip.saddr"]) for e in evs] == ["127.0.0.2"]
+    assert stats["kernel_filter"] == 0 and stats["filtered"] == 1
 
 
 @pytest.mark.parametrize("bad", [("accept_src_filter", "10.0.0.300/8"), ("accept_proto_filter", "nosuchproto")])
