@@ -26,11 +26,13 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
+from operator import itemgetter
 
 from .netlink import (
     NETLINK_BROADCAST_ERROR,
     NETLINK_NETFILTER,
     NETLINK_NO_ENOBUFS,
+    NLA,
     NLA_TYPE_MASK,
     NLERR,
     NLM_F_ACK,
@@ -112,11 +114,6 @@ FAMILY = {2: socket.AF_INET, 10: socket.AF_INET6}
 # offset from the orig_* fields to the reply_* fields of the same tuple member
 _REPLY = F_REPLY_SRC - F_ORIG_SRC
 
-_NLA = struct.Struct("=HH")
-_U8 = struct.Struct("B")
-_BE16 = struct.Struct(">H")
-_BE32 = struct.Struct(">I")
-_BE64 = struct.Struct(">Q")
 _NFGEN = struct.Struct("=B")
 
 # top-level attributes (linux/netfilter/nfnetlink_conntrack.h)
@@ -124,163 +121,147 @@ CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_TIMEOUT, CTA_MARK = 1, 2, 3, 7,
 CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ID, CTA_ZONE, CTA_TIMESTAMP = 9, 10, 12, 18, 20
 
 
-def _tuple(mv: memoryview, off: int, end: int, rec: list, base: int) -> None:
-    """CTA_TUPLE_*: nested CTA_TUPLE_IP and CTA_TUPLE_PROTO; ``base`` selects orig or reply fields."""
-    unpack_nla = _NLA.unpack_from
-    while off + 4 <= end:
-        alen, atype = unpack_nla(mv, off)
-        if alen < 4 or off + alen > end:
-            return
-        atype &= NLA_TYPE_MASK
-        inner, aend = off + 4, off + alen
-        if atype == 1:  # CTA_TUPLE_IP
-            while inner + 4 <= aend:
-                blen, btype = unpack_nla(mv, inner)
-                if blen < 4 or inner + blen > aend:
-                    break
-                btype &= NLA_TYPE_MASK
-                size = blen - 4
-                if (btype == 1 or btype == 2) and size >= 4:  # CTA_IP_V4_SRC/DST
-                    rec[base + btype - 1] = mv[inner + 4 : inner + 8].tobytes()
-                elif (btype == 3 or btype == 4) and size >= 16:  # CTA_IP_V6_SRC/DST
-                    rec[base + btype - 3] = mv[inner + 4 : inner + 20].tobytes()
-                inner = (inner + blen + 3) & ~3
-        elif atype == 2:  # CTA_TUPLE_PROTO
-            while inner + 4 <= aend:
-                blen, btype = unpack_nla(mv, inner)
-                if blen < 4 or inner + blen > aend:
-                    break
-                btype &= NLA_TYPE_MASK
-                size = blen - 4
-                p = inner + 4
-                if btype == 1 and size >= 1:  # CTA_PROTO_NUM
-                    rec[base + 2] = mv[p]
-                elif (btype == 2 or btype == 3) and size >= 2:  # CTA_PROTO_SRC_PORT / DST_PORT
-                    rec[base + 1 + btype] = _BE16.unpack_from(mv, p)[0]
-                elif base == F_ORIG_SRC:  # the reply tuple's ICMP fields (echo reply) are not kept
-                    if (btype == 5 or btype == 8) and size >= 1:  # ICMP(V6)_TYPE
-                        rec[F_ICMP_TYPE] = mv[p]
-                    elif (btype == 6 or btype == 9) and size >= 1:  # ICMP(V6)_CODE
-                        rec[F_ICMP_CODE] = mv[p]
-                    elif (btype == 4 or btype == 7) and size >= 2:  # ICMP(V6)_ID
-                        rec[F_ICMP_ID] = _BE16.unpack_from(mv, p)[0]
-                inner = (inner + blen + 3) & ~3
-        off = (aend + 3) & ~3
+_U32_ATTRS = {CTA_STATUS: F_STATUS, CTA_TIMEOUT: F_TIMEOUT, CTA_MARK: F_MARK, CTA_ID: F_ID}
+_COUNTER_ATTRS = {CTA_COUNTERS_ORIG: F_ORIG_PKTS, CTA_COUNTERS_REPLY: F_REPLY_PKTS}
+_HEADER = None  # the field of an attribute header word in a layout: compared, never decoded
 
 
-def _counters(mv: memoryview, off: int, end: int, rec: list, field: int) -> None:
-    """CTA_COUNTERS_*: packets into rec[field], bytes into rec[field + 1] (64- or 32-bit forms)."""
-    unpack_nla = _NLA.unpack_from
-    while off + 4 <= end:
-        alen, atype = unpack_nla(mv, off)
-        if alen < 4 or off + alen > end:
+def _attributes(mv: memoryview, start: int, lo: int, hi: int, items: list) -> Iterator[tuple[int, int, int, int]]:
+    """The attributes in ``[lo, hi)`` (offsets relative to ``start``) as (payload offset, payload
+    end, type, payload size); every header read goes into ``items``.  A damaged header ends the
+    walk at its level: its word is in ``items``, so a layout reproduces the stop exactly."""
+    off = lo
+    while off + 4 <= hi:
+        alen, atype = NLA.unpack_from(mv, start + off)
+        items.append((off, "I", _HEADER))
+        if alen < 4 or off + alen > hi:
+            items.append((-1, "", _HEADER))  # marks the message as damaged
             return
-        atype &= NLA_TYPE_MASK
-        size = alen - 4
-        if atype <= 2 and size >= 8:  # CTA_COUNTERS_PACKETS / BYTES (u64)
-            rec[field + atype - 1] = _BE64.unpack_from(mv, off + 4)[0]
-        elif 3 <= atype <= 4 and size >= 4:  # the old 32-bit forms
-            rec[field + atype - 3] = _BE32.unpack_from(mv, off + 4)[0]
+        yield off + 4, off + alen, atype & NLA_TYPE_MASK, alen - 4
         off = (off + alen + 3) & ~3
 
 
-def _tuples_layout(alen: int) -> tuple[struct.Struct, tuple, struct.Struct, int]:
-    """The fixed shape the kernel gives both tuples of a flow with ports (TCP, UDP, ...).
+def _scan(mv: memoryview, start: int, end: int) -> tuple[list[tuple[int, str, int | None]], bool]:
+    """Where each field of the message at ``mv[start:end]`` lies, as (offset, struct code, field)
+    in message order, header words included; and whether every header was sound.
 
-    Returns (header struct, the expected attribute headers, value struct, byte length): one
-    unpack checks every attribute header of the two tuples, one more reads all their values.
+    This is the one statement of which attributes pylogd reads; :func:`_compile` turns it into
+    a layout that decodes every message of the same shape with one unpack.
     """
-    ip_len, proto_len = 4 + 2 * (4 + alen), 28
-    tup_len = 4 + ip_len + proto_len
-    heads: list[tuple[int, int, int]] = []  # (offset, nla_len, nla_type)
-    vals: list[tuple[int, str]] = []  # (offset, format)
-    src_type = 1 if alen == 4 else 3
-    for b, ttype in ((0, 1), (tup_len, 2)):
-        heads += [(b, tup_len, 0x8000 | ttype), (b + 4, ip_len, 0x8001)]
-        heads += [(b + 8, 4 + alen, src_type), (b + 12 + alen, 4 + alen, src_type + 1)]
-        vals += [(b + 12, f"{alen}s"), (b + 16 + alen, f"{alen}s")]
-        p = b + 4 + ip_len
-        heads += [(p, proto_len, 0x8002), (p + 4, 5, 1), (p + 12, 6, 2), (p + 20, 6, 3)]
-        vals += [(p + 8, "B"), (p + 16, "H"), (p + 24, "H")]
+    items: list[tuple[int, str, int | None]] = []
 
-    def fmt(items: list[tuple[int, str]], prefix: str) -> struct.Struct:
-        out, pos = prefix, 0
-        for off, f in sorted(items):
-            out += f"{off - pos}x{f}" if off > pos else f
-            pos = off + struct.calcsize(prefix + f)
-        return struct.Struct(out)
+    def walk(lo: int, hi: int) -> Iterator[tuple[int, int, int, int]]:
+        return _attributes(mv, start, lo, hi, items)
 
-    head_struct = fmt([(o, "HH") for o, _, _ in heads], "=")
-    expected = tuple(v for _, n, t in sorted(heads) for v in (n, t))
-    return head_struct, expected, fmt(vals, ">"), 2 * tup_len
+    for p, q, atype, size in walk(20, end - start):
+        if atype in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY):
+            base = F_ORIG_SRC if atype == CTA_TUPLE_ORIG else F_REPLY_SRC
+            for p2, q2, t2, _s2 in walk(p, q):
+                if t2 == 1:  # CTA_TUPLE_IP
+                    for p3, _q3, t3, s3 in walk(p2, q2):
+                        if t3 in (1, 2) and s3 >= 4:  # CTA_IP_V4_SRC / DST
+                            items.append((p3, "4s", base + t3 - 1))
+                        elif t3 in (3, 4) and s3 >= 16:  # CTA_IP_V6_SRC / DST
+                            items.append((p3, "16s", base + t3 - 3))
+                elif t2 == 2:  # CTA_TUPLE_PROTO
+                    for p3, _q3, t3, s3 in walk(p2, q2):
+                        if t3 == 1 and s3 >= 1:  # CTA_PROTO_NUM
+                            items.append((p3, "B", base + 2))
+                        elif t3 in (2, 3) and s3 >= 2:  # CTA_PROTO_SRC_PORT / DST_PORT
+                            items.append((p3, "H", base + 1 + t3))
+                        elif base == F_ORIG_SRC:  # the reply tuple's ICMP fields (echo reply) are not kept
+                            if t3 in (5, 8) and s3 >= 1:  # CTA_PROTO_ICMP(V6)_TYPE
+                                items.append((p3, "B", F_ICMP_TYPE))
+                            elif t3 in (6, 9) and s3 >= 1:  # ..._CODE
+                                items.append((p3, "B", F_ICMP_CODE))
+                            elif t3 in (4, 7) and s3 >= 2:  # ..._ID
+                                items.append((p3, "H", F_ICMP_ID))
+        elif atype in _U32_ATTRS:
+            if size >= 4:
+                items.append((p, "I", _U32_ATTRS[atype]))
+        elif atype in _COUNTER_ATTRS:
+            field = _COUNTER_ATTRS[atype]
+            for p2, _q2, t2, s2 in walk(p, q):
+                if t2 in (1, 2) and s2 >= 8:  # CTA_COUNTERS_PACKETS / BYTES (u64)
+                    items.append((p2, "Q", field + t2 - 1))
+                elif t2 in (3, 4) and s2 >= 4:  # the old 32-bit forms
+                    items.append((p2, "I", field + t2 - 3))
+        elif atype == CTA_ZONE:
+            if size >= 2:
+                items.append((p, "H", F_ZONE))
+        elif atype == CTA_TIMESTAMP:
+            for p2, _q2, t2, s2 in walk(p, q):
+                if t2 in (1, 2) and s2 >= 8:  # CTA_TIMESTAMP_START / STOP
+                    items.append((p2, "Q", F_START + t2 - 1))
+    sound = all(off >= 0 for off, _code, _field in items)
+    return [item for item in items if item[0] >= 0], sound
 
 
-_FAST = {2: _tuples_layout(4), 10: _tuples_layout(16)}
+#: (unpack, check, expected, gather): one big-endian unpack from the message's start reads every
+#: header word and value; ``check(values + extras) == expected`` proves a message has the shape;
+#: ``gather(values + extras)`` is the whole record, extras being (family, event, message, None).
+Layout = tuple[Callable, Callable, object, Callable]
+
+
+def _compile(mv: memoryview, start: int, items: list[tuple[int, str, int | None]], extras: tuple) -> Layout:
+    fmt, pos, fields, headers = [">"], 0, {}, []
+    for index, (off, code, field) in enumerate(items):
+        if off > pos:
+            fmt.append(f"{off - pos}x")
+        fmt.append(code)
+        pos = off + struct.calcsize(">" + code)
+        if field is _HEADER:
+            headers.append(index)
+        else:
+            fields[field] = index  # a repeated attribute: the last one wins, as a walk would have it
+    unpack = struct.Struct("".join(fmt)).unpack_from
+    n = len(items)
+    extra = {F_FAMILY: n, F_EVENT: n + 1, F_MSG: n + 2}
+    gather = itemgetter(*(fields.get(f, extra.get(f, n + 3)) for f in range(NFIELDS)))
+    check = itemgetter(*headers, n + 3)  # the trailing None: never a one-item getter, always a tuple
+    expected = check(unpack(mv, start) + extras)
+    return unpack, check, expected, gather
+
+
+#: message length -> the layouts learned at that length; bounded, so a flood of odd shapes is
+#: scanned message by message instead of growing memory
+_LAYOUTS: dict[int, list[Layout]] = {}
+_MAX_LENGTHS, _MAX_PER_LENGTH = 512, 4
 
 
 def decode(mv: memoryview, start: int, end: int, rec: list) -> bool:
-    """Decode the ctnetlink message at ``mv[start:end]`` into ``rec`` (all None on entry).
+    """Decode the ctnetlink message at ``mv[start:end]`` into ``rec`` (a list of NFIELDS).
 
-    Sets F_EVENT from the message type and flags, F_MSG to the message.  Returns False when
-    it is not a conntrack entry message (nothing useful was decoded).  Never raises.
+    Sets F_EVENT from the message type and flags, F_MSG to the message, every other field
+    from its attribute (None when absent).  Returns False when it is not a conntrack entry
+    message (nothing useful was decoded).  Never raises.
     """
     if end - start < 20 or end > len(mv):
         return False
     _mlen, mtype, mflags, _seq, _pid = NLMSG_FULL.unpack_from(mv, start)
     if mtype == MSG_CT_NEW:
-        rec[F_EVENT] = EVENT_NEW if mflags & (NLM_F_CREATE | NLM_F_EXCL) else EVENT_UPDATE
+        event = EVENT_NEW if mflags & (NLM_F_CREATE | NLM_F_EXCL) else EVENT_UPDATE
     elif mtype == MSG_CT_DELETE:
-        rec[F_EVENT] = EVENT_DESTROY
+        event = EVENT_DESTROY
     else:
         return False
-    family = rec[F_FAMILY] = mv[start + 16]
-    rec[F_MSG] = mv[start:end]
-    off = start + 20
-    fast = _FAST.get(family)
-    if fast is not None and off + fast[3] <= end and fast[0].unpack_from(mv, off) == fast[1]:
-        (
-            rec[F_ORIG_SRC], rec[F_ORIG_DST], rec[F_ORIG_PROTO], rec[F_ORIG_SPORT], rec[F_ORIG_DPORT],
-            rec[F_REPLY_SRC], rec[F_REPLY_DST], rec[F_REPLY_PROTO], rec[F_REPLY_SPORT], rec[F_REPLY_DPORT],
-        ) = fast[2].unpack_from(mv, off)  # fmt: skip
-        off += fast[3]
-    unpack_nla = _NLA.unpack_from
-    be32 = _BE32.unpack_from
-    while off + 4 <= end:
-        alen, atype = unpack_nla(mv, off)
-        if alen < 4 or off + alen > end:
-            break
-        atype &= NLA_TYPE_MASK
-        size = alen - 4
-        p = off + 4
-        if atype == CTA_TUPLE_ORIG:
-            _tuple(mv, p, off + alen, rec, F_ORIG_SRC)
-        elif atype == CTA_TUPLE_REPLY:
-            _tuple(mv, p, off + alen, rec, F_REPLY_SRC)
-        elif size >= 4 and atype == CTA_STATUS:
-            rec[F_STATUS] = be32(mv, p)[0]
-        elif size >= 4 and atype == CTA_TIMEOUT:
-            rec[F_TIMEOUT] = be32(mv, p)[0]
-        elif size >= 4 and atype == CTA_MARK:
-            rec[F_MARK] = be32(mv, p)[0]
-        elif size >= 4 and atype == CTA_ID:
-            rec[F_ID] = be32(mv, p)[0]
-        elif atype == CTA_COUNTERS_ORIG:
-            _counters(mv, p, off + alen, rec, F_ORIG_PKTS)
-        elif atype == CTA_COUNTERS_REPLY:
-            _counters(mv, p, off + alen, rec, F_REPLY_PKTS)
-        elif size >= 2 and atype == CTA_ZONE:
-            rec[F_ZONE] = _BE16.unpack_from(mv, p)[0]
-        elif atype == CTA_TIMESTAMP:
-            inner, aend = p, off + alen
-            while inner + 4 <= aend:
-                blen, btype = unpack_nla(mv, inner)
-                if blen < 4 or inner + blen > aend:
-                    break
-                btype &= NLA_TYPE_MASK
-                if (btype == 1 or btype == 2) and blen >= 12:  # CTA_TIMESTAMP_START / STOP
-                    rec[F_START + btype - 1] = _BE64.unpack_from(mv, inner + 4)[0]
-                inner = (inner + blen + 3) & ~3
-        off = (off + alen + 3) & ~3
+    size = end - start
+    extras = (mv[start + 16], event, mv[start:end], None)
+    layouts = _LAYOUTS.get(size)
+    if layouts is not None:
+        for unpack, check, expected, gather in layouts:
+            values = unpack(mv, start) + extras
+            if check(values) == expected:
+                rec[:] = gather(values)
+                return True
+    items, sound = _scan(mv, start, end)
+    layout = _compile(mv, start, items, extras)
+    if sound:
+        if layouts is None and len(_LAYOUTS) < _MAX_LENGTHS:
+            layouts = _LAYOUTS[size] = []
+        if layouts is not None and len(layouts) < _MAX_PER_LENGTH:
+            layouts.append(layout)
+    rec[:] = layout[3](layout[0](mv, start) + extras)
     return True
 
 

@@ -67,10 +67,22 @@ def messages(draw: st.DrawFn) -> bytes:
     return struct.pack("=IHHII", 16 + len(body), mtype, flags, 1, 0) + body
 
 
+def decoded(msg: bytes, end: int | None = None) -> tuple[bool, dict]:
+    """Decode twice: the first may scan and learn the layout, the second may use it; both
+    must give the same record."""
+    results = []
+    for _ in range(2):
+        rec: list = [None] * NFIELDS
+        ok = decode(memoryview(msg), 0, len(msg) if end is None else end, rec)
+        results.append((ok, {name: v for name, v in zip(FIELDS, rec, strict=True) if v is not None and name != "msg"}))
+    assert results[0] == results[1]
+    return results[0]
+
+
 def ours(msg: bytes) -> dict:
-    rec: list = [None] * NFIELDS
-    assert decode(memoryview(msg), 0, len(msg), rec)
-    return {name: v for name, v in zip(FIELDS, rec, strict=True) if v is not None and name != "msg"}
+    ok, fields = decoded(msg)
+    assert ok
+    return fields
 
 
 def pyroute2_view(msg: bytes) -> dict:
@@ -125,25 +137,33 @@ def test_truncated_and_garbled_messages_never_raise(msg: bytes, data: st.DataObj
     full = ours(msg)
     cut = data.draw(st.integers(0, len(msg)))
     # a message whose buffer ends early (the nlmsghdr still claims the full length)
-    rec: list = [None] * NFIELDS
-    decode(memoryview(msg[:cut]), 0, cut, rec)
-    got = {name: v for name, v in zip(FIELDS, rec, strict=True) if v is not None and name != "msg"}
+    _ok, got = decoded(msg[:cut])
     # whatever was read from the prefix is what the whole message says
     assert all(full[k] == v for k, v in got.items() if k in full), (got, full)
     # random corruption of the attribute bytes
     pos = data.draw(st.integers(20, len(msg) - 1))
     garbled = bytearray(msg)
     garbled[pos] = data.draw(st.integers(0, 255))
-    rec = [None] * NFIELDS
-    decode(memoryview(bytes(garbled)), 0, len(garbled), rec)
+    decoded(bytes(garbled))
 
 
 @given(st.binary(max_size=200))
 def test_garbage_never_raises(blob: bytes) -> None:
-    rec: list = [None] * NFIELDS
-    decode(memoryview(blob), 0, len(blob), rec)
-    mv = memoryview(blob)
-    decode(mv, 0, len(blob) + 50, rec)  # an end beyond the buffer
+    decoded(blob)
+    decoded(blob, len(blob) + 50)  # an end beyond the buffer
+
+
+def test_shapes_of_one_length_never_share_a_layout() -> None:
+    tuples = tuple_attr(1, socket.AF_INET, b"\x0a\0\0\x01", b"\x0a\0\0\x02", 6, 1, 2, False)
+    tuples += tuple_attr(2, socket.AF_INET, b"\x0a\0\0\x02", b"\x0a\0\0\x01", 6, 2, 1, False)
+    msgs = []
+    for atype, value in ((8, 7), (12, 9), (3, 5)):  # mark, id, status: same length, other meaning
+        body = struct.pack("=BBH", 2, 0, 0) + tuples + nla(atype, struct.pack(">I", value))
+        msgs.append(struct.pack("=IHHII", 16 + len(body), 0x100, 0, 0, 0) + body)
+    assert len({len(m) for m in msgs}) == 1
+    for msg in msgs * 2:
+        assert ours(msg) == pyroute2_view(msg)
+    assert [ours(m).get(k) for m, k in zip(msgs, ("mark", "id", "status"), strict=True)] == [7, 9, 5]
 
 
 def test_event_kind_from_type_and_flags() -> None:
