@@ -99,8 +99,27 @@ class PrintFlow(Filter):
             return fmt
 
         orig, reply = direction("orig"), direction("reply")
+        o_src, o_dst, o_proto, o_sport, o_dport, o_bytes, o_pkts = (slots.inp(k.name) for k in _direction_keys("orig"))
+        r_src, r_dst, r_proto, r_sport, r_dport, r_bytes, r_pkts = (slots.inp(k.name) for k in _direction_keys("reply"))
+        port_protocols = {6: "TCP", 17: "UDP"}
 
         def printflow(v: list) -> None:
-            v[o_print] = f"{events.get(v[i_event], '')}ORIG: {orig(v)}, REPLY: {reply(v)}\n"
+            # nearly every flow is TCP or UDP with every field valid: one format for it, the
+            # general per-field one (fmt) for the rest
+            proto_name = port_protocols.get(v[o_proto])
+            fields = (v[o_src], v[o_dst], v[o_sport], v[o_dport], v[o_pkts], v[o_bytes])
+            if proto_name is not None and None not in fields:
+                src, dst, sport, dport, pkts, nbytes = fields
+                left = f"SRC={src} DST={dst} PROTO={proto_name} SPT={sport} DPT={dport} PKTS={pkts} BYTES={nbytes} "
+            else:
+                left = orig(v)
+            proto_name = port_protocols.get(v[r_proto])
+            fields = (v[r_src], v[r_dst], v[r_sport], v[r_dport], v[r_pkts], v[r_bytes])
+            if proto_name is not None and None not in fields:
+                src, dst, sport, dport, pkts, nbytes = fields
+                right = f"SRC={src} DST={dst} PROTO={proto_name} SPT={sport} DPT={dport} PKTS={pkts} BYTES={nbytes} "
+            else:
+                right = reply(v)
+            v[o_print] = f"{events.get(v[i_event], '')}ORIG: {left}, REPLY: {right}\n"
 
         return printflow
