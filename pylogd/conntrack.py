@@ -42,6 +42,7 @@ from .netlink import (
     NLMSG_ERROR,
     NLMSG_FULL,
     SOL_NETLINK,
+    DatagramRing,
     NetlinkError,
     netns_context,
     set_rcvbuf,
@@ -69,7 +70,10 @@ MSG_CT_GET = MSG_CT_NEW | 1
 MSG_CT_DELETE = MSG_CT_NEW | 2
 MSG_CT_GET_CTRZERO = MSG_CT_NEW | 3
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
-DRAIN_LIMIT = 2000
+DRAIN_LIMIT = 2000  # datagrams decoded per drain() call, so timers and signals still get their turn
+CHUNK = 200  # datagrams decoded between two read-aheads: the kernel queue is emptied every few ms
+BACKLOG_SIZE = 16 << 20
+MAX_DATAGRAM = 65536  # room kept free for the next datagram (events fit in one page)
 
 #: protocols whose tuples carry ports (ulogd's list)
 PORT_PROTOCOLS = frozenset((6, 17, 33, 132, 136))
@@ -197,30 +201,30 @@ def _scan(mv: memoryview, start: int, end: int) -> tuple[list[tuple[int, str, in
     return [item for item in items if item[0] >= 0], sound
 
 
-#: (unpack, check, expected, gather): one big-endian unpack from the message's start reads every
-#: header word and value; ``check(values + extras) == expected`` proves a message has the shape;
-#: ``gather(values + extras)`` is the whole record, extras being (family, event, message, None).
-Layout = tuple[Callable, Callable, object, Callable]
+#: (unpack, mask, expected, gather) for messages of one length: the message read as one big-endian
+#: integer, masked to its attribute header words, equals ``expected`` exactly when it has the
+#: shape (one comparison checks every header); ``unpack`` reads the values from the message's
+#: start and ``gather(values + extras)`` is the whole record, extras = (family, event, message, None).
+Layout = tuple[Callable, int, int, Callable]
 
 
-def _compile(mv: memoryview, start: int, items: list[tuple[int, str, int | None]], extras: tuple) -> Layout:
-    fmt, pos, fields, headers = [">"], 0, {}, []
-    for index, (off, code, field) in enumerate(items):
+def _compile(mv: memoryview, start: int, end: int, items: list[tuple[int, str, int | None]]) -> Layout:
+    size = end - start
+    fmt, pos, fields, mask, nvals = [">"], 0, {}, 0, 0
+    for off, code, field in items:
+        if field is _HEADER:
+            mask |= 0xFFFFFFFF << (8 * (size - off - 4))
+            continue
         if off > pos:
             fmt.append(f"{off - pos}x")
         fmt.append(code)
         pos = off + struct.calcsize(">" + code)
-        if field is _HEADER:
-            headers.append(index)
-        else:
-            fields[field] = index  # a repeated attribute: the last one wins, as a walk would have it
-    unpack = struct.Struct("".join(fmt)).unpack_from
-    n = len(items)
-    extra = {F_FAMILY: n, F_EVENT: n + 1, F_MSG: n + 2}
-    gather = itemgetter(*(fields.get(f, extra.get(f, n + 3)) for f in range(NFIELDS)))
-    check = itemgetter(*headers, n + 3)  # the trailing None: never a one-item getter, always a tuple
-    expected = check(unpack(mv, start) + extras)
-    return unpack, check, expected, gather
+        fields[field] = nvals  # a repeated attribute: the last one wins, as a walk would have it
+        nvals += 1
+    extra = {F_FAMILY: nvals, F_EVENT: nvals + 1, F_MSG: nvals + 2}
+    gather = itemgetter(*(fields.get(f, extra.get(f, nvals + 3)) for f in range(NFIELDS)))
+    expected = int.from_bytes(mv[start:end], "big") & mask
+    return struct.Struct("".join(fmt)).unpack_from, mask, expected, gather
 
 
 #: message length -> the layouts learned at that length; bounded, so a flood of odd shapes is
@@ -246,16 +250,17 @@ def decode(mv: memoryview, start: int, end: int, rec: list) -> bool:
     else:
         return False
     size = end - start
-    extras = (mv[start + 16], event, mv[start:end], None)
+    msg = mv[start:end]
+    extras = (mv[start + 16], event, msg, None)
     layouts = _LAYOUTS.get(size)
     if layouts is not None:
-        for unpack, check, expected, gather in layouts:
-            values = unpack(mv, start) + extras
-            if check(values) == expected:
-                rec[:] = gather(values)
+        word = int.from_bytes(msg, "big")
+        for unpack, mask, expected, gather in layouts:
+            if word & mask == expected:
+                rec[:] = gather(unpack(mv, start) + extras)
                 return True
     items, sound = _scan(mv, start, end)
-    layout = _compile(mv, start, items, extras)
+    layout = _compile(mv, start, end, items)
     if sound:
         if layouts is None and len(_LAYOUTS) < _MAX_LENGTHS:
             layouts = _LAYOUTS[size] = []
@@ -477,6 +482,9 @@ class CtSocket:
         reliable: set NETLINK_BROADCAST_ERROR and NETLINK_NO_ENOBUFS, so that the kernel
             reports delivery failures to ctnetlink (which then keeps DESTROY events for
             retransmission) and this socket never sees ENOBUFS.
+        backlog_size: bytes of the read-ahead ring (:class:`pylogd.netlink.DatagramRing`):
+            a table flush or a garbage-collection pass sends tens of thousands of events at
+            once, and the ring takes them off the kernel's hands at recv() speed.
     """
 
     def __init__(
@@ -486,7 +494,7 @@ class CtSocket:
         rcvbuf: int = 0,
         rcvbuf_max: int = 0,
         reliable: bool = False,
-        bufsize: int = 1 << 17,
+        backlog_size: int = BACKLOG_SIZE,
     ) -> None:
         if not 0 < events <= 7:
             raise ValueError(f"events {events}: a nonzero combination of 1 (NEW), 2 (UPDATE), 4 (DESTROY)")
@@ -506,10 +514,8 @@ class CtSocket:
         if reliable:
             self._sock.setsockopt(SOL_NETLINK, NETLINK_BROADCAST_ERROR, 1)
             self._sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
-        self._buf = bytearray(bufsize)
-        self._mv = memoryview(self._buf)
+        self._ring = DatagramRing(backlog_size, MAX_DATAGRAM)
         self._rec: list = [None] * NFIELDS
-        self._blank: list = [None] * NFIELDS
 
     def set_rcvbuf(self, size: int) -> int:
         self.rcvbuf_requested = size
@@ -529,46 +535,62 @@ class CtSocket:
         except OSError as exc:
             raise NetlinkError(exc.errno, f"the kernel refused the conntrack event filter: {exc.strerror}") from None
 
+    @property
+    def backlog(self) -> int:
+        """Datagrams read from the kernel and not yet decoded."""
+        return len(self._ring)
+
+    @property
+    def backlog_max(self) -> int:
+        return self._ring.peak
+
+    def _read_ahead(self) -> None:
+        """Move datagrams from the kernel queue into the ring until it would block or the ring
+        is full.  ENOBUFS is counted (and grows the buffer up to ``rcvbuf_max``), never raised."""
+        while True:
+            exc = self._ring.fill(self._sock.recv_into)
+            if exc is None:
+                return
+            if exc.errno != errno.ENOBUFS:
+                self.errors += 1
+                self.last_error = exc
+                return
+            self.enobufs += 1
+            if self.rcvbuf_max and self.rcvbuf_requested < self.rcvbuf_max:
+                self.set_rcvbuf(min(max(self.rcvbuf_requested, 4096) * 2, self.rcvbuf_max))
+                self.grown += 1
+
     def drain(self, on_event: Callable[[list], object], limit: int = DRAIN_LIMIT) -> int:
-        """Receive and decode until the socket would block or ``limit`` datagrams were read.
+        """Read ahead everything the kernel holds, then decode datagrams from the ring, reading
+        ahead again every CHUNK datagrams, until both are empty or ``limit`` were decoded.
 
         ``on_event(rec)`` runs per conntrack message with a reused record (valid only during
-        the call).  ENOBUFS is counted (and grows the buffer up to ``rcvbuf_max``), never raised.
-        Returns the number of datagrams read.
+        the call).  What is left in the ring (:attr:`backlog`) waits for the next call, which
+        the caller must make even if the socket is not readable.  Returns datagrams decoded.
         """
-        recv_into, buf, mv = self._sock.recv_into, self._buf, self._mv
-        size = len(buf)
-        rec, blank = self._rec, self._blank
+        mv, spans = self._ring.mv, self._ring.spans
+        popleft = spans.popleft
+        rec = self._rec
         unpack_hdr = NLMSG_FULL.unpack_from
         datagrams = received = 0
         while datagrams < limit:
-            try:
-                n = recv_into(buf, size, socket.MSG_DONTWAIT)
-            except BlockingIOError:
+            self._read_ahead()
+            if not spans:
                 break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self.enobufs += 1
-                    if self.rcvbuf_max and self.rcvbuf_requested < self.rcvbuf_max:
-                        self.set_rcvbuf(min(max(self.rcvbuf_requested, 4096) * 2, self.rcvbuf_max))
-                        self.grown += 1
-                    continue
-                self.errors += 1
-                self.last_error = exc
-                break
-            datagrams += 1
-            off = 0
-            while off + 16 <= n:
-                mlen = unpack_hdr(mv, off)[0]
-                end = off + mlen
-                if mlen < 16 or end > n:
-                    self.errors += 1
-                    break
-                rec[:] = blank
-                if decode(mv, off, end, rec):
-                    received += 1
-                    on_event(rec)
-                off = (end + 3) & ~3
+            for _ in range(min(CHUNK, len(spans), limit - datagrams)):
+                off, n = popleft()
+                datagrams += 1
+                end_of_datagram = off + n
+                while off + 16 <= end_of_datagram:
+                    mlen = unpack_hdr(mv, off)[0]
+                    end = off + mlen
+                    if mlen < 16 or end > end_of_datagram:
+                        self.errors += 1
+                        break
+                    if decode(mv, off, end, rec):
+                        received += 1
+                        on_event(rec)
+                    off = (end + 3) & ~3
         self.received += received
         return datagrams
 

@@ -370,6 +370,20 @@ def test_enobufs_counted_and_resync_purges_ended_flows(ctns: Netns) -> None:
         run.close()
 
 
+def test_a_burst_larger_than_one_drain_is_decoded_without_further_events(ctns: Netns) -> None:
+    run = Running(ctns, hash_enable=0, event_mask=1, netlink_socket_buffer_size=16 << 20)
+    try:
+        ctns.call(_many_flows, 5000)  # queued in the kernel while nothing reads
+        # one wake-up reads everything ahead and decodes DRAIN_LIMIT of it; the socket is then
+        # quiet, so only the plugin's own re-call can decode the rest
+        run.until(lambda evs: len(evs) >= 5000, "every NEW event", timeout=20)
+        stats = run.plugin.statistics()
+    finally:
+        run.close()
+    assert stats["received"] == 5000 and stats["enobufs"] == 0
+    assert stats["backlog_max"] > 2000
+
+
 def _many_flows(n: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for i in range(n):

@@ -47,6 +47,10 @@ Differences from ulogd 2.0.8
   and only informational (a Python dict sizes itself).
 * ``netlink_socket_buffer_size`` is applied whenever it is set (see NFLOG); losses (ENOBUFS)
   and resyncs are counted and logged at most every 10 s, not once.
+* Events are read ahead of decoding into a userspace ring (new option ``netlink_backlog_size``,
+  16 MiB): a table flush or a garbage-collection pass leaves the kernel buffer at recv()
+  speed, where ulogd decodes each event before reading the next.  ``backlog_max`` in the
+  statistics is the most events that ever waited there.
 * New option ``netns`` and new keys after ulogd's: ``ct.zone``, ``ct.status``, ``ct.timeout``,
   ``icmpv6.type``, ``icmpv6.code`` (ulogd gives ICMPv6 flows no type/code), ``oob.netns``,
   ``nat.snat``, ``nat.dnat``.  ``ct`` is the ctnetlink message itself (ulogd: a pointer).
@@ -61,6 +65,7 @@ import time
 from collections.abc import Callable
 
 from pylogd.conntrack import (
+    BACKLOG_SIZE,
     EVENT_DESTROY,
     EVENT_NEW,
     EVENT_UPDATE,
@@ -252,6 +257,12 @@ class Nfct(Input):
             int_option("netlink_socket_buffer_maxsize", 0, "on losses, double the buffer up to this (0: never)", min=0),
             int_option("netlink_resync_timeout", 60, "hash mode: re-read the table N s after a loss", min=0),
             int_option("reliable", 0, "1: NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS", min=0),
+            int_option(
+                "netlink_backlog_size",
+                BACKLOG_SIZE,
+                "bytes of userspace read-ahead: bursts leave the kernel buffer at recv() speed",
+                min=1 << 20,
+            ),
             str_option("accept_src_filter", "", "comma list of [!]addr/len on the original source"),
             str_option("accept_dst_filter", "", "comma list of [!]addr/len on the original destination"),
             str_option("accept_proto_filter", "", "comma list of [!]protocol names (tcp,udp,icmp,...)"),
@@ -311,6 +322,7 @@ class Nfct(Input):
                 rcvbuf=o["netlink_socket_buffer_size"],
                 rcvbuf_max=o["netlink_socket_buffer_maxsize"],
                 reliable=bool(o["reliable"]),
+                backlog_size=o["netlink_backlog_size"],
             )
             self._attach_filter()
             if self.hash:
@@ -460,11 +472,17 @@ class Nfct(Input):
                 else:
                     stats["hash_full"] += 1
 
+        loop = self.loop
+        again: list = []  # the pending call for a backlog, if any
+
         def readable() -> None:
+            again.clear()
             drain(on_event)
             flush()
             if (sock.enobufs, sock.errors) != self._reported:
                 self._on_trouble()
+            if sock.backlog and not again:  # read ahead but not decoded yet: the socket may stay quiet
+                again.append(loop.call_later(0, readable))
 
         return readable
 
@@ -558,7 +576,7 @@ class Nfct(Input):
         out: dict[str, int] = {}
         sock = self.sock
         if sock is not None:
-            out.update(received=sock.received, enobufs=sock.enobufs)
+            out.update(received=sock.received, enobufs=sock.enobufs, backlog_max=sock.backlog_max)
         out.update(self.stats)
         out["hash_entries"] = len(self.table)
         return out
