@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import mmap
 import os
 import socket
 import struct
@@ -171,14 +172,16 @@ class DatagramRing:
     :meth:`fill` reads until the socket would block or the ring has no room for another
     ``max_datagram`` bytes; ``spans`` holds (offset, length) of what was read and not yet
     taken, and a span's bytes stay untouched until it is popped.  ``peak`` is the most
-    datagrams ever waiting.  Untouched pages of the buffer cost no memory until a burst
-    needs them.
+    datagrams ever waiting.
     """
 
     def __init__(self, size: int, max_datagram: int = 65536) -> None:
         if size < 2 * max_datagram:
             raise ValueError(f"a read-ahead ring of {size} bytes: at least {2 * max_datagram} needed")
-        self.mv = memoryview(bytearray(size))
+        # anonymous memory: its pages become resident only when a burst writes them (a bytearray
+        # would be zero-filled, every page touched, at start)
+        self._map = mmap.mmap(-1, size)
+        self.mv = memoryview(self._map)
         self.max_datagram = max_datagram
         self.spans: deque[tuple[int, int]] = deque()
         self.peak = 0
@@ -187,36 +190,41 @@ class DatagramRing:
     def __len__(self) -> int:
         return len(self.spans)
 
-    def _room(self) -> int | None:
-        """Where the next datagram goes, or None when the ring is full."""
-        spans, wpos, need = self.spans, self._wpos, self.max_datagram
+    def _window(self) -> tuple[int, int] | None:
+        """The free stretch [start, stop) the next datagrams go into, or None when the ring is full."""
+        spans, wpos, need, size = self.spans, self._wpos, self.max_datagram, len(self.mv)
         if not spans:
-            return 0
+            return 0, size
         oldest = spans[0][0]
-        if wpos >= oldest:  # writing after the oldest datagram: room up to the end, else wrap
-            if len(self.mv) - wpos >= need:
-                return wpos
-            return 0 if oldest >= need else None
-        return wpos if oldest - wpos >= need else None  # wrapped: room up to the oldest
+        if wpos >= oldest:  # writing after the oldest datagram: up to the end, else wrap to the front
+            if size - wpos >= need:
+                return wpos, size
+            return (0, oldest) if oldest >= need else None
+        return (wpos, oldest) if oldest - wpos >= need else None  # wrapped: up to the oldest
 
     def fill(self, recv_into: Callable[..., int]) -> OSError | None:
         """Read with ``recv_into`` (a socket's) until it would block or the ring is full;
         returns the error that stopped it otherwise (the caller decides what it means)."""
-        mv, spans, need = self.mv, self.spans, self.max_datagram
+        mv, need = self.mv, self.max_datagram
+        append = self.spans.append
+        flags = socket.MSG_DONTWAIT
         error = None
-        while True:
-            pos = self._room()
-            if pos is None:
-                break
+        while (window := self._window()) is not None:
+            pos, stop = window
             try:
-                n = recv_into(mv[pos : pos + need], need, socket.MSG_DONTWAIT)
+                while pos + need <= stop:
+                    n = recv_into(mv[pos : pos + need], need, flags)
+                    append((pos, n))
+                    pos = (pos + n + 7) & ~7
             except BlockingIOError:
+                self._wpos = pos
                 break
             except OSError as exc:
+                self._wpos = pos
                 error = exc
                 break
-            spans.append((pos, n))
-            self._wpos = (pos + n + 7) & ~7
+            self._wpos = pos
+        spans = self.spans
         if len(spans) > self.peak:
             self.peak = len(spans)
         return error
