@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import selectors
+import select
 import signal
 import socket
 import time
@@ -32,7 +32,10 @@ class Timer:
 
 class EventLoop:
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+        # epoll itself rather than selectors: its Python-level key objects cost a microsecond per
+        # wake-up, which at a few events per wake-up is a tenth of the work
+        self._epoll = select.epoll()
+        self._readers: dict[int, Callable[[], None]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._counter = itertools.count()
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
@@ -41,11 +44,15 @@ class EventLoop:
         self.running = False
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        self._selector.register(fd, selectors.EVENT_READ, callback)
+        if fd in self._readers:
+            raise KeyError(f"{fd} is already registered")
+        self._epoll.register(fd, select.EPOLLIN)
+        self._readers[fd] = callback
 
     def remove_reader(self, fd: int) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(fd)
+        if self._readers.pop(fd, None) is not None:
+            with contextlib.suppress(OSError, ValueError):  # a descriptor closed first is gone already
+                self._epoll.unregister(fd)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(time.monotonic() + delay, callback, None)
@@ -100,13 +107,15 @@ class EventLoop:
 
     def run(self) -> None:
         self.running = True
-        select = self._selector.select
+        poll, readers = self._epoll.poll, self._readers
         while self.running:
             timeout = self._run_timers()
             if not self.running:
                 break
-            for key, _ in select(timeout):
-                key.data()
+            for fd, _events in poll(-1 if timeout is None else timeout):
+                callback = readers.get(fd)  # a reader removed by an earlier callback of this round
+                if callback is not None:
+                    callback()
                 if not self.running:
                     break
 
@@ -117,4 +126,4 @@ class EventLoop:
             assert self._wake_w is not None
             self._wake_w.close()
             self._wake_r = self._wake_w = None
-        self._selector.close()
+        self._epoll.close()
