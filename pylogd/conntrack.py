@@ -78,30 +78,32 @@ MAX_DATAGRAM = 65536  # room kept free for the next datagram (events fit in one 
 #: protocols whose tuples carry ports (ulogd's list)
 PORT_PROTOCOLS = frozenset((6, 17, 33, 132, 136))
 
+#: Field order of a decoded record.  The first 19 are in the order of the NFCT plugin's first
+#: keys (ulogd's), so that the plugin copies them with one slice.
 FIELDS = (
-    "family",  # nfgenmsg family: 2 or 10
-    "event",  # EVENT_NEW / EVENT_UPDATE / EVENT_DESTROY (dumps: EVENT_UPDATE)
     "orig_src",
     "orig_dst",
     "orig_proto",
     "orig_sport",
     "orig_dport",
-    "icmp_type",  # from the original tuple, ICMP or ICMPv6
-    "icmp_code",
-    "icmp_id",
+    "orig_bytes",
+    "orig_pkts",
     "reply_src",
     "reply_dst",
     "reply_proto",
     "reply_sport",
     "reply_dport",
-    "orig_pkts",
-    "orig_bytes",
-    "reply_pkts",
     "reply_bytes",
-    "status",
-    "timeout",
+    "reply_pkts",
+    "icmp_code",  # from the original tuple, ICMP or ICMPv6
+    "icmp_type",
     "mark",
     "id",
+    "event",  # EVENT_NEW / EVENT_UPDATE / EVENT_DESTROY (dumps: EVENT_UPDATE)
+    "family",  # nfgenmsg family: 2 or 10
+    "icmp_id",
+    "status",
+    "timeout",
     "zone",
     "start",  # CTA_TIMESTAMP_START, ns since the epoch
     "stop",  # CTA_TIMESTAMP_STOP
@@ -109,14 +111,12 @@ FIELDS = (
 )
 NFIELDS = len(FIELDS)
 (
-    F_FAMILY, F_EVENT, F_ORIG_SRC, F_ORIG_DST, F_ORIG_PROTO, F_ORIG_SPORT, F_ORIG_DPORT,
-    F_ICMP_TYPE, F_ICMP_CODE, F_ICMP_ID, F_REPLY_SRC, F_REPLY_DST, F_REPLY_PROTO,
-    F_REPLY_SPORT, F_REPLY_DPORT, F_ORIG_PKTS, F_ORIG_BYTES, F_REPLY_PKTS, F_REPLY_BYTES,
-    F_STATUS, F_TIMEOUT, F_MARK, F_ID, F_ZONE, F_START, F_STOP, F_MSG,
+    F_ORIG_SRC, F_ORIG_DST, F_ORIG_PROTO, F_ORIG_SPORT, F_ORIG_DPORT, F_ORIG_BYTES, F_ORIG_PKTS,
+    F_REPLY_SRC, F_REPLY_DST, F_REPLY_PROTO, F_REPLY_SPORT, F_REPLY_DPORT, F_REPLY_BYTES, F_REPLY_PKTS,
+    F_ICMP_CODE, F_ICMP_TYPE, F_MARK, F_ID, F_EVENT,
+    F_FAMILY, F_ICMP_ID, F_STATUS, F_TIMEOUT, F_ZONE, F_START, F_STOP, F_MSG,
 ) = range(NFIELDS)  # fmt: skip
 FAMILY = {2: socket.AF_INET, 10: socket.AF_INET6}
-# offset from the orig_* fields to the reply_* fields of the same tuple member
-_REPLY = F_REPLY_SRC - F_ORIG_SRC
 
 _NFGEN = struct.Struct("=B")
 
@@ -126,7 +126,8 @@ CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY, CTA_ID, CTA_ZONE, CTA_TIMESTAMP = 9, 10, 
 
 
 _U32_ATTRS = {CTA_STATUS: F_STATUS, CTA_TIMEOUT: F_TIMEOUT, CTA_MARK: F_MARK, CTA_ID: F_ID}
-_COUNTER_ATTRS = {CTA_COUNTERS_ORIG: F_ORIG_PKTS, CTA_COUNTERS_REPLY: F_REPLY_PKTS}
+#: CTA_COUNTERS_* -> (packets field, bytes field)
+_COUNTER_ATTRS = {CTA_COUNTERS_ORIG: (F_ORIG_PKTS, F_ORIG_BYTES), CTA_COUNTERS_REPLY: (F_REPLY_PKTS, F_REPLY_BYTES)}
 _HEADER = None  # the field of an attribute header word in a layout: compared, never decoded
 
 
@@ -184,12 +185,12 @@ def _scan(mv: memoryview, start: int, end: int) -> tuple[list[tuple[int, str, in
             if size >= 4:
                 items.append((p, "I", _U32_ATTRS[atype]))
         elif atype in _COUNTER_ATTRS:
-            field = _COUNTER_ATTRS[atype]
+            fields = _COUNTER_ATTRS[atype]
             for p2, _q2, t2, s2 in walk(p, q):
                 if t2 in (1, 2) and s2 >= 8:  # CTA_COUNTERS_PACKETS / BYTES (u64)
-                    items.append((p2, "Q", field + t2 - 1))
+                    items.append((p2, "Q", fields[t2 - 1]))
                 elif t2 in (3, 4) and s2 >= 4:  # the old 32-bit forms
-                    items.append((p2, "I", field + t2 - 3))
+                    items.append((p2, "I", fields[t2 - 3]))
         elif atype == CTA_ZONE:
             if size >= 2:
                 items.append((p, "H", F_ZONE))

@@ -95,6 +95,7 @@ from pylogd.conntrack import (
     F_STOP,
     F_TIMEOUT,
     F_ZONE,
+    FIELDS,
     IPS_DST_NAT,
     IPS_SRC_NAT,
     PORT_PROTOCOLS,
@@ -146,6 +147,22 @@ _OUTPUTS = (
     key("nat.snat", KeyType.BOOL, "the flow was source-translated (masquerade, snat)"),
     key("nat.dnat", KeyType.BOOL, "the flow was destination-translated (dnat, redirect)"),
 )
+
+_KEY_INDEX = {k.name: i for i, k in enumerate(_OUTPUTS)}
+#: decoded fields (pylogd.conntrack.FIELDS) that are the first keys, in the same order
+_COPIED = 19
+assert [(k.name, FIELDS[i]) for i, k in enumerate(_OUTPUTS[:_COPIED])] == list(
+    zip(
+        ("orig.ip.saddr", "orig.ip.daddr", "orig.ip.protocol", "orig.l4.sport", "orig.l4.dport", "orig.raw.pktlen",
+         "orig.raw.pktcount", "reply.ip.saddr", "reply.ip.daddr", "reply.ip.protocol", "reply.l4.sport",
+         "reply.l4.dport", "reply.raw.pktlen", "reply.raw.pktcount", "icmp.code", "icmp.type", "ct.mark", "ct.id",
+         "ct.event"),
+        ("orig_src", "orig_dst", "orig_proto", "orig_sport", "orig_dport", "orig_bytes", "orig_pkts", "reply_src",
+         "reply_dst", "reply_proto", "reply_sport", "reply_dport", "reply_bytes", "reply_pkts", "icmp_code",
+         "icmp_type", "mark", "id", "event"),
+        strict=True,
+    )
+), "pylogd.conntrack.FIELDS must begin with the fields of NFCT's first keys, in key order"  # fmt: skip
 
 
 Net = tuple[bool, int, int, int]  # negated, version, network as int, mask as int
@@ -356,51 +373,49 @@ class Nfct(Input):
     def _make_emitter(self) -> Callable[[tuple | list, int, int | None, int | None], None]:
         feed = self.feed
         values, emit = feed.values, feed.emit
+        # the Feed contract: an input's keys are the first slots, in declaration order
+        assert [feed.slot(k.name) for k in _OUTPUTS] == list(range(len(_OUTPUTS)))
         (
-            s_osrc, s_odst, s_oproto, s_osport, s_odport, s_obytes, s_opkts,
-            s_rsrc, s_rdst, s_rproto, s_rsport, s_rdport, s_rbytes, s_rpkts,
-            s_icode, s_itype, s_mark, s_id, s_event, s_ssec, s_susec, s_esec, s_eusec,
+            s_osport, s_odport, s_obytes, s_opkts, s_rsport, s_rdport, s_rbytes, s_rpkts,
+            s_icode, s_itype, s_mark, s_event, s_ssec, s_susec, s_esec, s_eusec,
             s_family, s_oobproto, s_ct, s_zone, s_status, s_timeout, s_i6type, s_i6code,
             s_netns, s_snat, s_dnat,
-        ) = [feed.slot(k.name) for k in _OUTPUTS]  # fmt: skip
+        ) = [_KEY_INDEX[name] for name in (
+            "orig.l4.sport", "orig.l4.dport", "orig.raw.pktlen", "orig.raw.pktcount",
+            "reply.l4.sport", "reply.l4.dport", "reply.raw.pktlen", "reply.raw.pktcount",
+            "icmp.code", "icmp.type", "ct.mark", "ct.event", "flow.start.sec", "flow.start.usec",
+            "flow.end.sec", "flow.end.usec", "oob.family", "oob.protocol", "ct", "ct.zone",
+            "ct.status", "ct.timeout", "icmpv6.type", "icmpv6.code", "oob.netns", "nat.snat", "nat.dnat",
+        )]  # fmt: skip
         netns = self.netns
         ports = PORT_PROTOCOLS
 
         def emit_flow(rec: tuple | list, event: int, start: int | None, end: int | None) -> None:
             """One event from a decoded record; start/end in ns since the epoch (None: not valid)."""
-            values[s_osrc] = rec[F_ORIG_SRC]
-            values[s_odst] = rec[F_ORIG_DST]
-            proto = rec[F_ORIG_PROTO]
-            values[s_oproto] = proto
-            if proto in ports:
-                values[s_osport] = rec[F_ORIG_SPORT]
-                values[s_odport] = rec[F_ORIG_DPORT]
-            elif proto == 1:
-                values[s_itype] = rec[F_ICMP_TYPE]
-                values[s_icode] = rec[F_ICMP_CODE]
-            elif proto == 58:
-                values[s_i6type] = rec[F_ICMP_TYPE]
-                values[s_i6code] = rec[F_ICMP_CODE]
-            v = rec[F_ORIG_BYTES]
-            values[s_obytes] = 0 if v is None else v
-            v = rec[F_ORIG_PKTS]
-            values[s_opkts] = 0 if v is None else v
-            rsrc, rdst = rec[F_REPLY_SRC], rec[F_REPLY_DST]
-            values[s_rsrc] = rsrc
-            values[s_rdst] = rdst
-            rproto = rec[F_REPLY_PROTO]
-            values[s_rproto] = rproto
-            if rproto in ports:
-                values[s_rsport] = rec[F_REPLY_SPORT]
-                values[s_rdport] = rec[F_REPLY_DPORT]
-            v = rec[F_REPLY_BYTES]
-            values[s_rbytes] = 0 if v is None else v
-            v = rec[F_REPLY_PKTS]
-            values[s_rpkts] = 0 if v is None else v
-            v = rec[F_MARK]
-            values[s_mark] = 0 if v is None else v
-            values[s_id] = rec[F_ID]
+            values[:_COPIED] = rec[:_COPIED]  # addresses, protocols, ports, counters, icmp, mark, id
             values[s_event] = event
+            # then what ulogd does differently from the kernel's message
+            proto = rec[F_ORIG_PROTO]
+            if proto not in ports:
+                values[s_osport] = values[s_odport] = None
+                if proto == 58:
+                    values[s_i6type], values[s_i6code] = rec[F_ICMP_TYPE], rec[F_ICMP_CODE]
+                    values[s_itype] = values[s_icode] = None
+                elif proto != 1:
+                    values[s_itype] = values[s_icode] = None
+            if rec[F_REPLY_PROTO] not in ports:
+                values[s_rsport] = values[s_rdport] = None
+            # counters and the mark are 0 when the kernel leaves them out
+            if rec[F_ORIG_BYTES] is None:
+                values[s_obytes] = 0
+            if rec[F_ORIG_PKTS] is None:
+                values[s_opkts] = 0
+            if rec[F_REPLY_BYTES] is None:
+                values[s_rbytes] = 0
+            if rec[F_REPLY_PKTS] is None:
+                values[s_rpkts] = 0
+            if rec[F_MARK] is None:
+                values[s_mark] = 0
             if start:
                 values[s_ssec], values[s_susec] = divmod(start // 1000, 1_000_000)
             if end:
@@ -408,8 +423,8 @@ class Nfct(Input):
             values[s_family] = rec[F_FAMILY]
             values[s_oobproto] = 0
             values[s_ct] = rec[F_MSG]
-            v = rec[F_ZONE]
-            values[s_zone] = 0 if v is None else v
+            zone = rec[F_ZONE]
+            values[s_zone] = 0 if zone is None else zone
             status = rec[F_STATUS]
             values[s_status] = status
             values[s_timeout] = rec[F_TIMEOUT]
@@ -417,9 +432,11 @@ class Nfct(Input):
             if status is not None:
                 values[s_snat] = 1 if status & IPS_SRC_NAT else 0
                 values[s_dnat] = 1 if status & IPS_DST_NAT else 0
-            elif rdst is not None and rsrc is not None:
-                values[s_snat] = int(rec[F_ORIG_SRC] != rdst or rec[F_ORIG_SPORT] != rec[F_REPLY_DPORT])
-                values[s_dnat] = int(rec[F_ORIG_DST] != rsrc or rec[F_ORIG_DPORT] != rec[F_REPLY_SPORT])
+            else:
+                rsrc, rdst = rec[F_REPLY_SRC], rec[F_REPLY_DST]
+                if rdst is not None and rsrc is not None:
+                    values[s_snat] = int(rec[F_ORIG_SRC] != rdst or rec[F_ORIG_SPORT] != rec[F_REPLY_DPORT])
+                    values[s_dnat] = int(rec[F_ORIG_DST] != rsrc or rec[F_ORIG_DPORT] != rec[F_REPLY_SPORT])
             emit()
 
         return emit_flow
