@@ -563,7 +563,9 @@ class CtSocket:
 
     def drain(self, on_event: Callable[[list], object], limit: int = DRAIN_LIMIT) -> int:
         """Read ahead everything the kernel holds, then decode datagrams from the ring, reading
-        ahead again every CHUNK datagrams, until both are empty or ``limit`` were decoded.
+        ahead again after every CHUNK datagrams (a burst is on), until the ring is empty or
+        ``limit`` were decoded.  (After a smaller batch the next wake-up reads: asking the
+        kernel again at once would mostly cost a would-block error.)
 
         ``on_event(rec)`` runs per conntrack message with a reused record (valid only during
         the call).  What is left in the ring (:attr:`backlog`) waits for the next call, which
@@ -574,11 +576,10 @@ class CtSocket:
         rec = self._rec
         unpack_hdr = NLMSG_FULL.unpack_from
         datagrams = received = 0
-        while datagrams < limit:
-            self._read_ahead()
-            if not spans:
-                break
-            for _ in range(min(CHUNK, len(spans), limit - datagrams)):
+        self._read_ahead()
+        while spans and datagrams < limit:
+            take = min(CHUNK, len(spans), limit - datagrams)
+            for _ in range(take):
                 off, n = popleft()
                 datagrams += 1
                 end_of_datagram = off + n
@@ -592,6 +593,8 @@ class CtSocket:
                         received += 1
                         on_event(rec)
                     off = (end + 3) & ~3
+            if take == CHUNK:
+                self._read_ahead()
         self.received += received
         return datagrams
 
