@@ -516,6 +516,7 @@ class CtSocket:
             self._sock.setsockopt(SOL_NETLINK, NETLINK_BROADCAST_ERROR, 1)
             self._sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
         self._ring = DatagramRing(backlog_size, MAX_DATAGRAM)
+        self.arrived = 0
         self._rec: list = [None] * NFIELDS
 
     def set_rcvbuf(self, size: int) -> int:
@@ -545,7 +546,7 @@ class CtSocket:
     def backlog_max(self) -> int:
         return self._ring.peak
 
-    def _read_ahead(self) -> None:
+    def read_ahead(self) -> None:
         """Move datagrams from the kernel queue into the ring until it would block or the ring
         is full.  ENOBUFS is counted (and grows the buffer up to ``rcvbuf_max``), never raised."""
         while True:
@@ -568,19 +569,20 @@ class CtSocket:
         kernel again at once would mostly cost a would-block error.)
 
         ``on_event(rec)`` runs per conntrack message with a reused record (valid only during
-        the call).  What is left in the ring (:attr:`backlog`) waits for the next call, which
-        the caller must make even if the socket is not readable.  Returns datagrams decoded.
+        the call); :attr:`arrived` is then the time (ns) its datagram was read from the kernel.
+        What is left in the ring (:attr:`backlog`) waits for the next call, which the caller
+        must make even if the socket is not readable.  Returns the datagrams decoded.
         """
         mv, spans = self._ring.mv, self._ring.spans
         popleft = spans.popleft
         rec = self._rec
         unpack_hdr = NLMSG_FULL.unpack_from
         datagrams = received = 0
-        self._read_ahead()
+        self.read_ahead()
         while spans and datagrams < limit:
             take = min(CHUNK, len(spans), limit - datagrams)
             for _ in range(take):
-                off, n = popleft()
+                off, n, self.arrived = popleft()
                 datagrams += 1
                 end_of_datagram = off + n
                 while off + 16 <= end_of_datagram:
@@ -594,7 +596,7 @@ class CtSocket:
                         on_event(rec)
                     off = (end + 3) & ~3
             if take == CHUNK:
-                self._read_ahead()
+                self.read_ahead()
         self.received += received
         return datagrams
 

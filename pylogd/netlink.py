@@ -20,6 +20,7 @@ import mmap
 import os
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -170,9 +171,9 @@ class DatagramRing:
     holds them at their real size (150-300 bytes for an event).
 
     :meth:`fill` reads until the socket would block or the ring has no room for another
-    ``max_datagram`` bytes; ``spans`` holds (offset, length) of what was read and not yet
-    taken, and a span's bytes stay untouched until it is popped.  ``peak`` is the most
-    datagrams ever waiting.
+    ``max_datagram`` bytes; ``spans`` holds (offset, length, receive time in ns) of what was
+    read and not yet taken, and a span's bytes stay untouched until it is popped.  ``peak`` is
+    the most datagrams ever waiting.
     """
 
     def __init__(self, size: int, max_datagram: int = 65536) -> None:
@@ -183,7 +184,7 @@ class DatagramRing:
         self._map = mmap.mmap(-1, size)
         self.mv = memoryview(self._map)
         self.max_datagram = max_datagram
-        self.spans: deque[tuple[int, int]] = deque()
+        self.spans: deque[tuple[int, int, int]] = deque()
         self.peak = 0
         self._wpos = 0
 
@@ -208,13 +209,14 @@ class DatagramRing:
         mv, need = self.mv, self.max_datagram
         append = self.spans.append
         flags = socket.MSG_DONTWAIT
+        now = time.time_ns
         error = None
         while (window := self._window()) is not None:
             pos, stop = window
             try:
                 while pos + need <= stop:
                     n = recv_into(mv[pos : pos + need], need, flags)
-                    append((pos, n))
+                    append((pos, n, now()))
                     pos = (pos + n + 7) & ~7
             except BlockingIOError:
                 self._wpos = pos

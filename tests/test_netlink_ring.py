@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import time
 
 import pytest
 
@@ -40,7 +41,7 @@ def test_every_datagram_once_in_order_through_wraps_and_a_full_ring(seed: int) -
                 full_seen += 1
                 assert ring._window() is None
             for _ in range(rng.randint(0, len(ring))):
-                off, n = ring.spans.popleft()
+                off, n, _received = ring.spans.popleft()
                 seq, size = struct.unpack_from("=II", ring.mv, off)
                 assert (seq, size, n) == (taken, n, n)
                 assert ring.mv[off + 8 : off + n] == bytes([seq % 251]) * (n - 8)
@@ -56,12 +57,14 @@ def test_an_empty_ring_starts_again_at_the_front() -> None:
     tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         tx.send(b"x" * 100)
+        before = time.time_ns()
         ring.fill(rx.recv_into)
-        assert list(ring.spans) == [(0, 100)]
+        assert before <= ring.spans[0][2] <= time.time_ns()  # stamped when read
+        assert [span[:2] for span in ring.spans] == [(0, 100)]
         ring.spans.popleft()
         tx.send(b"y" * 50)
         ring.fill(rx.recv_into)
-        assert list(ring.spans) == [(0, 50)]
+        assert [span[:2] for span in ring.spans] == [(0, 50)]
     finally:
         tx.close()
         rx.close()

@@ -384,10 +384,23 @@ def test_a_burst_larger_than_one_drain_is_decoded_without_further_events(ctns: N
     assert stats["backlog_max"] > 2000
 
 
-def _many_flows(n: int) -> None:
+def test_stop_decodes_what_was_read_ahead_and_what_the_kernel_holds(ctns: Netns) -> None:
+    run = Running(ctns, hash_enable=0, event_mask=1, netlink_socket_buffer_size=16 << 20)
+    try:
+        ctns.call(_many_flows, 3000)
+        run.plugin.sock.read_ahead()  # in the ring, not decoded
+        assert run.plugin.sock.backlog > 0
+        ctns.call(_many_flows, 1000, 20000)  # still in the kernel queue
+    finally:
+        run.close()  # stop(): SIGTERM's "write everything accepted"
+    assert len(run.feed.events) == 4000
+    assert {e["orig.l4.dport"] for e in run.feed.events} == set(range(10000, 13000)) | set(range(20000, 21000))
+
+
+def _many_flows(n: int, first_port: int = 10000) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for i in range(n):
-            s.sendto(b"x", ("127.0.0.2", 10000 + i))
+            s.sendto(b"x", ("127.0.0.2", first_port + i))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,7 +50,10 @@ Differences from ulogd 2.0.8
 * Events are read ahead of decoding into a userspace ring (new option ``netlink_backlog_size``,
   16 MiB): a table flush or a garbage-collection pass leaves the kernel buffer at recv()
   speed, where ulogd decodes each event before reading the next.  ``backlog_max`` in the
-  statistics is the most events that ever waited there.
+  statistics is the most events that ever waited there.  At exit everything read is written.
+* A time the kernel does not give (``flow.start`` of NEW, ``flow.end`` of DESTROY without
+  ``nf_conntrack_timestamp=1``) is the time pylogd read the event from the kernel, not the
+  time it was decoded, which in a burst can be later.
 * New option ``netns`` and new keys after ulogd's: ``ct.zone``, ``ct.status``, ``ct.timeout``,
   ``icmpv6.type``, ``icmpv6.code`` (ulogd gives ICMPv6 flows no type/code), ``oob.netns``,
   ``nat.snat``, ``nat.dnat``.  ``ct`` is the ctnetlink message itself (ulogd: a pointer).
@@ -149,6 +152,7 @@ _OUTPUTS = (
 )
 
 _KEY_INDEX = {k.name: i for i, k in enumerate(_OUTPUTS)}
+STOP_DRAIN_SECONDS = 5.0
 #: decoded fields (pylogd.conntrack.FIELDS) that are the first keys, in the same order
 _COPIED = 19
 assert [(k.name, FIELDS[i]) for i, k in enumerate(_OUTPUTS[:_COPIED])] == list(
@@ -291,6 +295,7 @@ class Nfct(Input):
 
     sock: CtSocket | None = None
     _resync_timer = None
+    _pending: tuple | list = ()
 
     def configure(self) -> None:
         o = self.options
@@ -447,7 +452,6 @@ class Nfct(Input):
         emit_flow, flush = self._emit, self.feed.flush
         accept = self.accept
         stats = self.stats
-        time_ns = time.time_ns
         drain = sock.drain
 
         if not self.hash:
@@ -458,9 +462,9 @@ class Nfct(Input):
                     return
                 event = rec[F_EVENT]
                 if event == EVENT_DESTROY:
-                    emit_flow(rec, event, rec[F_START], rec[F_STOP] or time_ns())
+                    emit_flow(rec, event, rec[F_START], rec[F_STOP] or sock.arrived)
                 elif event == EVENT_NEW:
-                    emit_flow(rec, event, rec[F_START] or time_ns(), None)
+                    emit_flow(rec, event, rec[F_START] or sock.arrived, None)
                 else:
                     emit_flow(rec, event, rec[F_START], None)
 
@@ -477,7 +481,7 @@ class Nfct(Input):
                 if rec[F_EVENT] == EVENT_DESTROY:
                     entry = table.pop(k, None)
                     start = rec[F_START] or (entry[1] if entry is not None else None)
-                    emit_flow(rec, EVENT_DESTROY, start, rec[F_STOP] or time_ns())
+                    emit_flow(rec, EVENT_DESTROY, start, rec[F_STOP] or sock.arrived)
                     return
                 # only the message is kept (decoded again if a resync finds the flow gone):
                 # half the memory of a decoded record, and cheaper per event
@@ -485,22 +489,27 @@ class Nfct(Input):
                 if entry is not None:
                     entry[0] = rec[F_MSG].tobytes()
                 elif len(table) < max_entries:
-                    table[k] = [rec[F_MSG].tobytes(), rec[F_START] or time_ns()]
+                    table[k] = [rec[F_MSG].tobytes(), rec[F_START] or sock.arrived]
                 else:
                     stats["hash_full"] += 1
 
         loop = self.loop
-        again: list = []  # the pending call for a backlog, if any
+        pending: list = []  # the scheduled call for a backlog, if any
 
         def readable() -> None:
-            again.clear()
             drain(on_event)
             flush()
             if (sock.enobufs, sock.errors) != self._reported:
                 self._on_trouble()
-            if sock.backlog and not again:  # read ahead but not decoded yet: the socket may stay quiet
-                again.append(loop.call_later(0, readable))
+            if sock.backlog and not pending:  # read ahead, not decoded yet: the socket may stay quiet
+                pending.append(loop.call_later(0, scheduled))
 
+        def scheduled() -> None:
+            pending.clear()
+            readable()
+
+        self._pending = pending
+        self._on_event = on_event
         return readable
 
     # -- table dumps ----------------------------------------------------------------------------
@@ -606,4 +615,13 @@ class Nfct(Input):
         if sock is None or sock.closed:
             return
         self.loop.remove_reader(sock.fileno())
+        for timer in self._pending:
+            timer.cancel()
+        # what was read ahead (and what the kernel still holds) is decoded and written, not dropped
+        deadline = time.monotonic() + STOP_DRAIN_SECONDS
+        while sock.drain(self._on_event) and time.monotonic() < deadline:
+            pass
+        self.feed.flush()
+        if sock.backlog:
+            self.log.error(f"NFCT: {sock.backlog} events read but not decoded at exit")
         sock.close()
