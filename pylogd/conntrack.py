@@ -44,6 +44,7 @@ from .netlink import (
     SOL_NETLINK,
     DatagramRing,
     NetlinkError,
+    NetlinkSocket,
     netns_context,
     set_rcvbuf,
 )
@@ -472,7 +473,7 @@ def compile_filter(
     return out
 
 
-class CtSocket:
+class CtSocket(NetlinkSocket):
     """A netlink socket subscribed to conntrack events of one network namespace.
 
     Arguments:
@@ -500,32 +501,18 @@ class CtSocket:
         if not 0 < events <= 7:
             raise ValueError(f"events {events}: a nonzero combination of 1 (NEW), 2 (UPDATE), 4 (DESTROY)")
         self.netns = netns
-        self.rcvbuf_max = rcvbuf_max
         self.received = 0
-        self.enobufs = 0
         self.errors = 0
-        self.grown = 0
         self.last_error: OSError | None = None
         self._sock = _open(netns, events)
         self._sock.setblocking(False)
-        self.rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-        self.rcvbuf_requested = self.rcvbuf // 2
-        if rcvbuf:
-            self.set_rcvbuf(rcvbuf)
+        self._init_rcvbuf(rcvbuf, rcvbuf_max)
         if reliable:
             self._sock.setsockopt(SOL_NETLINK, NETLINK_BROADCAST_ERROR, 1)
             self._sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
         self._ring = DatagramRing(backlog_size, MAX_DATAGRAM)
         self.arrived = 0
         self._rec: list = [None] * NFIELDS
-
-    def set_rcvbuf(self, size: int) -> int:
-        self.rcvbuf_requested = size
-        self.rcvbuf = set_rcvbuf(self._sock, size)
-        return self.rcvbuf
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
 
     def attach_filter(self, prog: list[tuple[int, int, int, int]]) -> None:
         """Install a BPF program from :func:`compile_filter`: events it rejects are dropped in
@@ -557,10 +544,7 @@ class CtSocket:
                 self.errors += 1
                 self.last_error = exc
                 return
-            self.enobufs += 1
-            if self.rcvbuf_max and self.rcvbuf_requested < self.rcvbuf_max:
-                self.set_rcvbuf(min(max(self.rcvbuf_requested, 4096) * 2, self.rcvbuf_max))
-                self.grown += 1
+            self._on_enobufs()
 
     def drain(self, on_event: Callable[[list], object], limit: int = DRAIN_LIMIT) -> int:
         """Read ahead everything the kernel holds, then decode datagrams from the ring, reading
@@ -614,16 +598,3 @@ class CtSocket:
 
     def statistics(self) -> dict[str, int]:
         return {"received": self.received, "enobufs": self.enobufs, "errors": self.errors, "rcvbuf": self.rcvbuf}
-
-    @property
-    def closed(self) -> bool:
-        return self._sock.fileno() < 0
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> CtSocket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

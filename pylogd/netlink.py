@@ -5,7 +5,8 @@
 * :func:`nla`: build one attribute, :func:`nlmsg_error`: the errno of an NLMSG_ERROR,
 * :func:`set_rcvbuf`: SO_RCVBUFFORCE with an SO_RCVBUF fallback,
 * :func:`netns_context`: create sockets inside another network namespace,
-* :class:`DatagramRing`: read datagrams ahead of decoding, so bursts leave the kernel quickly.
+* :class:`DatagramRing`: read datagrams ahead of decoding, so bursts leave the kernel quickly,
+* :class:`NetlinkSocket`: the receive buffer, its growth after losses, closing.
 
 The receive paths of :mod:`pylogd.nflog` and :mod:`pylogd.conntrack` inline the message
 walk for speed; this module holds what they share outside the per-event path.
@@ -23,12 +24,14 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Self
 
 __all__ = [
     "CLONE_NEWNET",
     "NETLINK_NETFILTER",
     "DatagramRing",
     "NetlinkError",
+    "NetlinkSocket",
     "iter_messages",
     "netns_context",
     "netns_path",
@@ -230,3 +233,52 @@ class DatagramRing:
         if len(spans) > self.peak:
             self.peak = len(spans)
         return error
+
+
+# ---------------------------------------------------------------------------------------------
+# what the netfilter sockets share
+
+
+class NetlinkSocket:
+    """The receive buffer (set, and grown after losses), the descriptor and closing, for the
+    NFLOG and conntrack sockets.  A subclass opens ``_sock`` and then calls :meth:`_init_rcvbuf`."""
+
+    _sock: socket.socket
+
+    def _init_rcvbuf(self, rcvbuf: int, rcvbuf_max: int) -> None:
+        self.rcvbuf_max = rcvbuf_max
+        self.enobufs = 0  # recv() reported ENOBUFS: the kernel dropped messages
+        self.grown = 0  # receive-buffer growths after ENOBUFS
+        self.rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        self.rcvbuf_requested = self.rcvbuf // 2  # the kernel reports twice what was asked
+        if rcvbuf:
+            self.set_rcvbuf(rcvbuf)
+
+    def set_rcvbuf(self, size: int) -> int:
+        """Set the socket receive buffer (SO_RCVBUFFORCE, else SO_RCVBUF); returns what the kernel reports."""
+        self.rcvbuf_requested = size
+        self.rcvbuf = set_rcvbuf(self._sock, size)
+        return self.rcvbuf
+
+    def _on_enobufs(self) -> None:
+        """Count a loss and double the buffer, up to ``rcvbuf_max``."""
+        self.enobufs += 1
+        if self.rcvbuf_max and self.rcvbuf_requested < self.rcvbuf_max:
+            self.set_rcvbuf(min(max(self.rcvbuf_requested, 4096) * 2, self.rcvbuf_max))
+            self.grown += 1
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._sock.fileno() < 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

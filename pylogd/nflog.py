@@ -65,10 +65,10 @@ from .netlink import (
     NLMSG_FULL,
     NLMSG_OVERRUN,
     NetlinkError,
+    NetlinkSocket,
     iter_messages,
     netns_context,
     nla,
-    set_rcvbuf,
 )
 
 __all__ = [
@@ -557,7 +557,7 @@ def find_netlink_owner(portid: int, netns: str | None = None) -> str | None:
 # the socket
 
 
-class NflogSocket:
+class NflogSocket(NetlinkSocket):
     """A netlink socket bound to one NFLOG group.
 
     Arguments:
@@ -612,16 +612,13 @@ class NflogSocket:
         self.netns = netns
         self.flags = flags
         self.bufsize = bufsize
-        self.rcvbuf_max = rcvbuf_max
         #: configuration steps the kernel refused (strict=False): name -> error
         self.failures: dict[str, OSError] = {}
         # counters
         self.received = 0  # NFULNL_MSG_PACKET messages decoded
-        self.enobufs = 0  # recv() reported ENOBUFS: the kernel dropped messages
         self.lost = 0  # messages missing from the NFULA_SEQ sequence
         self.truncated = 0  # datagrams larger than bufsize
         self.errors = 0  # NLMSG_ERROR with an error, other recv errors
-        self.grown = 0  # receive-buffer growths after ENOBUFS
         self.last_error: OSError | None = None
         self._expect: int | None = None
         self.slow = 0  # messages decoded by the attribute walk instead of a compiled layout
@@ -643,10 +640,7 @@ class NflogSocket:
             self._sock.bind((0, 0))
             self.portid: int = self._sock.getsockname()[0]
             self._sock.setblocking(False)
-            self.rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-            self.rcvbuf_requested = self.rcvbuf // 2  # the kernel reports twice what was asked
-            if rcvbuf:
-                self.set_rcvbuf(rcvbuf)
+            self._init_rcvbuf(rcvbuf, rcvbuf_max)
             self._configure(copy_mode, copy_range, qthreshold, qtimeout, flags, nlbufsiz, pf_unbind, pf_bind, strict)
         except BaseException:
             self._sock.close()
@@ -782,23 +776,7 @@ class NflogSocket:
                     raise OSError(answer, os.strerror(answer))
                 return
 
-    def set_rcvbuf(self, size: int) -> int:
-        """Set the socket receive buffer (SO_RCVBUFFORCE, else SO_RCVBUF); returns what the kernel reports."""
-        self.rcvbuf_requested = size
-        self.rcvbuf = set_rcvbuf(self._sock, size)
-        return self.rcvbuf
-
     # -- receiving ------------------------------------------------------------------------------
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def _on_enobufs(self) -> None:
-        self.enobufs += 1
-        # without a sequence the loss size is unknown; the next NFULA_SEQ tells it
-        if self.rcvbuf_max and self.rcvbuf_requested < self.rcvbuf_max:
-            self.set_rcvbuf(min(self.rcvbuf_requested * 2, self.rcvbuf_max))
-            self.grown += 1
 
     def drain(self, on_packet: Callable[[Sequence, memoryview], object], limit: int = DRAIN_LIMIT) -> int:
         """Receive and decode until the socket would block or ``limit`` messages were handled.
@@ -938,10 +916,6 @@ class NflogSocket:
 
     # -- closing --------------------------------------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        return self._sock.fileno() < 0
-
     def close(self) -> None:
         """Unbind the group (so another listener may take it at once) and close the socket."""
         if self.closed:
@@ -952,9 +926,3 @@ class NflogSocket:
             self._bound = False
         self._backlog.clear()
         self._sock.close()
-
-    def __enter__(self) -> NflogSocket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
