@@ -61,6 +61,7 @@ class PrintFlow(Filter):
         i_type, i_code, i_event = slots.inp("icmp.type"), slots.inp("icmp.code"), slots.inp("ct.event")
         o_print = slots.out("print")
         events = _EVENTS
+        port_protocols = {6: "TCP", 17: "UDP"}
 
         def direction(side: str) -> Callable[[list], str]:
             i_src, i_dst, i_proto, i_sport, i_dport, i_bytes, i_pkts = (
@@ -73,6 +74,12 @@ class PrintFlow(Filter):
 
             def fmt(v: list) -> str:
                 src, dst, proto, pkts, nbytes = v[i_src], v[i_dst], v[i_proto], v[i_pkts], v[i_bytes]
+                # nearly every flow is TCP or UDP with every field valid: one format for that
+                name = port_protocols.get(proto)
+                if name is not None:
+                    sport, dport = v[i_sport], v[i_dport]
+                    if None not in (src, dst, sport, dport, pkts, nbytes):
+                        return f"SRC={src} DST={dst} PROTO={name} SPT={sport} DPT={dport} PKTS={pkts} BYTES={nbytes} "
                 if proto is None:
                     part = ""
                 elif proto == 6:
@@ -99,27 +106,8 @@ class PrintFlow(Filter):
             return fmt
 
         orig, reply = direction("orig"), direction("reply")
-        o_src, o_dst, o_proto, o_sport, o_dport, o_bytes, o_pkts = (slots.inp(k.name) for k in _direction_keys("orig"))
-        r_src, r_dst, r_proto, r_sport, r_dport, r_bytes, r_pkts = (slots.inp(k.name) for k in _direction_keys("reply"))
-        port_protocols = {6: "TCP", 17: "UDP"}
 
         def printflow(v: list) -> None:
-            # nearly every flow is TCP or UDP with every field valid: one format for it, the
-            # general per-field one (fmt) for the rest
-            proto_name = port_protocols.get(v[o_proto])
-            fields = (v[o_src], v[o_dst], v[o_sport], v[o_dport], v[o_pkts], v[o_bytes])
-            if proto_name is not None and None not in fields:
-                src, dst, sport, dport, pkts, nbytes = fields
-                left = f"SRC={src} DST={dst} PROTO={proto_name} SPT={sport} DPT={dport} PKTS={pkts} BYTES={nbytes} "
-            else:
-                left = orig(v)
-            proto_name = port_protocols.get(v[r_proto])
-            fields = (v[r_src], v[r_dst], v[r_sport], v[r_dport], v[r_pkts], v[r_bytes])
-            if proto_name is not None and None not in fields:
-                src, dst, sport, dport, pkts, nbytes = fields
-                right = f"SRC={src} DST={dst} PROTO={proto_name} SPT={sport} DPT={dport} PKTS={pkts} BYTES={nbytes} "
-            else:
-                right = reply(v)
-            v[o_print] = f"{events.get(v[i_event], '')}ORIG: {left}, REPLY: {right}\n"
+            v[o_print] = f"{events.get(v[i_event], '')}ORIG: {orig(v)}, REPLY: {reply(v)}\n"
 
         return printflow

@@ -65,7 +65,7 @@ import ipaddress
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from pylogd.conntrack import (
     BACKLOG_SIZE,
@@ -172,16 +172,20 @@ assert [(k.name, FIELDS[i]) for i, k in enumerate(_OUTPUTS[:_COPIED])] == list(
 Net = tuple[bool, int, int, int]  # negated, version, network as int, mask as int
 
 
+def _entries(text: str) -> Iterator[tuple[bool, str]]:
+    """The entries of a comma list, each as (negated by a leading ``!``, the rest)."""
+    for item in text.split(","):
+        item = item.strip()
+        if item.startswith("!"):
+            yield True, item[1:].strip()
+        elif item:
+            yield False, item
+
+
 def parse_net_filter(text: str) -> list[Net]:
     """``accept_src_filter`` syntax: comma list of ``[!]addr[/len]``; raises ValueError."""
     nets: list[Net] = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        neg = item.startswith("!")
-        if neg:
-            item = item[1:].strip()
+    for neg, item in _entries(text):
         net = ipaddress.ip_network(item, strict=False)
         nets.append((neg, net.version, int(net.network_address), int(net.netmask)))
     return nets
@@ -190,13 +194,7 @@ def parse_net_filter(text: str) -> list[Net]:
 def parse_proto_filter(text: str) -> list[tuple[bool, int]]:
     """``accept_proto_filter`` syntax: comma list of ``[!]name`` or number; raises ValueError."""
     out: list[tuple[bool, int]] = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        neg = item.startswith("!")
-        if neg:
-            item = item[1:].strip()
+    for neg, item in _entries(text):
         if item.isdigit():
             num = int(item)
             if num > 255:
