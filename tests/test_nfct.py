@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from feedkit import RecordingFeed
 from pylogd.plugins.inputs.nfct import Nfct
 from rig import Netns, Rig, read_text, start_pylogd, wait_for
 from test_nfct_decode import pyroute2_view
@@ -18,7 +19,7 @@ from test_nfct_decode import pyroute2_view
 from pylogd.conntrack import FIELDS, CtSocket, dump
 from pylogd.log import Logger
 from pylogd.loop import EventLoop
-from pylogd.plugin import Feed, PluginError
+from pylogd.plugin import PluginError
 
 TEST_PLUGINS = Path(__file__).resolve().parent / "plugins" / "testplugins.py"
 LO1, LO2 = bytes([127, 0, 0, 1]), bytes([127, 0, 0, 2])
@@ -32,28 +33,6 @@ table inet t {
 """
 
 
-class RecordingFeed(Feed):
-    def __init__(self) -> None:
-        self.keys = [k.name for k in Nfct.spec.outputs]
-        self.values = [None] * len(self.keys)
-        self.events: list[dict] = []
-        self.emit = self._emit
-        self.flush = lambda: None
-
-    def slot(self, name: str) -> int:
-        return self.keys.index(name)
-
-    def _emit(self) -> None:
-        self.events.append(
-            {
-                k: bytes(v) if isinstance(v, memoryview) else v
-                for k, v in zip(self.keys, self.values, strict=True)
-                if v is not None
-            }
-        )
-        self.values[:] = [None] * len(self.keys)
-
-
 class Running:
     """An NFCT instance started in this process on a namespace, with a loop to pump."""
 
@@ -62,7 +41,7 @@ class Running:
         values.update(netns=ns.name, **options)
         self.plugin = Nfct("ct1", values, Logger("ct1"))
         self.plugin.configure()
-        self.feed = RecordingFeed()
+        self.feed = RecordingFeed(Nfct.spec.outputs)
         self.plugin.feed = self.feed
         self.loop = EventLoop()
         self.plugin.start(self.loop)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from feedkit import RecordingFeed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pylogd.plugins.inputs.nflog import Nflog
@@ -57,7 +58,7 @@ from pylogd.nflog import (
     decode_fast,
     decode_message,
 )
-from pylogd.plugin import Feed, PluginError
+from pylogd.plugin import PluginError
 
 TEST_PLUGINS = Path(__file__).resolve().parent / "plugins" / "testplugins.py"
 G = 7  # groups are per namespace, so every test can use the same one
@@ -627,32 +628,6 @@ def test_receive_path_survives_garbage_datagrams(netns: Netns) -> None:
 # the input plugin in this process, with a feed that records every event
 
 
-class RecordingFeed(Feed):
-    def __init__(self) -> None:
-        self.keys = [k.name for k in Nflog.spec.outputs]
-        self.values = [None] * len(self.keys)
-        self.events: list[dict] = []
-        self.flushes = 0
-        self.emit = self._emit
-        self.flush = self._flush
-
-    def slot(self, name: str) -> int:
-        return self.keys.index(name)
-
-    def _emit(self) -> None:
-        self.events.append(
-            {
-                k: bytes(v) if isinstance(v, memoryview) else v
-                for k, v in zip(self.keys, self.values, strict=True)
-                if v is not None
-            }
-        )
-        self.values[:] = [None] * len(self.keys)  # as the core does after every event
-
-    def _flush(self) -> None:
-        self.flushes += 1
-
-
 def nflog_plugin(**options: object) -> Nflog:
     values = {o.name: o.default for o in Nflog.spec.options}
     values.update(options)
@@ -664,7 +639,7 @@ def nflog_plugin(**options: object) -> Nflog:
 def test_plugin_key_validity_follows_ulogd(logged: Pair) -> None:
     p = logged
     plugin = nflog_plugin(group=G, netns=p.a.name, seq_local=1, numeric_label=9, netlink_qthreshold=1)
-    feed = RecordingFeed()
+    feed = RecordingFeed(Nflog.spec.outputs)
     plugin.feed = feed
     loop = EventLoop()
     plugin.start(loop)
@@ -705,7 +680,7 @@ def test_plugin_key_validity_follows_ulogd(logged: Pair) -> None:
 def test_plugin_start_fails_clearly_on_a_busy_group(logged: Pair) -> None:
     with NflogSocket(G, netns=logged.a.name):
         plugin = nflog_plugin(group=G, netns=logged.a.name)
-        plugin.feed = RecordingFeed()
+        plugin.feed = RecordingFeed(Nflog.spec.outputs)
         loop = EventLoop()
         try:
             with pytest.raises(PluginError, match=f"NFLOG group {G} is already bound"):
