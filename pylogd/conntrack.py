@@ -42,7 +42,6 @@ from .netlink import (
     NLMSG_ERROR,
     NLMSG_FULL,
     SOL_NETLINK,
-    DatagramRing,
     NetlinkError,
     NetlinkSocket,
     netns_context,
@@ -73,7 +72,7 @@ MSG_CT_GET_CTRZERO = MSG_CT_NEW | 3
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
 DRAIN_LIMIT = 2000  # datagrams decoded per drain() call, so timers and signals still get their turn
 CHUNK = 200  # datagrams decoded between two read-aheads: the kernel queue is emptied every few ms
-BACKLOG_SIZE = 16 << 20
+BACKLOG_SIZE = 64 << 20  # address space; resident only while a burst fills it
 MAX_DATAGRAM = 65536  # room kept free for the next datagram (events fit in one page)
 
 #: protocols whose tuples carry ports (ulogd's list)
@@ -510,8 +509,7 @@ class CtSocket(NetlinkSocket):
         if reliable:
             self._sock.setsockopt(SOL_NETLINK, NETLINK_BROADCAST_ERROR, 1)
             self._sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
-        self._ring = DatagramRing(backlog_size, MAX_DATAGRAM)
-        self.arrived = 0
+        self._init_ring(backlog_size, MAX_DATAGRAM)
         self._rec: list = [None] * NFIELDS
 
     def attach_filter(self, prog: list[tuple[int, int, int, int]]) -> None:
@@ -523,28 +521,6 @@ class CtSocket(NetlinkSocket):
             self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         except OSError as exc:
             raise NetlinkError(exc.errno, f"the kernel refused the conntrack event filter: {exc.strerror}") from None
-
-    @property
-    def backlog(self) -> int:
-        """Datagrams read from the kernel and not yet decoded."""
-        return len(self._ring)
-
-    @property
-    def backlog_max(self) -> int:
-        return self._ring.peak
-
-    def read_ahead(self) -> None:
-        """Move datagrams from the kernel queue into the ring until it would block or the ring
-        is full.  ENOBUFS is counted (and grows the buffer up to ``rcvbuf_max``), never raised."""
-        while True:
-            exc = self._ring.fill(self._sock.recv_into)
-            if exc is None:
-                return
-            if exc.errno != errno.ENOBUFS:
-                self.errors += 1
-                self.last_error = exc
-                return
-            self._on_enobufs()
 
     def drain(self, on_event: Callable[[list], object], limit: int = DRAIN_LIMIT) -> int:
         """Read ahead everything the kernel holds, then decode datagrams from the ring, reading

@@ -127,3 +127,36 @@ class EventLoop:
             self._wake_w.close()
             self._wake_r = self._wake_w = None
         self._epoll.close()
+
+
+class BacklogReader:
+    """The reader callback of a socket that is read ahead into a ring (:class:`pylogd.netlink.DatagramRing`).
+
+    ``work()`` drains and writes, and returns how much it handled.  While ``backlog()`` says
+    datagrams wait in the ring, the reader runs again soon: the socket itself may never
+    become readable again for them.  :meth:`finish`, at stop, works until nothing is left.
+    """
+
+    def __init__(self, loop: EventLoop, work: Callable[[], int], backlog: Callable[[], int]) -> None:
+        self.loop = loop
+        self.work = work
+        self.backlog = backlog
+        self._timer: Timer | None = None
+
+    def __call__(self) -> None:
+        self.work()
+        if self._timer is None and self.backlog():
+            self._timer = self.loop.call_later(0, self._again)
+
+    def _again(self) -> None:
+        self._timer = None
+        self()
+
+    def finish(self, seconds: float = 5.0) -> None:
+        """Work until a round finds nothing (or ``seconds`` pass): what was read is written."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = time.monotonic() + seconds
+        while self.work() and time.monotonic() < deadline:
+            pass

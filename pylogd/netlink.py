@@ -164,6 +164,9 @@ def netns_context(netns: str | None) -> Iterator[None]:
 # read-ahead
 
 
+RING_KEEP = 1 << 20  # resident bytes a ring keeps after a burst; the rest goes back to the kernel
+
+
 class DatagramRing:
     """Datagrams read ahead from a socket into one preallocated buffer, oldest first.
 
@@ -176,7 +179,8 @@ class DatagramRing:
     :meth:`fill` reads until the socket would block or the ring has no room for another
     ``max_datagram`` bytes; ``spans`` holds (offset, length, receive time in ns) of what was
     read and not yet taken, and a span's bytes stay untouched until it is popped.  ``peak`` is
-    the most datagrams ever waiting.
+    the most datagrams ever waiting.  The ring is address space: its pages become resident as
+    a burst writes them, and go back to the kernel (all but the first MiB) once it is empty.
     """
 
     def __init__(self, size: int, max_datagram: int = 65536) -> None:
@@ -186,6 +190,7 @@ class DatagramRing:
         # would be zero-filled, every page touched, at start)
         self._map = mmap.mmap(-1, size)
         self.mv = memoryview(self._map)
+        self._touched = 0  # the ring's pages below this were written since they were last released
         self.max_datagram = max_datagram
         self.spans: deque[tuple[int, int, int]] = deque()
         self.peak = 0
@@ -198,6 +203,9 @@ class DatagramRing:
         """The free stretch [start, stop) the next datagrams go into, or None when the ring is full."""
         spans, wpos, need, size = self.spans, self._wpos, self.max_datagram, len(self.mv)
         if not spans:
+            if self._touched > RING_KEEP:  # a burst is over: give its pages back to the kernel
+                self._map.madvise(mmap.MADV_DONTNEED, RING_KEEP, self._touched - RING_KEEP)
+                self._touched = RING_KEEP
             return 0, size
         oldest = spans[0][0]
         if wpos >= oldest:  # writing after the oldest datagram: up to the end, else wrap to the front
@@ -206,12 +214,13 @@ class DatagramRing:
             return (0, oldest) if oldest >= need else None
         return (wpos, oldest) if oldest - wpos >= need else None  # wrapped: up to the oldest
 
-    def fill(self, recv_into: Callable[..., int]) -> OSError | None:
+    def fill(self, recv_into: Callable[..., int], flags: int = socket.MSG_DONTWAIT) -> OSError | None:
         """Read with ``recv_into`` (a socket's) until it would block or the ring is full;
-        returns the error that stopped it otherwise (the caller decides what it means)."""
+        returns the error that stopped it otherwise (the caller decides what it means).
+        With MSG_TRUNC in ``flags`` a span's length may exceed ``max_datagram``: the datagram
+        was cut there."""
         mv, need = self.mv, self.max_datagram
         append = self.spans.append
-        flags = socket.MSG_DONTWAIT
         now = time.time_ns
         error = None
         while (window := self._window()) is not None:
@@ -220,7 +229,7 @@ class DatagramRing:
                 while pos + need <= stop:
                     n = recv_into(mv[pos : pos + need], need, flags)
                     append((pos, n, now()))
-                    pos = (pos + n + 7) & ~7
+                    pos = (pos + min(n, need) + 7) & ~7
             except BlockingIOError:
                 self._wpos = pos
                 break
@@ -229,6 +238,10 @@ class DatagramRing:
                 error = exc
                 break
             self._wpos = pos
+            if pos > self._touched:
+                self._touched = pos
+        if self._wpos > self._touched:
+            self._touched = self._wpos
         spans = self.spans
         if len(spans) > self.peak:
             self.peak = len(spans)
@@ -240,10 +253,42 @@ class DatagramRing:
 
 
 class NetlinkSocket:
-    """The receive buffer (set, and grown after losses), the descriptor and closing, for the
-    NFLOG and conntrack sockets.  A subclass opens ``_sock`` and then calls :meth:`_init_rcvbuf`."""
+    """What the NFLOG and conntrack sockets share: the receive buffer (set, and grown after
+    losses), the read-ahead ring, the descriptor and closing.  A subclass opens ``_sock``, then
+    calls :meth:`_init_rcvbuf` and :meth:`_init_ring`."""
 
     _sock: socket.socket
+    _ring: DatagramRing
+    _recv_flags = socket.MSG_DONTWAIT
+    errors = 0
+    last_error: OSError | None = None
+    arrived = 0  # during a drain callback: when its datagram was read from the kernel (ns)
+
+    def _init_ring(self, size: int, max_datagram: int) -> None:
+        self._ring = DatagramRing(max(size, 4 * max_datagram), max_datagram)
+
+    @property
+    def backlog(self) -> int:
+        """Datagrams read from the kernel and not decoded yet."""
+        return len(self._ring)
+
+    @property
+    def backlog_max(self) -> int:
+        return self._ring.peak
+
+    def read_ahead(self) -> None:
+        """Move datagrams from the kernel queue into the ring until it would block or the ring
+        is full.  ENOBUFS is counted (and grows the buffer up to ``rcvbuf_max``), never raised;
+        other errors are counted in ``errors``/``last_error``."""
+        while True:
+            exc = self._ring.fill(self._sock.recv_into, self._recv_flags)
+            if exc is None:
+                return
+            if exc.errno != errno.ENOBUFS:
+                self.errors += 1
+                self.last_error = exc
+                return
+            self._on_enobufs()
 
     def _init_rcvbuf(self, rcvbuf: int, rcvbuf_max: int) -> None:
         self.rcvbuf_max = rcvbuf_max

@@ -110,6 +110,8 @@ PF_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_BRIDGE)
 
 NLBUFSIZ_MAX = 131072  # the kernel refuses larger NFULA_CFG_NLBUFSIZ values
 DRAIN_LIMIT = 2000  # messages per drain() call, so timers and signals still get their turn
+CHUNK = 200  # datagrams decoded between two read-aheads during a burst
+BACKLOG_SIZE = 64 << 20  # address space; resident only while a burst fills it
 
 #: Field order of a decoded packet record (and of :class:`Packet`).
 FIELDS = (
@@ -572,7 +574,10 @@ class NflogSocket(NetlinkSocket):
         rcvbuf: socket receive buffer in bytes (0: the system default); SO_RCVBUFFORCE
             is tried first, so root may exceed net.core.rmem_max.
         rcvbuf_max: on ENOBUFS the receive buffer doubles, up to this (0: never grows).
-        bufsize: the userspace buffer each datagram is received into.
+        bufsize: the most bytes of one datagram that are kept (a longer one is cut and
+            counted in ``truncated``).
+        backlog_size: bytes of the read-ahead ring datagrams are received into
+            (:class:`pylogd.netlink.DatagramRing`): a burst leaves the kernel at recv() speed.
         nlbufsiz: the kernel's batch buffer (NFULA_CFG_NLBUFSIZ, 0: kernel default);
             the kernel accepts about 4 KiB to 128 KiB.
         pf_unbind, pf_bind: first unbind, then bind nfnetlink_log as the logger of
@@ -601,6 +606,7 @@ class NflogSocket(NetlinkSocket):
         pf_unbind: bool = False,
         pf_bind: bool = False,
         strict: bool = True,
+        backlog_size: int = BACKLOG_SIZE,
     ) -> None:
         if not 0 <= group <= 0xFFFF:
             raise ValueError(f"NFLOG group {group} out of range 0..65535")
@@ -624,7 +630,7 @@ class NflogSocket(NetlinkSocket):
         self.slow = 0  # messages decoded by the attribute walk instead of a compiled layout
         self._layouts: dict[bytes, list[tuple]] = {}
         self._compiles = _COMPILES_PER_DRAIN
-        self._backlog: deque[bytes] = deque()
+        self._raced: deque[bytes] = deque()
         self._seq = int(time.time()) & 0xFFFF
         # packets are received into the first bufsize bytes; acknowledgements may use all of it
         self._buf = bytearray(max(bufsize, 8192))
@@ -632,6 +638,7 @@ class NflogSocket(NetlinkSocket):
         self._rec: list = [None] * NFIELDS
         self._blank: list = [None] * NFIELDS
         self._recv_flags = socket.MSG_DONTWAIT | socket.MSG_TRUNC
+        self._init_ring(backlog_size, bufsize)
         self._bound = False
 
         with netns_context(netns):
@@ -770,7 +777,7 @@ class NflogSocket(NetlinkSocket):
                 elif mtype == NFULNL_MSG_PACKET:
                     has_data = True
             if has_data:  # packets that raced the acknowledgement: keep them for drain()
-                self._backlog.append(bytes(mv[:n]))
+                self._raced.append(bytes(mv[:n]))
             if answer is not None:
                 if answer:
                     raise OSError(answer, os.strerror(answer))
@@ -779,49 +786,50 @@ class NflogSocket(NetlinkSocket):
     # -- receiving ------------------------------------------------------------------------------
 
     def drain(self, on_packet: Callable[[Sequence, memoryview], object], limit: int = DRAIN_LIMIT) -> int:
-        """Receive and decode until the socket would block or ``limit`` messages were handled.
+        """Read ahead everything the kernel holds, then decode datagrams from the ring, reading
+        ahead again after every CHUNK datagrams (a burst is on), until the ring is empty or
+        ``limit`` messages were handled.
 
         ``on_packet(rec, msg)`` runs per packet with the record (a list or tuple indexed by
-        ``F_*``; the list is reused) and the message; both are only valid during the call.
-        Returns the number of messages.
+        ``F_*``; the list is reused) and the message; both are only valid during the call,
+        and :attr:`arrived` is then when its datagram was read from the kernel (ns).  What is
+        left in the ring (:attr:`backlog`) waits for the next call, which the caller must make
+        even if the socket is not readable.  Returns the number of messages.
         Never raises for receive errors: ENOBUFS is counted (and grows the buffer when
         ``rcvbuf_max`` allows), other errors are counted in ``errors``/``last_error``.
         """
         count = 0
         self._compiles = _COMPILES_PER_DRAIN
-        while self._backlog and count < limit:
-            data = self._backlog.popleft()
-            count += self._walk(memoryview(data), len(data), on_packet)
-        recv_into, buf, size, flags = self._sock.recv_into, self._buf, self.bufsize, self._recv_flags
-        mv = self._mv
-        while count < limit:
-            try:
-                n = recv_into(buf, size, flags)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    self._on_enobufs()
-                    continue
-                self.errors += 1
-                self.last_error = exc
-                break
-            if n > size:
-                self.truncated += 1
-                n = size
-            count += self._walk(mv, n, on_packet)
+        while self._raced and count < limit:
+            data = self._raced.popleft()
+            self.arrived = time.time_ns()
+            count += self._walk(memoryview(data), 0, len(data), on_packet)
+        mv, spans, size = self._ring.mv, self._ring.spans, self.bufsize
+        popleft = spans.popleft
+        self.read_ahead()
+        while spans and count < limit:
+            take = min(CHUNK, len(spans))
+            for _ in range(take):
+                off, n, self.arrived = popleft()
+                if n > size:
+                    self.truncated += 1
+                    n = size
+                count += self._walk(mv, off, off + n, on_packet)
+            if take == CHUNK:  # a burst is on: empty the kernel queue again
+                self.read_ahead()
         return count
 
-    def _walk(self, mv: memoryview, n: int, on_packet: Callable[[Sequence, memoryview], object]) -> int:
-        """Handle the messages of one datagram; returns how many there were."""
+    def _walk(self, mv: memoryview, start: int, stop: int, on_packet: Callable[[Sequence, memoryview], object]) -> int:
+        """Handle the messages of the datagram at ``mv[start:stop]``; returns how many there were."""
         unpack_hdr = NLMSG.unpack_from
         layouts, fast = self._layouts, decode_fast
         expect, lost = self._expect, self.lost
-        off = count = packets = 0
-        while off + 16 <= n:
+        count = packets = 0
+        off = start
+        while off + 16 <= stop:
             mlen, mtype = unpack_hdr(mv, off)
             end = off + mlen
-            if mlen < 16 or end > n:
+            if mlen < 16 or end > stop:
                 self.truncated += 1
                 break
             count += 1
@@ -924,5 +932,5 @@ class NflogSocket(NetlinkSocket):
             with contextlib.suppress(OSError):
                 self._request(socket.AF_UNSPEC, self.group, nla(CFG_CMD, bytes((CMD_UNBIND,))), timeout=1.0)
             self._bound = False
-        self._backlog.clear()
+        self._raced.clear()
         self._sock.close()

@@ -79,3 +79,30 @@ def test_errors_other_than_would_block_are_returned() -> None:
     assert isinstance(err, OSError) and err.errno == 105 and len(ring) == 0
     with pytest.raises(ValueError, match="at least"):
         DatagramRing(MAX, MAX)
+
+
+def test_pages_of_a_burst_go_back_to_the_kernel_and_the_ring_still_works() -> None:
+    from pylogd.netlink import RING_KEEP
+
+    ring = DatagramRing(8 << 20, MAX)
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    try:
+        for burst in range(2):
+            sent = [bytes([burst, i % 256]) * 1000 for i in range(1500)]  # 3 MB, well past RING_KEEP
+            for i in range(0, len(sent), 100):
+                for data in sent[i : i + 100]:
+                    tx.send(data)
+                assert ring.fill(rx.recv_into) is None
+            assert ring._touched > RING_KEEP
+            got = []
+            while ring.spans:
+                off, n, _t = ring.spans.popleft()
+                got.append(bytes(ring.mv[off : off + n]))
+            assert got == sent
+            ring.fill(rx.recv_into)  # empty now: the burst's pages are released
+            assert ring._touched == RING_KEEP
+    finally:
+        tx.close()
+        rx.close()

@@ -615,7 +615,7 @@ def test_receive_path_survives_garbage_datagrams(netns: Netns) -> None:
         )
     )
     def feed(data: bytes) -> None:
-        sock._backlog.append(data)  # the path datagrams that race an ACK take: the same walker
+        sock._raced.append(data)  # the path datagrams that race an ACK take: the same walker
         sock.drain(lambda rec, m: seen.append(list(rec)))
 
     with sock:

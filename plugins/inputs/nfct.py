@@ -48,7 +48,7 @@ Differences from ulogd 2.0.8
 * ``netlink_socket_buffer_size`` is applied whenever it is set (see NFLOG); losses (ENOBUFS)
   and resyncs are counted and logged at most every 10 s, not once.
 * Events are read ahead of decoding into a userspace ring (new option ``netlink_backlog_size``,
-  16 MiB): a table flush or a garbage-collection pass leaves the kernel buffer at recv()
+  64 MiB of address space): a table flush or a garbage-collection pass leaves the kernel buffer at recv()
   speed, where ulogd decodes each event before reading the next.  ``backlog_max`` in the
   statistics is the most events that ever waited there.  At exit everything read is written.
 * A time the kernel does not give (``flow.start`` of NEW, ``flow.end`` of DESTROY without
@@ -109,7 +109,7 @@ from pylogd.conntrack import (
 )
 from pylogd.keys import KeyType
 from pylogd.log import NOTICE
-from pylogd.loop import EventLoop
+from pylogd.loop import BacklogReader, EventLoop
 from pylogd.netlink import NetlinkError
 from pylogd.plugin import Input, Kind, PluginError, PluginSpec, int_option, key, str_option
 
@@ -152,7 +152,7 @@ _OUTPUTS = (
 )
 
 _KEY_INDEX = {k.name: i for i, k in enumerate(_OUTPUTS)}
-STOP_DRAIN_SECONDS = 5.0
+
 #: decoded fields (pylogd.conntrack.FIELDS) that are the first keys, in the same order
 _COPIED = 19
 assert [(k.name, FIELDS[i]) for i, k in enumerate(_OUTPUTS[:_COPIED])] == list(
@@ -293,7 +293,6 @@ class Nfct(Input):
 
     sock: CtSocket | None = None
     _resync_timer = None
-    _pending: tuple | list = ()
 
     def configure(self) -> None:
         o = self.options
@@ -349,13 +348,16 @@ class Nfct(Input):
                 # subscribed first, then dumped: a flow ending in between is at worst purged later
                 self._sync(emit_gone=False)
         except NetlinkError as exc:
+            if self.sock is not None:
+                self.sock.close()
             raise PluginError(str(exc)) from None
         if o["netlink_socket_buffer_size"]:
             self.log.notice(f"NFCT netlink buffer size has been set to {self.sock.rcvbuf}")
         if o["reliable"]:
             self.log.notice("NFCT reliable logging has been enabled.")
         self.log.notice("NFCT plugin working in event mode")
-        loop.add_reader(self.sock.fileno(), self._make_reader())
+        self._reader = self._make_reader()
+        loop.add_reader(self.sock.fileno(), self._reader)
 
     def _attach_filter(self) -> None:
         """Filter events in the kernel where it can; userspace checks every event either way."""
@@ -444,7 +446,7 @@ class Nfct(Input):
 
         return emit_flow
 
-    def _make_reader(self) -> Callable[[], None]:
+    def _make_reader(self) -> BacklogReader:
         sock = self.sock
         assert sock is not None
         emit_flow, flush = self._emit, self.feed.flush
@@ -491,24 +493,14 @@ class Nfct(Input):
                 else:
                     stats["hash_full"] += 1
 
-        loop = self.loop
-        pending: list = []  # the scheduled call for a backlog, if any
-
-        def readable() -> None:
-            drain(on_event)
+        def work() -> int:
+            handled = drain(on_event)
             flush()
             if (sock.enobufs, sock.errors) != self._reported:
                 self._on_trouble()
-            if sock.backlog and not pending:  # read ahead, not decoded yet: the socket may stay quiet
-                pending.append(loop.call_later(0, scheduled))
+            return handled
 
-        def scheduled() -> None:
-            pending.clear()
-            readable()
-
-        self._pending = pending
-        self._on_event = on_event
-        return readable
+        return BacklogReader(self.loop, work, lambda: sock.backlog)
 
     # -- table dumps ----------------------------------------------------------------------------
 
@@ -613,13 +605,7 @@ class Nfct(Input):
         if sock is None or sock.closed:
             return
         self.loop.remove_reader(sock.fileno())
-        for timer in self._pending:
-            timer.cancel()
-        # what was read ahead (and what the kernel still holds) is decoded and written, not dropped
-        deadline = time.monotonic() + STOP_DRAIN_SECONDS
-        while sock.drain(self._on_event) and time.monotonic() < deadline:
-            pass
-        self.feed.flush()
+        self._reader.finish()  # what was read ahead, and what the kernel still holds, is written
         if sock.backlog:
             self.log.error(f"NFCT: {sock.backlog} events read but not decoded at exit")
         sock.close()

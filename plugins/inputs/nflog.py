@@ -19,7 +19,11 @@ Differences from ulogd 2.0.8
   other listener's netlink port id and process, and how to look them up; ulogd says only
   "unable to bind to log group N".
 * One readiness notification reads until the socket is empty (capped at a few thousand
-  messages so timers and signals still run) instead of one recv().
+  messages so timers and signals still run) instead of one recv().  Datagrams are read ahead
+  of decoding into a userspace ring (new option ``netlink_backlog_size``, 64 MiB of address
+  space, resident only while a burst fills it), so a burst leaves the kernel buffer at recv()
+  speed; ``backlog_max`` in the statistics is the most that ever waited.  At exit everything
+  read is written.
 * ``raw.mac.saddr`` holds exactly ``raw.mac.addrlen`` bytes (ulogd points at the 8-byte
   array); ``raw`` is the netlink message itself and ``ct`` the undecoded NFULA_CT attribute
   (in ulogd both are pointers into libnetfilter_log / libnetfilter_conntrack objects).
@@ -36,13 +40,11 @@ Differences from ulogd 2.0.8
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from pylogd.keys import KeyType
 from pylogd.log import ERROR, NOTICE
-from pylogd.loop import EventLoop
+from pylogd.loop import BacklogReader, EventLoop
 from pylogd.nflog import (
+    BACKLOG_SIZE,
     COPY_MODES,
     F_CT,
     F_CT_INFO,
@@ -133,6 +135,12 @@ class Nflog(Input):
             int_option("netlink_socket_buffer_maxsize", 0, "on losses, double the buffer up to this (0: never)", min=0),
             int_option("netlink_qthreshold", 0, "packets the kernel batches per message (0: kernel default)", min=0),
             int_option("netlink_qtimeout", 0, "how long the kernel holds a batch, 1/100 s (0: default)", min=0),
+            int_option(
+                "netlink_backlog_size",
+                BACKLOG_SIZE,
+                "bytes of userspace read-ahead: bursts leave the kernel buffer at recv() speed",
+                min=1 << 20,
+            ),
             int_option("attach_conntrack", 0, "ask for the packet's conntrack entry (keys ct, ct.info)", min=0),
             str_option("copy_mode", "packet", "none, meta (no payload) or packet", choices=tuple(COPY_MODES)),
             int_option("copy_range", 0xFFFF, "bytes of each packet to copy in packet mode", min=0, max=0xFFFF),
@@ -179,6 +187,7 @@ class Nflog(Input):
                 pf_unbind=pf_step and o["unbind"] > 0,
                 pf_bind=pf_step,
                 strict=False,
+                backlog_size=o["netlink_backlog_size"],
             )
         except NflogError as exc:
             raise PluginError(str(exc)) from None
@@ -211,7 +220,7 @@ class Nflog(Input):
         where = f" in network namespace {o['netns']}" if o["netns"] else ""
         self.log.info(f"listening to NFLOG group {group}{where} (netlink port id {sock.portid})")
 
-    def _make_reader(self) -> Callable[[], None]:
+    def _make_reader(self) -> BacklogReader:
         sock = self.sock
         assert sock is not None
         feed = self.feed
@@ -225,7 +234,6 @@ class Nflog(Input):
         ) = [feed.slot(k.name) for k in _OUTPUTS]  # fmt: skip
         label = self.options["numeric_label"]
         netns = self.options["netns"]
-        time_ns = time.time_ns
         drain = sock.drain
 
         def on_packet(rec: list, msg: memoryview) -> None:
@@ -244,7 +252,7 @@ class Nflog(Input):
             values[s_prefix] = rec[F_PREFIX]
             ts = rec[F_TIMESTAMP]
             if ts is None or not ts[0]:
-                values[s_sec], values[s_usec] = divmod(time_ns() // 1000, 1_000_000)
+                values[s_sec], values[s_usec] = divmod(sock.arrived // 1000, 1_000_000)
             else:
                 values[s_sec], values[s_usec] = ts
             mark = rec[F_MARK]
@@ -286,13 +294,14 @@ class Nflog(Input):
             values[s_ctinfo] = rec[F_CT_INFO]
             emit()
 
-        def readable() -> None:
-            drain(on_packet)
+        def work() -> int:
+            handled = drain(on_packet)
             flush()
             if (sock.enobufs, sock.truncated, sock.errors) != self._reported:
                 self._report()
+            return handled
 
-        return readable
+        return BacklogReader(self.loop, work, lambda: sock.backlog)
 
     def _report(self) -> None:
         """Log what went wrong since the last report, at most every 10 s per kind of trouble."""
@@ -336,6 +345,7 @@ class Nflog(Input):
             "lost": sock.lost,
             "rcvbuf": sock.rcvbuf,
             "truncated": sock.truncated,
+            "backlog_max": sock.backlog_max,
         }
 
     def stop(self) -> None:
@@ -343,4 +353,7 @@ class Nflog(Input):
         if sock is None or sock.closed:
             return
         self.loop.remove_reader(sock.fileno())
+        self._readable.finish()  # what was read ahead, and what the kernel still holds, is written
+        if sock.backlog:
+            self.log.error(f"NFLOG: {sock.backlog} datagrams read but not decoded at exit")
         sock.close()  # the counters stay readable for the final statistics
