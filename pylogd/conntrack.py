@@ -558,6 +558,7 @@ class CtSocket(NetlinkSocket):
             if take == CHUNK:
                 self.read_ahead()
         self.received += received
+        self._ring.trim()
         return datagrams
 
     def events(self, timeout: float | None = None) -> Iterator[tuple]:

@@ -199,13 +199,17 @@ class DatagramRing:
     def __len__(self) -> int:
         return len(self.spans)
 
+    def trim(self) -> None:
+        """When the ring is empty after a burst, give the pages the burst wrote back to the kernel."""
+        if not self.spans and self._touched > RING_KEEP:
+            self._map.madvise(mmap.MADV_DONTNEED, RING_KEEP, self._touched - RING_KEEP)
+            self._touched = RING_KEEP
+
     def _window(self) -> tuple[int, int] | None:
         """The free stretch [start, stop) the next datagrams go into, or None when the ring is full."""
         spans, wpos, need, size = self.spans, self._wpos, self.max_datagram, len(self.mv)
         if not spans:
-            if self._touched > RING_KEEP:  # a burst is over: give its pages back to the kernel
-                self._map.madvise(mmap.MADV_DONTNEED, RING_KEEP, self._touched - RING_KEEP)
-                self._touched = RING_KEEP
+            self.trim()
             return 0, size
         oldest = spans[0][0]
         if wpos >= oldest:  # writing after the oldest datagram: up to the end, else wrap to the front

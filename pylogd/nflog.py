@@ -817,6 +817,7 @@ class NflogSocket(NetlinkSocket):
                 count += self._walk(mv, off, off + n, on_packet)
             if take == CHUNK:  # a burst is on: empty the kernel queue again
                 self.read_ahead()
+        self._ring.trim()
         return count
 
     def _walk(self, mv: memoryview, start: int, stop: int, on_packet: Callable[[Sequence, memoryview], object]) -> int:

@@ -101,7 +101,7 @@ def test_pages_of_a_burst_go_back_to_the_kernel_and_the_ring_still_works() -> No
                 off, n, _t = ring.spans.popleft()
                 got.append(bytes(ring.mv[off : off + n]))
             assert got == sent
-            ring.fill(rx.recv_into)  # empty now: the burst's pages are released
+            ring.trim()  # empty now: the burst's pages are released
             assert ring._touched == RING_KEEP
     finally:
         tx.close()
