@@ -110,7 +110,9 @@ PF_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_BRIDGE)
 
 NLBUFSIZ_MAX = 131072  # the kernel refuses larger NFULA_CFG_NLBUFSIZ values
 DRAIN_LIMIT = 2000  # messages per drain() call, so timers and signals still get their turn
-CHUNK = 200  # datagrams decoded between two read-aheads during a burst
+# datagrams decoded between two read-aheads in a burst: the kernel gives each packet an skb of several KiB,
+# so its queue holds only milliseconds of a burst (another read-ahead finds data then: it costs nothing)
+CHUNK = 32
 BACKLOG_SIZE = 64 << 20  # address space; resident only while a burst fills it
 
 #: Field order of a decoded packet record (and of :class:`Packet`).
