@@ -8,8 +8,8 @@
 * :class:`DatagramRing`: read datagrams ahead of decoding, so bursts leave the kernel quickly,
 * :class:`NetlinkSocket`: the receive buffer, its growth after losses, closing.
 
-The receive paths of :mod:`pylogd.nflog` and :mod:`pylogd.conntrack` inline the message
-walk for speed; this module holds what they share outside the per-event path.
+The decoders of :mod:`pylogd.nflog` and :mod:`pylogd.conntrack` inline the message walk for
+speed; what both sockets do alike (receive buffer, read-ahead, closing) lives here once.
 """
 
 from __future__ import annotations
