@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import select
 import socket
 import struct
@@ -29,12 +30,12 @@ from collections.abc import Callable, Iterator
 from operator import itemgetter
 
 from .netlink import (
+    BACKLOG_SIZE,
     NETLINK_BROADCAST_ERROR,
     NETLINK_NETFILTER,
     NETLINK_NO_ENOBUFS,
     NLA,
     NLA_TYPE_MASK,
-    NLERR,
     NLM_F_ACK,
     NLM_F_DUMP,
     NLM_F_REQUEST,
@@ -44,7 +45,9 @@ from .netlink import (
     SOL_NETLINK,
     NetlinkError,
     NetlinkSocket,
+    iter_messages,
     netns_context,
+    nlmsg_error,
     set_rcvbuf,
 )
 
@@ -70,9 +73,7 @@ MSG_CT_GET = MSG_CT_NEW | 1
 MSG_CT_DELETE = MSG_CT_NEW | 2
 MSG_CT_GET_CTRZERO = MSG_CT_NEW | 3
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
-DRAIN_LIMIT = 2000  # datagrams decoded per drain() call, so timers and signals still get their turn
-CHUNK = 200  # datagrams decoded between two read-aheads: the kernel queue is emptied every few ms
-BACKLOG_SIZE = 64 << 20  # address space; resident only while a burst fills it
+DRAIN_LIMIT = 2000  # messages decoded per drain() call, so timers and signals still get their turn
 MAX_DATAGRAM = 65536  # room kept free for the next datagram (events fit in one page)
 
 #: protocols whose tuples carry ports (ulogd's list)
@@ -330,23 +331,20 @@ def dump(netns: str | None = None, reset_counters: bool = False, timeout: float 
                 n = sock.recv_into(buf, len(buf), socket.MSG_DONTWAIT)
             except BlockingIOError:
                 continue
-            off = 0
-            while off + 16 <= n:
-                mlen, mt, _f, _s, _p = NLMSG_FULL.unpack_from(mv, off)
-                if mlen < 16 or off + mlen > n:
-                    break
-                if mt == NLMSG_DONE:
+            for mtype, _flags, start, end in iter_messages(mv, n):
+                if mtype == NLMSG_DONE:
                     return out
-                if mt == NLMSG_ERROR:
-                    err = -NLERR.unpack_from(mv, off + 16)[0] if mlen >= 20 else errno.EIO
+                if mtype == NLMSG_ERROR:
+                    err = nlmsg_error(mv, start, end)
+                    if err is None:
+                        err = errno.EIO
                     if err:
                         raise NetlinkError(err, f"conntrack dump refused: {errno.errorcode.get(err, err)}")
                     return out
                 rec: list = [None] * NFIELDS
-                if decode(mv, off, off + mlen, rec):
+                if decode(mv, start, end, rec):
                     rec[F_EVENT] = EVENT_UPDATE
                     out.append(owned(rec))
-                off = (off + mlen + 3) & ~3
     finally:
         sock.close()
 
@@ -387,7 +385,7 @@ def compile_filter(
         return None
     prog: list[list[int]] = []  # [code, jt, jf, k, ja target label or -1]
     labels: dict[int, int] = {}
-    label_ids = iter(range(1 << 30))
+    label_ids = itertools.count()
 
     def op(code: int, k: int = 0, jt: int = 0, jf: int = 0) -> None:
         prog.append([code, jt, jf, k & 0xFFFFFFFF, -1])
@@ -523,43 +521,25 @@ class CtSocket(NetlinkSocket):
             raise NetlinkError(exc.errno, f"the kernel refused the conntrack event filter: {exc.strerror}") from None
 
     def drain(self, on_event: Callable[[list], object], limit: int = DRAIN_LIMIT) -> int:
-        """Read ahead everything the kernel holds, then decode datagrams from the ring, reading
-        ahead again after every CHUNK datagrams (a burst is on), until the ring is empty or
-        ``limit`` were decoded.  (After a smaller batch the next wake-up reads: asking the
-        kernel again at once would mostly cost a would-block error.)
+        """Decode what the kernel and the ring hold (:meth:`NetlinkSocket._drain_ring`):
+        ``on_event(rec)`` runs per conntrack message with a reused record, valid only during
+        the call.  Returns the messages handled."""
+        return self._drain_ring(on_event, limit)
 
-        ``on_event(rec)`` runs per conntrack message with a reused record (valid only during
-        the call); :attr:`arrived` is then the time (ns) its datagram was read from the kernel.
-        What is left in the ring (:attr:`backlog`) waits for the next call, which the caller
-        must make even if the socket is not readable.  Returns the datagrams decoded.
-        """
-        mv, spans = self._ring.mv, self._ring.spans
-        popleft = spans.popleft
-        rec = self._rec
-        unpack_hdr = NLMSG_FULL.unpack_from
-        datagrams = received = 0
-        self.read_ahead()
-        while spans and datagrams < limit:
-            take = min(CHUNK, len(spans), limit - datagrams)
-            for _ in range(take):
-                off, n, self.arrived = popleft()
-                datagrams += 1
-                end_of_datagram = off + n
-                while off + 16 <= end_of_datagram:
-                    mlen = unpack_hdr(mv, off)[0]
-                    end = off + mlen
-                    if mlen < 16 or end > end_of_datagram:
-                        self.errors += 1
-                        break
-                    if decode(mv, off, end, rec):
-                        received += 1
-                        on_event(rec)
-                    off = (end + 3) & ~3
-            if take == CHUNK:
-                self.read_ahead()
-        self.received += received
-        self._ring.trim()
-        return datagrams
+    def _walk(self, mv: memoryview, start: int, stop: int, on_event: Callable[[list], object]) -> int:
+        rec, unpack_hdr = self._rec, NLMSG_FULL.unpack_from
+        count, off = 0, start
+        while off + 16 <= stop:
+            end = off + unpack_hdr(mv, off)[0]
+            if end < off + 16 or end > stop:
+                self.errors += 1
+                break
+            count += 1
+            if decode(mv, off, end, rec):
+                self.received += 1
+                on_event(rec)
+            off = (end + 3) & ~3
+        return count
 
     def events(self, timeout: float | None = None) -> Iterator[tuple]:
         """Yield owned records as they arrive; stop after ``timeout`` s without one (None: never)."""

@@ -26,17 +26,22 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Self
 
+from .plugin import Option, int_option
+
 __all__ = [
+    "BACKLOG_SIZE",
     "CLONE_NEWNET",
     "NETLINK_NETFILTER",
     "DatagramRing",
     "NetlinkError",
     "NetlinkSocket",
+    "backlog_option",
     "iter_messages",
     "netns_context",
     "netns_path",
     "nla",
     "nlmsg_error",
+    "rcvbuf_options",
     "set_rcvbuf",
 ]
 
@@ -165,6 +170,7 @@ def netns_context(netns: str | None) -> Iterator[None]:
 
 
 RING_KEEP = 1 << 20  # resident bytes a ring keeps after a burst; the rest goes back to the kernel
+BACKLOG_SIZE = 64 << 20  # a socket's ring: address space, resident only while a burst fills it
 
 
 class DatagramRing:
@@ -264,7 +270,11 @@ class NetlinkSocket:
     _sock: socket.socket
     _ring: DatagramRing
     _recv_flags = socket.MSG_DONTWAIT
+    #: datagrams decoded between two read-aheads while a burst is on
+    chunk = 200
+    received = 0
     errors = 0
+    truncated = 0  # datagrams longer than the ring's max_datagram (seen with MSG_TRUNC)
     last_error: OSError | None = None
     arrived = 0  # during a drain callback: when its datagram was read from the kernel (ns)
 
@@ -294,6 +304,39 @@ class NetlinkSocket:
                 return
             self._on_enobufs()
 
+    def _walk(self, mv: memoryview, start: int, stop: int, callback: Callable) -> int:
+        """Decode the datagram at ``mv[start:stop]``, calling ``callback`` per record; returns
+        how many messages it held."""
+        raise NotImplementedError
+
+    def _drain_ring(self, callback: Callable, limit: int) -> int:
+        """Read ahead everything the kernel holds, then decode datagrams from the ring, reading
+        ahead again after every :attr:`chunk` datagrams (a burst is on), until the ring is empty
+        or ``limit`` messages were handled.  (After a smaller batch the next wake-up reads:
+        asking the kernel again at once would mostly cost a would-block error.)
+
+        During ``callback`` :attr:`arrived` is the time (ns) its datagram was read from the
+        kernel.  What is left in the ring (:attr:`backlog`) waits for the next call, which the
+        caller must make even if the socket is not readable.  Returns the messages handled.
+        """
+        ring, walk, chunk = self._ring, self._walk, self.chunk
+        mv, spans, size = ring.mv, ring.spans, ring.max_datagram
+        popleft = spans.popleft
+        count = 0
+        self.read_ahead()
+        while spans and count < limit:
+            take = min(chunk, len(spans))
+            for _ in range(take):
+                off, n, self.arrived = popleft()
+                if n > size:
+                    self.truncated += 1
+                    n = size
+                count += walk(mv, off, off + n, callback)
+            if take == chunk:
+                self.read_ahead()
+        ring.trim()
+        return count
+
     def _init_rcvbuf(self, rcvbuf: int, rcvbuf_max: int) -> None:
         self.rcvbuf_max = rcvbuf_max
         self.enobufs = 0  # recv() reported ENOBUFS: the kernel dropped messages
@@ -316,6 +359,17 @@ class NetlinkSocket:
             self.set_rcvbuf(min(max(self.rcvbuf_requested, 4096) * 2, self.rcvbuf_max))
             self.grown += 1
 
+    def overrun_advice(self, other_remedy: str = "") -> str:
+        """What to tell the operator after ENOBUFS, from where the buffer's growth stands."""
+        if self.rcvbuf_max and self.rcvbuf_requested < self.rcvbuf_max:
+            return f"increased the socket buffer to {self.rcvbuf_requested} bytes"
+        if self.rcvbuf_max:
+            return (
+                f"the socket buffer is at its maximum ({self.rcvbuf_max}); consider raising "
+                f"netlink_socket_buffer_size and netlink_socket_buffer_maxsize{other_remedy}"
+            )
+        return f"consider setting netlink_socket_buffer_size and netlink_socket_buffer_maxsize{other_remedy}"
+
     def fileno(self) -> int:
         return self._sock.fileno()
 
@@ -331,3 +385,21 @@ class NetlinkSocket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def rcvbuf_options() -> tuple[Option, Option]:
+    """The receive-buffer options of ulogd's netlink inputs (NFLOG, NFCT), declared once."""
+    return (
+        int_option("netlink_socket_buffer_size", 0, "socket receive buffer in bytes (0: system default)", min=0),
+        int_option("netlink_socket_buffer_maxsize", 0, "on losses, double the buffer up to this (0: never)", min=0),
+    )
+
+
+def backlog_option() -> Option:
+    """pylogd's read-ahead option of the netlink inputs."""
+    return int_option(
+        "netlink_backlog_size",
+        BACKLOG_SIZE,
+        "bytes of userspace read-ahead: bursts leave the kernel buffer at recv() speed",
+        min=1 << 20,
+    )

@@ -54,6 +54,7 @@ from operator import itemgetter
 from typing import NamedTuple
 
 from .netlink import (
+    BACKLOG_SIZE,
     NETLINK_NETFILTER,
     NLA,
     NLA_TYPE_MASK,
@@ -69,6 +70,7 @@ from .netlink import (
     iter_messages,
     netns_context,
     nla,
+    nlmsg_error,
 )
 
 __all__ = [
@@ -110,10 +112,6 @@ PF_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_BRIDGE)
 
 NLBUFSIZ_MAX = 131072  # the kernel refuses larger NFULA_CFG_NLBUFSIZ values
 DRAIN_LIMIT = 2000  # messages per drain() call, so timers and signals still get their turn
-# datagrams decoded between two read-aheads in a burst: the kernel gives each packet an skb of several KiB,
-# so its queue holds only milliseconds of a burst (another read-ahead finds data then: it costs nothing)
-CHUNK = 32
-BACKLOG_SIZE = 64 << 20  # address space; resident only while a burst fills it
 
 #: Field order of a decoded packet record (and of :class:`Packet`).
 FIELDS = (
@@ -591,6 +589,10 @@ class NflogSocket(NetlinkSocket):
     :class:`NflogError` for other failures.
     """
 
+    # the kernel gives each packet an skb of several KiB, so its queue holds only milliseconds of
+    # a burst: read ahead again often (in a burst that read finds data, so it costs nothing)
+    chunk = 32
+
     def __init__(
         self,
         group: int,
@@ -774,7 +776,7 @@ class NflogSocket(NetlinkSocket):
             for mtype, _flags, start, end in iter_messages(mv, n):
                 if mtype == NLMSG_ERROR and end - start >= 20:
                     if NLMSG_FULL.unpack_from(mv, start)[3] == seq:
-                        answer = -NLERR.unpack_from(mv, start + 16)[0]
+                        answer = nlmsg_error(mv, start, end)
                         continue
                 elif mtype == NFULNL_MSG_PACKET:
                     has_data = True
@@ -788,17 +790,14 @@ class NflogSocket(NetlinkSocket):
     # -- receiving ------------------------------------------------------------------------------
 
     def drain(self, on_packet: Callable[[Sequence, memoryview], object], limit: int = DRAIN_LIMIT) -> int:
-        """Read ahead everything the kernel holds, then decode datagrams from the ring, reading
-        ahead again after every CHUNK datagrams (a burst is on), until the ring is empty or
-        ``limit`` messages were handled.
+        """Decode what the kernel and the ring hold (:meth:`NetlinkSocket._drain_ring`), first any
+        packets that raced a configuration acknowledgement.
 
         ``on_packet(rec, msg)`` runs per packet with the record (a list or tuple indexed by
-        ``F_*``; the list is reused) and the message; both are only valid during the call,
-        and :attr:`arrived` is then when its datagram was read from the kernel (ns).  What is
-        left in the ring (:attr:`backlog`) waits for the next call, which the caller must make
-        even if the socket is not readable.  Returns the number of messages.
-        Never raises for receive errors: ENOBUFS is counted (and grows the buffer when
-        ``rcvbuf_max`` allows), other errors are counted in ``errors``/``last_error``.
+        ``F_*``; the list is reused) and the message; both are only valid during the call.
+        Returns the number of messages.  Never raises for receive errors: ENOBUFS is counted
+        (and grows the buffer when ``rcvbuf_max`` allows), other errors are counted in
+        ``errors``/``last_error``.
         """
         count = 0
         self._compiles = _COMPILES_PER_DRAIN
@@ -806,21 +805,7 @@ class NflogSocket(NetlinkSocket):
             data = self._raced.popleft()
             self.arrived = time.time_ns()
             count += self._walk(memoryview(data), 0, len(data), on_packet)
-        mv, spans, size = self._ring.mv, self._ring.spans, self.bufsize
-        popleft = spans.popleft
-        self.read_ahead()
-        while spans and count < limit:
-            take = min(CHUNK, len(spans))
-            for _ in range(take):
-                off, n, self.arrived = popleft()
-                if n > size:
-                    self.truncated += 1
-                    n = size
-                count += self._walk(mv, off, off + n, on_packet)
-            if take == CHUNK:  # a burst is on: empty the kernel queue again
-                self.read_ahead()
-        self._ring.trim()
-        return count
+        return count + self._drain_ring(on_packet, limit - count)
 
     def _walk(self, mv: memoryview, start: int, stop: int, on_packet: Callable[[Sequence, memoryview], object]) -> int:
         """Handle the messages of the datagram at ``mv[start:stop]``; returns how many there were."""
