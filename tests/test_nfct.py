@@ -492,7 +492,11 @@ def _stats(daemon, logfile: Path) -> str:
 
 
 def test_filter_semantics_across_families() -> None:
-    from pylogd.plugins.inputs.nfct import make_filter
+    from pylogd.plugins.inputs.nfct import make_filter as from_rules
+    from pylogd.plugins.inputs.nfct import parse_net_filter, parse_proto_filter
+
+    def make_filter(src: str, dst: str, proto: str):  # from the option texts, as configure() does
+        return from_rules(parse_net_filter(src), parse_net_filter(dst), parse_proto_filter(proto))
 
     from pylogd.conntrack import F_ORIG_DST, F_ORIG_PROTO, F_ORIG_SRC, NFIELDS
 

@@ -68,7 +68,6 @@ import time
 from collections.abc import Callable, Iterator
 
 from pylogd.conntrack import (
-    BACKLOG_SIZE,
     EVENT_DESTROY,
     EVENT_NEW,
     EVENT_UPDATE,
@@ -103,6 +102,8 @@ from pylogd.conntrack import (
     IPS_SRC_NAT,
     PORT_PROTOCOLS,
     CtSocket,
+    NetRule,
+    ProtoRule,
     compile_filter,
     decode_bytes,
     dump,
@@ -110,7 +111,7 @@ from pylogd.conntrack import (
 from pylogd.keys import KeyType
 from pylogd.log import NOTICE
 from pylogd.loop import BacklogReader, EventLoop
-from pylogd.netlink import NetlinkError
+from pylogd.netlink import NetlinkError, backlog_option, rcvbuf_options
 from pylogd.plugin import Input, Kind, PluginError, PluginSpec, int_option, key, str_option
 
 _OUTPUTS = (
@@ -169,9 +170,6 @@ assert [(k.name, FIELDS[i]) for i, k in enumerate(_OUTPUTS[:_COPIED])] == list(
 ), "pylogd.conntrack.FIELDS must begin with the fields of NFCT's first keys, in key order"  # fmt: skip
 
 
-Net = tuple[bool, int, int, int]  # negated, version, network as int, mask as int
-
-
 def _entries(text: str) -> Iterator[tuple[bool, str]]:
     """The entries of a comma list, each as (negated by a leading ``!``, the rest)."""
     for item in text.split(","):
@@ -182,18 +180,18 @@ def _entries(text: str) -> Iterator[tuple[bool, str]]:
             yield False, item
 
 
-def parse_net_filter(text: str) -> list[Net]:
+def parse_net_filter(text: str) -> list[NetRule]:
     """``accept_src_filter`` syntax: comma list of ``[!]addr[/len]``; raises ValueError."""
-    nets: list[Net] = []
+    nets: list[NetRule] = []
     for neg, item in _entries(text):
         net = ipaddress.ip_network(item, strict=False)
         nets.append((neg, net.version, int(net.network_address), int(net.netmask)))
     return nets
 
 
-def parse_proto_filter(text: str) -> list[tuple[bool, int]]:
+def parse_proto_filter(text: str) -> list[ProtoRule]:
     """``accept_proto_filter`` syntax: comma list of ``[!]name`` or number; raises ValueError."""
-    out: list[tuple[bool, int]] = []
+    out: list[ProtoRule] = []
     for neg, item in _entries(text):
         if item.isdigit():
             num = int(item)
@@ -208,7 +206,7 @@ def parse_proto_filter(text: str) -> list[tuple[bool, int]]:
     return out
 
 
-def _net_match(nets: list[Net], addr: bytes | None) -> bool:
+def _net_match(nets: list[NetRule], addr: bytes | None) -> bool:
     if addr is None:
         return False
     version = 4 if len(addr) == 4 else 6
@@ -225,7 +223,7 @@ def _net_match(nets: list[Net], addr: bytes | None) -> bool:
     return matched or not positive
 
 
-def _proto_match(protos: list[tuple[bool, int]], proto: int | None) -> bool:
+def _proto_match(protos: list[ProtoRule], proto: int | None) -> bool:
     positive = matched = False
     for neg, num in protos:
         if neg:
@@ -237,9 +235,9 @@ def _proto_match(protos: list[tuple[bool, int]], proto: int | None) -> bool:
     return matched or not positive
 
 
-def make_filter(src: str, dst: str, proto: str) -> Callable[[tuple | list], bool] | None:
-    """The accept test for a decoded record, or None when nothing is filtered."""
-    s, d, p = parse_net_filter(src), parse_net_filter(dst), parse_proto_filter(proto)
+def make_filter(s: list[NetRule], d: list[NetRule], p: list[ProtoRule]) -> Callable[[tuple | list], bool] | None:
+    """The accept test for a decoded record (what :func:`compile_filter` does in the kernel),
+    or None when nothing is filtered."""
     if not (s or d or p):
         return None
 
@@ -272,16 +270,10 @@ class Nfct(Input):
             int_option("hash_buckets", 8192, "accepted for compatibility (the table sizes itself)", min=1),
             int_option("hash_max_entries", 32768, "flows the table holds; more are not tracked", min=1),
             int_option("event_mask", 5, "events to receive: 1 NEW, 2 UPDATE, 4 DESTROY", min=1, max=7),
-            int_option("netlink_socket_buffer_size", 0, "socket receive buffer in bytes (0: system default)", min=0),
-            int_option("netlink_socket_buffer_maxsize", 0, "on losses, double the buffer up to this (0: never)", min=0),
+            *rcvbuf_options(),
             int_option("netlink_resync_timeout", 60, "hash mode: re-read the table N s after a loss", min=0),
             int_option("reliable", 0, "1: NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS", min=0),
-            int_option(
-                "netlink_backlog_size",
-                BACKLOG_SIZE,
-                "bytes of userspace read-ahead: bursts leave the kernel buffer at recv() speed",
-                min=1 << 20,
-            ),
+            backlog_option(),
             str_option("accept_src_filter", "", "comma list of [!]addr/len on the original source"),
             str_option("accept_dst_filter", "", "comma list of [!]addr/len on the original destination"),
             str_option("accept_proto_filter", "", "comma list of [!]protocol names (tcp,udp,icmp,...)"),
@@ -298,18 +290,17 @@ class Nfct(Input):
         o = self.options
         if o["pollinterval"] and not o["hash_enable"]:
             raise PluginError("NFCT polling mode requires the hashtable", option="pollinterval")
-        texts, parsed = {}, []
+        parsed = []
         for name, parse in (
             ("accept_src_filter", parse_net_filter),
             ("accept_dst_filter", parse_net_filter),
             ("accept_proto_filter", parse_proto_filter),
         ):
-            texts[name] = o[name] or ""
             try:
-                parsed.append(parse(texts[name]))
+                parsed.append(parse(o[name] or ""))
             except ValueError as exc:
                 raise PluginError(f"{name}: {exc}", option=name) from None
-        self.accept = make_filter(*texts.values())
+        self.accept = make_filter(*parsed)
         self.bpf_problem = ""
         try:
             self.bpf = compile_filter(*parsed)
@@ -476,8 +467,7 @@ class Nfct(Input):
                 if accept is not None and not accept(rec):
                     stats["filtered"] += 1
                     return
-                cid = rec[F_ID]
-                k = cid if cid is not None else flow_key(rec)
+                k = flow_key(rec)
                 if rec[F_EVENT] == EVENT_DESTROY:
                     entry = table.pop(k, None)
                     start = rec[F_START] or (entry[1] if entry is not None else None)
@@ -558,13 +548,7 @@ class Nfct(Input):
         enobufs, errors = self._reported
         o = self.options
         if sock.enobufs != enobufs:
-            maxsize = o["netlink_socket_buffer_maxsize"]
-            if maxsize and sock.rcvbuf_requested < maxsize:
-                advice = f"increased the socket buffer to {sock.rcvbuf_requested} bytes"
-            elif maxsize:
-                advice = f"the socket buffer is at its maximum ({maxsize})"
-            else:
-                advice = "consider netlink_socket_buffer_size, netlink_socket_buffer_maxsize or reliable=1"
+            advice = sock.overrun_advice(", or reliable=1")
             self.log.every(10, NOTICE, "enobufs", f"We are losing events ({sock.enobufs} overruns so far): {advice}")
             if self.hash and self._resync_timer is None:
                 self._resync_timer = self.loop.call_later(o["netlink_resync_timeout"], self._resync)

@@ -43,8 +43,8 @@ from __future__ import annotations
 from pylogd.keys import KeyType
 from pylogd.log import ERROR, NOTICE
 from pylogd.loop import BacklogReader, EventLoop
+from pylogd.netlink import backlog_option, rcvbuf_options
 from pylogd.nflog import (
-    BACKLOG_SIZE,
     COPY_MODES,
     F_CT,
     F_CT_INFO,
@@ -131,16 +131,10 @@ class Nflog(Input):
             int_option("seq_local", 0, "ask for per-group sequence numbers (oob.seq.local; gaps = losses)", min=0),
             int_option("seq_global", 0, "ask for namespace-wide sequence numbers (oob.seq.global)", min=0),
             int_option("numeric_label", 0, "number copied into raw.label of every packet", min=0, max=255),
-            int_option("netlink_socket_buffer_size", 0, "socket receive buffer in bytes (0: system default)", min=0),
-            int_option("netlink_socket_buffer_maxsize", 0, "on losses, double the buffer up to this (0: never)", min=0),
+            *rcvbuf_options(),
             int_option("netlink_qthreshold", 0, "packets the kernel batches per message (0: kernel default)", min=0),
             int_option("netlink_qtimeout", 0, "how long the kernel holds a batch, 1/100 s (0: default)", min=0),
-            int_option(
-                "netlink_backlog_size",
-                BACKLOG_SIZE,
-                "bytes of userspace read-ahead: bursts leave the kernel buffer at recv() speed",
-                min=1 << 20,
-            ),
+            backlog_option(),
             int_option("attach_conntrack", 0, "ask for the packet's conntrack entry (keys ct, ct.info)", min=0),
             str_option("copy_mode", "packet", "none, meta (no payload) or packet", choices=tuple(COPY_MODES)),
             int_option("copy_range", 0xFFFF, "bytes of each packet to copy in packet mode", min=0, max=0xFFFF),
@@ -311,16 +305,7 @@ class Nflog(Input):
         o = self.options
         if sock.enobufs != enobufs:
             lost = f", {sock.lost} packets lost by sequence count" if o["seq_local"] else ""
-            maxsize = o["netlink_socket_buffer_maxsize"]
-            if maxsize and sock.rcvbuf_requested < maxsize:
-                advice = f"increased the socket buffer to {sock.rcvbuf_requested} bytes"
-            elif maxsize:
-                advice = (
-                    f"the socket buffer is at its maximum ({maxsize}); consider raising "
-                    "netlink_socket_buffer_size and netlink_socket_buffer_maxsize"
-                )
-            else:
-                advice = "consider setting netlink_socket_buffer_size and netlink_socket_buffer_maxsize"
+            advice = sock.overrun_advice()
             self.log.every(
                 10, NOTICE, "enobufs", f"We are losing events ({sock.enobufs} buffer overruns so far{lost}): {advice}"
             )
