@@ -1,0 +1,181 @@
+"""The NFLOG packet path in-process, without the kernel's noise: real datagrams, replayed.
+
+    sudo .venv/bin/python bench/nflog_replay.py [--packets N] [--rounds R] [--stack TEXT] [--profile FILE]
+
+First it captures real nfnetlink_log datagrams: a throwaway namespace, an nft ``log group``
+rule, UDP datagrams to 127.0.0.1 (as bench/packet_path.py sends), read raw from the group's
+socket.  Then it starts pylogd's plugins on a stack (default: the one of issue 3,
+NFLOG→BASE→IFINDEX→IP2STR→PRINTPKT→LOGEMU, writing to a temporary file) and feeds them the
+captured datagrams through the NFLOG input's own reader: the read-ahead ring, the layout
+decoder, every plugin, the output worker and its write.  It prints CPU µs per record (the
+process's user+system time, so the output thread counts) as the minimum over the rounds,
+which is what an A/B comparison of two versions of the code needs; the daemon benchmarks in
+bench/packet_path.py compare against ulogd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import errno
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pylogd.config import parse_ini  # noqa: E402
+from pylogd.daemon import Daemon  # noqa: E402
+from pylogd.log import Logger  # noqa: E402
+from pylogd.registry import Registry  # noqa: E402
+from pylogd.stack import build  # noqa: E402
+
+GROUP = 7
+PORT = 9999
+NS = f"pylogd-replay-{os.getpid()}"
+DEFAULT_STACK = "log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU"
+
+
+def sh(*cmd: str, stdin: str | None = None) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True, input=stdin)
+
+
+def capture(packets: int) -> list[bytes]:
+    """Datagrams nfnetlink_log sends for ``packets`` UDP datagrams logged on the input hook."""
+    from pylogd.netlink import netns_context
+    from pylogd.nflog import NflogSocket
+
+    sh("ip", "netns", "add", NS)
+    try:
+        sh("ip", "-n", NS, "link", "set", "lo", "up")
+        rules = (
+            "table inet t {\n chain i {\n  type filter hook input priority 0;\n"
+            f"  udp dport {PORT} log group {GROUP}\n }}\n}}\n"
+        )
+        sh("ip", "netns", "exec", NS, "nft", "-f", "-", stdin=rules)
+        sock = NflogSocket(GROUP, netns=NS, rcvbuf=64 << 20, nlbufsiz=65536)
+        raw = sock._sock
+        raw.setblocking(True)
+        raw.settimeout(2.0)
+        with netns_context(NS):
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        datagrams, seen = [], 0
+        buf = bytearray(1 << 17)
+        for start in range(0, packets, 500):
+            batch = min(500, packets - start)
+            for _ in range(batch):
+                sender.sendto(b"x" * 32, ("127.0.0.1", PORT))
+            while seen < start + batch:
+                data = bytes(buf[: raw.recv_into(buf)])
+                datagrams.append(data)
+                seen += count_packets([data])
+        sender.close()
+        sock.close()
+        return datagrams
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+
+
+def count_packets(datagrams: list[bytes]) -> int:
+    from pylogd.netlink import iter_messages
+    from pylogd.nflog import NFULNL_MSG_PACKET
+
+    return sum(
+        1 for d in datagrams for mtype, _f, _s, _e in iter_messages(memoryview(d), len(d)) if mtype == NFULNL_MSG_PACKET
+    )
+
+
+class ReplaySocket:
+    """Stands in for the NFLOG socket: recv_into serves the captured datagrams, then would block."""
+
+    def __init__(self, real: socket.socket, datagrams: list[bytes]) -> None:
+        self.real = real
+        self.datagrams = datagrams
+        self.next = 0
+
+    def recv_into(self, buf, nbytes: int = 0, flags: int = 0) -> int:
+        if self.next >= len(self.datagrams):
+            raise BlockingIOError(errno.EAGAIN, "replay done")
+        data = self.datagrams[self.next]
+        self.next += 1
+        buf[: len(data)] = data
+        return len(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--packets", type=int, default=20000, help="packets captured (default 20000)")
+    ap.add_argument("--rounds", type=int, default=10, help="times the capture is replayed (default 10)")
+    ap.add_argument("--stack", default=DEFAULT_STACK)
+    ap.add_argument("--profile", help="write a cProfile of all rounds here")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root: network namespace and NFLOG socket", file=sys.stderr)
+        return 2
+
+    datagrams = capture(args.packets)
+    per_round = count_packets(datagrams)
+    print(f"captured {per_round} packets in {len(datagrams)} datagrams")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sh("ip", "netns", "add", NS)
+        try:
+            text = (
+                f'[global]\nlogfile="{tmp}/replay.log"\nloglevel=5\nstack={args.stack}\n'
+                f"[log1]\ngroup={GROUP}\nnetns={NS}\n"
+                f'[emu1]\nfile="{tmp}/replay.out"\nsync=0\n'
+            )
+            topo = build(parse_ini("replay.conf", text), Registry(), Logger)
+            daemon = Daemon(topo, Logger("replay"))
+            daemon.start()
+            for stack in daemon.stacks:
+                stack.runner.start()
+            nflog = topo.instances["log1"].plugin
+            sock = nflog.sock
+            real = sock._sock
+            work = nflog._readable.work
+            times = []
+            prof = cProfile.Profile() if args.profile else None
+            try:
+                for _ in range(args.rounds):
+                    replay = ReplaySocket(real, datagrams)
+                    sock._sock = replay
+                    t0 = time.process_time()
+                    if prof:
+                        prof.enable()
+                    while replay.next < len(datagrams) or sock.backlog:
+                        work()
+                    for stack in daemon.stacks:  # the writes of this round count, and finish in it
+                        while stack.runner.pending():
+                            time.sleep(0.0005)
+                    if prof:
+                        prof.disable()
+                    times.append(time.process_time() - t0)
+            finally:
+                sock._sock = real
+                daemon.shutdown()
+            if prof:
+                prof.dump_stats(args.profile)
+            written = Path(f"{tmp}/replay.out").read_bytes().count(b"\n") if "LOGEMU" in args.stack else None
+        finally:
+            subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+
+    best = min(times) / per_round * 1e6
+    median = sorted(times)[len(times) // 2] / per_round * 1e6
+    print(f"CPU per record: min {best:.3f} µs, median {median:.3f} µs over {args.rounds} rounds")
+    if written is not None and written != per_round * args.rounds:
+        print(f"WARNING: {written} lines written for {per_round * args.rounds} packets", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
