@@ -22,8 +22,10 @@ NFLOG input uses.
 Decoding has two paths that give the same records.  The first message of each layout
 (same attributes, same lengths, same order: one rule, one kind of packet) is walked
 attribute by attribute (:func:`parse_attributes`) and its layout compiled
-(:func:`compile_layout`); later messages of that layout are read with one struct call
-(:func:`decode_fast`) after checking that every attribute header matches.
+(:func:`compile_layout`) into a function that reads later messages of that layout with one
+struct call, after checking that every attribute header matches.  A socket may be given a
+record spec (``record=``): then its records hold, in the spec's order, the fields and values
+a consumer wants (an input plugin's keys), built in one step by the compiled layouts.
 
 Decoding never raises on bad input: a truncated message or attribute ends the walk,
 attributes too short for their type are skipped, and the fields not found stay None.
@@ -41,6 +43,7 @@ Kernel behaviour worth knowing:
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import os
 import select
@@ -79,18 +82,23 @@ __all__ = [
     "FLAG_CONNTRACK",
     "FLAG_SEQ",
     "FLAG_SEQ_GLOBAL",
+    "PACKET_RECORD",
+    "Const",
+    "Default",
+    "Derived",
     "NflogBusyError",
     "NflogError",
     "NflogSocket",
     "Packet",
+    "WithHwHeader",
     "bound_groups",
     "compile_layout",
-    "decode_fast",
     "decode_message",
     "find_netlink_owner",
     "iter_messages",
     "netns_context",
     "parse_attributes",
+    "project",
 ]
 
 NFNL_SUBSYS_ULOG = 4
@@ -307,6 +315,75 @@ def _parse_vlan(mv: memoryview, off: int, end: int, rec: list) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# record specs: what each position of a decoded record holds
+
+
+class Const(NamedTuple):
+    """A record position that always holds ``value``."""
+
+    value: object
+
+
+class Default(NamedTuple):
+    """The ``F_*`` field ``field``, or ``value`` when the message lacks its attribute."""
+
+    field: int
+    value: object
+
+
+class WithHwHeader(NamedTuple):
+    """The ``F_*`` field ``field``, but None when the message has no (or an empty) NFULA_HWHEADER."""
+
+    field: int
+
+
+class Derived(enum.Enum):
+    """Record positions computed from the message."""
+
+    PAYLOAD_LEN = "payload_len"  # len(payload), None without a payload
+    TIME_SEC = "time_sec"  # the kernel's timestamp when it has one (nonzero), else the receive time
+    TIME_USEC = "time_usec"
+    VLAN_ID = "vlan_id"  # vlan_tci & 0x0FFF
+
+
+#: A record spec is a sequence whose items are ``F_*`` field numbers (the field as decoded,
+#: None when absent), :class:`Const`, :class:`Default`, :class:`WithHwHeader` or
+#: :class:`Derived` members.  This one is the plain decoded packet, :class:`Packet`'s order.
+PACKET_RECORD: tuple = tuple(range(NFIELDS))
+PACKET_RECORD_BLANK = (None,) * NFIELDS
+
+
+def project(rec: Sequence, spec: Sequence, clock: tuple[int, int]) -> tuple:
+    """The record ``spec`` describes, made from a decoded record (indexed by ``F_*``);
+    ``clock`` is (seconds, microseconds) for packets without a kernel timestamp."""
+    out = []
+    for item in spec:
+        if type(item) is int:
+            out.append(rec[item])
+        elif type(item) is Const:
+            out.append(item.value)
+        elif type(item) is Default:
+            value = rec[item.field]
+            out.append(item.value if value is None else value)
+        elif type(item) is WithHwHeader:
+            out.append(rec[item.field] if rec[F_HWHEADER] else None)
+        elif item is Derived.PAYLOAD_LEN:
+            payload = rec[F_PAYLOAD]
+            out.append(None if payload is None else len(payload))
+        elif item is Derived.TIME_SEC or item is Derived.TIME_USEC:
+            ts = rec[F_TIMESTAMP]
+            if ts is None or not ts[0]:
+                ts = clock
+            out.append(ts[0] if item is Derived.TIME_SEC else ts[1])
+        elif item is Derived.VLAN_ID:
+            tci = rec[F_VLAN_TCI]
+            out.append(None if tci is None else tci & 0x0FFF)
+        else:
+            raise ValueError(f"not a record spec item: {item!r}")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
 # the fast path: compiled message layouts
 #
 # Messages logged by one rule for one kind of packet have the same attributes with the same
@@ -315,26 +392,33 @@ def _parse_vlan(mv: memoryview, off: int, end: int, rec: list) -> None:
 # single call; a message takes the fast path only if its headers equal the layout's (checked
 # in one tuple comparison), so it decodes exactly as parse_attributes() would.  Anything
 # else -- a new layout, damage, a nested attribute out of the ordinary -- takes the walk.
+#
+# A layout becomes a small generated function that builds the record of a record spec in one
+# tuple display: every field's place in the message is known when the layout is compiled, so
+# per packet there is no lookup, no branch on absent attributes and no second copy.  Only
+# numbers go into the generated source; values (the prefix, constants) are bound as names.
 
 _LITTLE = sys.byteorder == "little"
 _LAYOUT_KEY = 12  # bytes after nfgenmsg that select the candidate layouts: packet header + next header
 _LAYOUTS_PER_KEY = 4
 _LAYOUTS_MAX = 256
 _COMPILES_PER_DRAIN = 8  # bounds the cost of learning when every message looks different
-_X_NONE, _X_MSG, _X_PAYLOAD, _X_HWHEADER, _X_HWADDR, _X_L2HDR, _X_CT, _X_TS, _X_PREFIX = range(9)
-_RAW_EXTRA = {F_PAYLOAD: _X_PAYLOAD, F_HWHEADER: _X_HWHEADER, F_L2HDR: _X_L2HDR, F_CT: _X_CT}
+_RAW_SLICE = (F_PAYLOAD, F_HWHEADER, F_L2HDR, F_CT)
+
+#: a compiled layout: decode(mv, off, mlen, clock) -> the record, or None if the message does not fit
+Layout = Callable[[memoryview, int, int, tuple[int, int]], "tuple | None"]
 
 
-def compile_layout(mv: memoryview, start: int, end: int) -> tuple | None:
-    """The layout of the NFULNL_MSG_PACKET message at ``mv[start:end]``, or None if it has none
-    the fast path can take (damaged, payload not last, unusual nesting)."""
+def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET_RECORD) -> Layout | None:
+    """A decoder for messages of the layout of the NFULNL_MSG_PACKET message at ``mv[start:end]``,
+    giving records of ``spec``; None if the message has no layout the fast path can take
+    (damaged, payload not last, unusual nesting)."""
     fmt = ["16xBxH"]  # nlmsghdr skipped; nfgenmsg family, group
     nvals = 2
     check: list[int] = []
-    src = {F_FAMILY: 0, F_GROUP: 1}
-    slices: dict[int, tuple[int, int]] = {}  # extra index -> (start, end) relative to the message
-    ts = prefix = None
-    pay = pay_len = None
+    field = {F_FAMILY: "v[0]", F_GROUP: "v[1]"}  # F_* -> its expression in the generated code
+    names: dict[str, object] = {}
+    ts = pay = pay_len = hwheader_len = None
     rel = 20
     while rel + 4 <= end - start:
         alen, atype = NLA.unpack_from(mv, start + rel)
@@ -359,35 +443,39 @@ def compile_layout(mv: memoryview, start: int, end: int) -> tuple | None:
         used = 0
         if kind == _K_U32:
             fmt.append("I")
-            src[_FIELD[t]], used = nvals, 4
+            field[_FIELD[t]], used = f"v[{nvals}]", 4
             nvals += 1
         elif kind == _K_U16:
             fmt.append("H")
-            src[_FIELD[t]], used = nvals, 2
+            field[_FIELD[t]], used = f"v[{nvals}]", 2
             nvals += 1
         elif kind == _K_HDR:
             fmt.append("HB")
-            src[F_HW_PROTOCOL], src[F_HOOK], used = nvals, nvals + 1, 3
+            field[F_HW_PROTOCOL], field[F_HOOK], used = f"v[{nvals}]", f"v[{nvals + 1}]", 3
             nvals += 2
         elif kind == _K_TS:
             fmt.append("QQ")
             ts, used = nvals, 16
+            field[F_TIMESTAMP] = f"(v[{ts}], v[{ts + 1}])"
             nvals += 2
         elif kind == _K_HWADDR:
             addrlen = _BE16.unpack_from(mv, start + p)[0]
             fmt.append("H")
-            src[F_HWADDRLEN], used = nvals, 2
+            field[F_HWADDRLEN], used = f"v[{nvals}]", 2
             check.append(nvals)  # the address slice depends on it
             nvals += 1
-            slices[_X_HWADDR] = (p + 4, min(p + 4 + addrlen, p + 12, nxt))
+            field[F_HWADDR] = f"mv[off + {p + 4} : off + {min(p + 4 + addrlen, p + 12, nxt)}]"
         elif kind == _K_PREFIX:
             fmt.append(f"{alen - 4}s")
             check.append(nvals)  # the text is part of the layout, decoded once
             nvals += 1
             used = alen - 4
-            prefix = str(mv[start + p : start + nxt], "utf-8", "surrogateescape").partition("\0")[0]
+            names["prefix"] = str(mv[start + p : start + nxt], "utf-8", "surrogateescape").partition("\0")[0]
+            field[F_PREFIX] = "prefix"
         elif kind == _K_RAW:
-            slices[_RAW_EXTRA[_FIELD[t]]] = (p, nxt)
+            field[_FIELD[t]] = f"mv[off + {p} : off + {nxt}]"
+            if _FIELD[t] == F_HWHEADER:
+                hwheader_len = nxt - p
         elif kind == _K_VLAN:
             inner = p
             while inner + 4 <= nxt:
@@ -400,7 +488,7 @@ def compile_layout(mv: memoryview, start: int, end: int) -> tuple | None:
                 iused = 0
                 if ilen >= 6 and itype & NLA_TYPE_MASK in (1, 2):
                     fmt.append("H")
-                    src[F_VLAN_PROTO if itype & NLA_TYPE_MASK == 1 else F_VLAN_TCI] = nvals
+                    field[F_VLAN_PROTO if itype & NLA_TYPE_MASK == 1 else F_VLAN_TCI] = f"v[{nvals}]"
                     nvals += 1
                     iused = 2
                 ipadded = (inner + ilen + 3) & ~3
@@ -420,76 +508,54 @@ def compile_layout(mv: memoryview, start: int, end: int) -> tuple | None:
             return None
     if not check:
         return None
-    unpack = struct.Struct(">" + "".join(fmt)).unpack_from
-    values = unpack(mv, start)
+    layout = struct.Struct(">" + "".join(fmt))
     getter = itemgetter(*check) if len(check) > 1 else (lambda v, i=check[0]: (v[i],))
-    extra = {F_MSG: _X_MSG, F_TIMESTAMP: _X_TS, F_PREFIX: _X_PREFIX, F_HWADDR: _X_HWADDR}
-    extra.update({f: x for f, x in _RAW_EXTRA.items()})
-    gather = []
-    for f in range(NFIELDS):
-        if f in src:
-            gather.append(src[f])
-        elif f in extra and (
-            (extra[f] in slices)
-            or (f == F_MSG)
-            or (f == F_PAYLOAD and pay is not None)
-            or (f == F_TIMESTAMP and ts is not None)
-            or (f == F_PREFIX and prefix is not None)
-        ):
-            gather.append(nvals + extra[f])
-        else:
-            gather.append(nvals + _X_NONE)
-    return (
-        struct.calcsize(">" + "".join(fmt)),
-        unpack,
-        getter,
-        getter(values),
-        pay,
-        pay_len,
-        slices.get(_X_HWHEADER),
-        slices.get(_X_HWADDR),
-        slices.get(_X_L2HDR),
-        slices.get(_X_CT),
-        ts,
-        prefix,
-        itemgetter(*gather),
-    )
-
-
-def decode_fast(layout: tuple, mv: memoryview, off: int, mlen: int) -> tuple | None:
-    """Decode a message with a compiled layout: the record (as a tuple), or None if it does not fit."""
-    size, unpack, check, expected, pay, pay_len, hh, ha, l2, ct, ts, prefix, gather = layout
-    if mlen < size:
-        return None
-    v = unpack(mv, off)
-    if check(v) != expected:
-        return None
-    end = off + mlen
+    names.update(unpack=layout.unpack_from, check=getter, expected=getter(layout.unpack_from(mv, start)))
+    field[F_MSG] = "mv[off:end]"
+    code = [
+        "def decode(mv, off, mlen, clock):",
+        f"    if mlen < {layout.size}:",
+        "        return None",
+        "    v = unpack(mv, off)",
+        "    if check(v) != expected:",
+        "        return None",
+        "    end = off + mlen",
+    ]
     if pay is not None:
-        n = v[pay_len]
-        if _LITTLE:
-            n = ((n & 0xFF) << 8) | (n >> 8)
-        a = off + pay
-        b = a + n - 4
-        if n < 4 or b > end or ((b + 3) & ~3) + 4 <= end:
-            return None
-        payload = mv[a:b]
-    elif ((off + size + 3) & ~3) + 4 <= end:
-        return None
+        field[F_PAYLOAD] = "mv[a:b]"
+        swap = "    n = ((n & 0xFF) << 8) | (n >> 8)" if _LITTLE else ""  # nla_len is in host order
+        code += [f"    n = v[{pay_len}]", swap, f"    a = off + {pay}", "    b = a + n - 4"]
+        code += ["    if n < 4 or b > end or ((b + 3) & ~3) + 4 <= end:", "        return None"]
     else:
-        payload = None
-    extras = (
-        None,
-        mv[off:end],
-        payload,
-        mv[off + hh[0] : off + hh[1]] if hh else None,
-        mv[off + ha[0] : off + ha[1]] if ha else None,
-        mv[off + l2[0] : off + l2[1]] if l2 else None,
-        mv[off + ct[0] : off + ct[1]] if ct else None,
-        (v[ts], v[ts + 1]) if ts is not None else None,
-        prefix,
-    )
-    return gather(v + extras)  # concatenation: measurably faster than (*v, *extras)
+        code += [f"    if ((off + {layout.size} + 3) & ~3) + 4 <= end:", "        return None"]
+
+    def expression(item: object) -> str:
+        if type(item) is int:
+            return field.get(item, "None")
+        if type(item) is Const:
+            name = f"c{len(names)}"
+            names[name] = item.value
+            return name
+        if type(item) is Default:
+            return field.get(item.field) or expression(Const(item.value))
+        if type(item) is WithHwHeader:
+            return field.get(item.field, "None") if hwheader_len else "None"
+        if item is Derived.PAYLOAD_LEN:
+            return "(b - a)" if pay is not None else "None"
+        if item is Derived.TIME_SEC:
+            return f"(v[{ts}] if v[{ts}] else clock[0])" if ts is not None else "clock[0]"
+        if item is Derived.TIME_USEC:
+            return f"(v[{ts + 1}] if v[{ts}] else clock[1])" if ts is not None else "clock[1]"
+        if item is Derived.VLAN_ID:
+            return f"({field[F_VLAN_TCI]} & 0x0FFF)" if F_VLAN_TCI in field else "None"
+        raise ValueError(f"not a record spec item: {item!r}")
+
+    code.append(f"    return ({', '.join(map(expression, spec))},)")
+    source = "\n".join(line for line in code if line)
+    exec(compile(source, "<nflog layout>", "exec"), names)  # only numbers were formatted into it
+    decode = names["decode"]
+    decode.source = source  # for debugging: what a layout does
+    return decode
 
 
 def decode_message(mv: memoryview, start: int, end: int) -> list:
@@ -584,6 +650,8 @@ class NflogSocket(NetlinkSocket):
             IPv4, IPv6 and bridge (what ulogd does for group 0; a no-op on modern kernels).
         strict: raise when qthreshold, qtimeout, flags or nlbufsiz are refused; when False
             the refusal is kept in :attr:`failures` and the socket works without it.
+        record: the record spec of what :meth:`drain` hands out (default
+            :data:`PACKET_RECORD`); sequence gaps are counted when it holds ``F_SEQ``.
 
     Raises :class:`NflogBusyError` when the group already has a listener in the namespace,
     :class:`NflogError` for other failures.
@@ -611,6 +679,7 @@ class NflogSocket(NetlinkSocket):
         pf_bind: bool = False,
         strict: bool = True,
         backlog_size: int = BACKLOG_SIZE,
+        record: Sequence = PACKET_RECORD,
     ) -> None:
         if not 0 <= group <= 0xFFFF:
             raise ValueError(f"NFLOG group {group} out of range 0..65535")
@@ -632,7 +701,12 @@ class NflogSocket(NetlinkSocket):
         self.last_error: OSError | None = None
         self._expect: int | None = None
         self.slow = 0  # messages decoded by the attribute walk instead of a compiled layout
-        self._layouts: dict[bytes, list[tuple]] = {}
+        self.record = tuple(record)
+        project((None,) * NFIELDS, self.record, (0, 0))  # a bad spec fails here, not on a packet
+        self._identity = self.record == PACKET_RECORD
+        self._seq_at = self.record.index(F_SEQ) if F_SEQ in self.record else None
+        self._layouts: dict[bytes, list[Layout]] = {}
+        self._last: Layout | None = None  # the layout of the previous message: a burst is mostly one
         self._compiles = _COMPILES_PER_DRAIN
         self._raced: deque[bytes] = deque()
         self._seq = int(time.time()) & 0xFFFF
@@ -640,7 +714,6 @@ class NflogSocket(NetlinkSocket):
         self._buf = bytearray(max(bufsize, 8192))
         self._mv = memoryview(self._buf)
         self._rec: list = [None] * NFIELDS
-        self._blank: list = [None] * NFIELDS
         self._recv_flags = socket.MSG_DONTWAIT | socket.MSG_TRUNC
         self._init_ring(backlog_size, bufsize)
         self._bound = False
@@ -789,15 +862,15 @@ class NflogSocket(NetlinkSocket):
 
     # -- receiving ------------------------------------------------------------------------------
 
-    def drain(self, on_packet: Callable[[Sequence, memoryview], object], limit: int = DRAIN_LIMIT) -> int:
+    def drain(self, on_packet: Callable[[Sequence], object], limit: int = DRAIN_LIMIT) -> int:
         """Decode what the kernel and the ring hold (:meth:`NetlinkSocket._drain_ring`), first any
         packets that raced a configuration acknowledgement.
 
-        ``on_packet(rec, msg)`` runs per packet with the record (a list or tuple indexed by
-        ``F_*``; the list is reused) and the message; both are only valid during the call.
-        Returns the number of messages.  Never raises for receive errors: ENOBUFS is counted
-        (and grows the buffer when ``rcvbuf_max`` allows), other errors are counted in
-        ``errors``/``last_error``.
+        ``on_packet(rec)`` runs per packet with the record of :attr:`record` (a tuple, or with
+        the default spec a list indexed by ``F_*`` that is reused); its memoryviews point into
+        the receive buffer and are only valid during the call.  Returns the number of messages.
+        Never raises for receive errors: ENOBUFS is counted (and grows the buffer when
+        ``rcvbuf_max`` allows), other errors are counted in ``errors``/``last_error``.
         """
         count = 0
         self._compiles = _COMPILES_PER_DRAIN
@@ -807,10 +880,11 @@ class NflogSocket(NetlinkSocket):
             count += self._walk(memoryview(data), 0, len(data), on_packet)
         return count + self._drain_ring(on_packet, limit - count)
 
-    def _walk(self, mv: memoryview, start: int, stop: int, on_packet: Callable[[Sequence, memoryview], object]) -> int:
+    def _walk(self, mv: memoryview, start: int, stop: int, on_packet: Callable[[Sequence], object]) -> int:
         """Handle the messages of the datagram at ``mv[start:stop]``; returns how many there were."""
         unpack_hdr = NLMSG.unpack_from
-        layouts, fast = self._layouts, decode_fast
+        decode, seq_at = self._last, self._seq_at
+        clock = divmod(self.arrived // 1000, 1_000_000)
         expect, lost = self._expect, self.lost
         count = packets = 0
         off = start
@@ -822,72 +896,79 @@ class NflogSocket(NetlinkSocket):
                 break
             count += 1
             if mtype == NFULNL_MSG_PACKET and mlen >= 20:
-                rec = None
-                if mlen >= 20 + _LAYOUT_KEY:
-                    key = mv[off + 20 : off + 20 + _LAYOUT_KEY].tobytes()
-                    candidates = layouts.get(key)
-                    if candidates is not None:
-                        for layout in candidates:
-                            rec = fast(layout, mv, off, mlen)
-                            if rec is not None:
-                                break
-                    if rec is None:
-                        rec = self._slow(mv, off, end, key, candidates)
-                else:
-                    rec = self._slow(mv, off, end, None, None)
-                seq = rec[F_SEQ]
-                if seq is not None:
-                    if expect is not None and seq != expect:
-                        gap = (seq - expect) & 0xFFFFFFFF
-                        if gap < 0x80000000:  # a backwards jump is a rebind, not a loss
-                            lost += gap
-                    expect = (seq + 1) & 0xFFFFFFFF
+                rec = decode(mv, off, mlen, clock) if decode is not None else None
+                if rec is None:
+                    rec, decode = self._decode_other(mv, off, end, clock, decode)
+                if seq_at is not None:
+                    seq = rec[seq_at]
+                    if seq is not None:
+                        if expect is not None and seq != expect:
+                            gap = (seq - expect) & 0xFFFFFFFF
+                            if gap < 0x80000000:  # a backwards jump is a rebind, not a loss
+                                lost += gap
+                        expect = (seq + 1) & 0xFFFFFFFF
                 packets += 1
-                on_packet(rec, rec[F_MSG])
+                on_packet(rec)
             elif mtype == NLMSG_ERROR:
                 if mlen >= 20 and NLERR.unpack_from(mv, off + 16)[0] != 0:
                     self.errors += 1
             elif mtype == NLMSG_OVERRUN:
                 self.errors += 1
             off = (end + 3) & ~3
+        self._last = decode
         self._expect, self.lost = expect, lost
         self.received += packets
         return count
 
-    def _slow(self, mv: memoryview, off: int, end: int, key: bytes | None, candidates: list | None) -> list:
-        """Walk the attributes of a message no known layout fits, and learn its layout."""
+    def _decode_other(
+        self, mv: memoryview, off: int, end: int, clock: tuple[int, int], previous: Layout | None
+    ) -> tuple:
+        """Decode a message the ``previous`` message's layout does not fit: with a known layout of
+        the same start, else by walking its attributes (and learning its layout).  Returns the
+        record and the layout to try first on the next message."""
+        key = None
+        if end - off >= 20 + _LAYOUT_KEY:
+            key = mv[off + 20 : off + 20 + _LAYOUT_KEY].tobytes()
+            for layout in self._layouts.get(key, ()):
+                if layout is previous:
+                    continue
+                rec = layout(mv, off, end - off, clock)
+                if rec is not None:
+                    return rec, layout
         rec = self._rec
-        rec[:] = self._blank
+        rec[:] = PACKET_RECORD_BLANK
         rec[F_FAMILY], rec[F_GROUP] = _NFGEN.unpack_from(mv, off + 16)
         parse_attributes(mv, off + 20, end, rec)
         rec[F_MSG] = mv[off:end]
         self.slow += 1
+        layout = None
         if key is not None and self._compiles > 0:
             self._compiles -= 1
-            layout = compile_layout(mv, off, end)
+            layout = compile_layout(mv, off, end, self.record)
             if layout is not None:
-                if candidates is None:
-                    if len(self._layouts) >= _LAYOUTS_MAX:
-                        self._layouts.clear()  # shapes come and go: start over rather than grow
-                    candidates = self._layouts[key] = []
+                if len(self._layouts) >= _LAYOUTS_MAX and key not in self._layouts:
+                    self._layouts.clear()  # shapes come and go: start over rather than grow
+                candidates = self._layouts.setdefault(key, [])
                 candidates.insert(0, layout)
                 del candidates[_LAYOUTS_PER_KEY:]
-        return rec
+        return (rec if self._identity else project(rec, self.record, clock)), layout or previous
 
     def packets(self, timeout: float | None = None, copy: bool = True) -> Iterator[Packet]:
         """Yield packets as they arrive; stop after ``timeout`` seconds without one (None: never).
 
         With ``copy`` (the default) byte fields are bytes you may keep; without it they
-        are memoryviews valid only until the next packet is read.
+        are memoryviews valid only until the next packet is read.  Needs the default record spec.
         """
+        if not self._identity:
+            raise ValueError("packets() needs a socket with the default record spec (PACKET_RECORD)")
         pending: deque[Packet] = deque()
         if copy:
 
-            def collect(rec: list, _msg: memoryview) -> None:
+            def collect(rec: Sequence) -> None:
                 pending.append(_owned(rec))
         else:
 
-            def collect(rec: list, _msg: memoryview) -> None:
+            def collect(rec: Sequence) -> None:
                 pending.append(Packet._make(rec))
 
         while True:

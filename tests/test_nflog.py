@@ -44,19 +44,28 @@ from scapy.layers.l2 import Dot1Q, Ether
 from pylogd.log import Logger
 from pylogd.loop import EventLoop
 from pylogd.nflog import (
+    F_GID,
+    F_HWLEN,
+    F_HWTYPE,
+    F_MARK,
     F_SEQ,
     FIELDS,
     FLAG_CONNTRACK,
     FLAG_SEQ,
     FLAG_SEQ_GLOBAL,
+    PACKET_RECORD,
+    Const,
+    Default,
+    Derived,
     NflogBusyError,
     NflogError,
     NflogSocket,
     Packet,
+    WithHwHeader,
     bound_groups,
     compile_layout,
-    decode_fast,
     decode_message,
+    project,
 )
 from pylogd.plugin import PluginError
 
@@ -215,7 +224,7 @@ def test_input_packets_ipv4_and_ipv6(logged: Pair) -> None:
         sport6 = p.b.send_udp(p.a_ip6, 5000, b"six")
         pkts = receive(sock, 4)
         stats = sock.statistics()
-    assert sock.slow == 2  # the first IPv4 and the IPv6 message were walked, the others compiled
+    assert sock.slow == 1  # the first message was walked; the others, IPv6 too, fit its layout
     for pkt in pkts:
         assert pkt == walked(pkt.msg)
     assert stats["received"] == 4
@@ -391,7 +400,7 @@ def test_enobufs_counted_lost_measured_buffer_grown(logged: Pair) -> None:
         p.b.send_udp(p.a_ip4, 5000, b"burst" * 20, count=3000)  # nobody reads meanwhile: the buffer overflows
         time.sleep(0.2)
         got: list[int] = []
-        wait_for(lambda: sock.drain(lambda rec, msg: got.append(rec[F_SEQ])) == 0 and got, what="the burst")
+        wait_for(lambda: sock.drain(lambda rec: got.append(rec[F_SEQ])) == 0 and got, what="the burst")
         assert sock.enobufs >= 1
         assert sock.grown >= 1 and sock.rcvbuf > initial
         assert got == list(range(len(got)))  # what got through is in order
@@ -416,7 +425,7 @@ def test_reader_speed_on_a_burst(logged: Pair, record_property: pytest.RecordPro
         time.sleep(0.3)  # let the kernel flush its last batch into the socket
         count = [0]
 
-        def on_packet(rec: list, msg: memoryview) -> None:
+        def on_packet(rec: list) -> None:
             count[0] += 1
 
         cpu0, t0 = time.process_time(), time.perf_counter()
@@ -512,6 +521,42 @@ def walked(msg: bytes) -> Packet:
     return owned(decode_message(memoryview(msg), 0, len(msg)))
 
 
+CLOCK = (1700000000, 123456)  # the receive time a record spec falls back to
+#: a record spec with an item of every kind (the NFLOG input's is made of these)
+MIXED = (
+    *PACKET_RECORD,
+    Const("label"),
+    Const(None),
+    Default(F_MARK, 0),
+    Default(F_GID, -1),
+    WithHwHeader(F_HWTYPE),
+    WithHwHeader(F_HWLEN),
+    *Derived,
+)
+
+
+def copied(rec: object) -> tuple:
+    return tuple(bytes(v) if isinstance(v, memoryview) else v for v in rec)  # type: ignore[attr-defined]
+
+
+def assert_compiled_like_walk(msg: bytes, learned_from: bytes | None = None) -> None:
+    """A layout compiled from ``learned_from`` (default: the message itself) reads ``msg`` as the
+    walk does, or declines it; with the plain spec and with MIXED."""
+    base = memoryview(learned_from or msg)
+    for spec in (PACKET_RECORD, MIXED):
+        layout = compile_layout(base, 0, len(base), spec)
+        if learned_from is None:
+            assert layout is not None
+        if layout is None:
+            continue
+        fast = layout(memoryview(msg), 0, len(msg), CLOCK) if len(msg) >= 20 else None
+        if learned_from is None:
+            assert fast is not None
+        if fast is not None:
+            want = project(decode_message(memoryview(msg), 0, len(msg)), spec, CLOCK)
+            assert copied(fast) == copied(want)
+
+
 def test_synthetic_message_with_every_attribute() -> None:
     msg, want = synthetic_message()
     rec = decode_message(memoryview(msg), 0, len(msg))
@@ -535,17 +580,44 @@ def variants() -> list[bytes]:
 
 def test_compiled_layout_decodes_like_the_walk() -> None:
     for msg in variants():
+        assert_compiled_like_walk(msg)
         layout = compile_layout(memoryview(msg), 0, len(msg))
-        assert layout is not None
-        assert owned(decode_fast(layout, memoryview(msg), 0, len(msg))) == walked(msg)
+        assert owned(layout(memoryview(msg), 0, len(msg), CLOCK)) == walked(msg)
     # same layout, other values: the compiled layout reads them, the payload at any length
     first, _ = synthetic_message()
     layout = compile_layout(memoryview(first), 0, len(first))
     for size in (0, 1, 2, 3, 4, 5, 1500):
         msg, _ = synthetic_message(mark=size + 1, seq=size * 1000, payload=(bytes(range(256)) * 6)[:size])
-        fast = decode_fast(layout, memoryview(msg), 0, len(msg))
+        fast = layout(memoryview(msg), 0, len(msg), CLOCK)
         assert fast is not None and owned(fast) == walked(msg)
         assert owned(fast).mark == size + 1 and len(owned(fast).payload) == size
+        assert_compiled_like_walk(msg, learned_from=first)
+
+
+def test_record_spec_items() -> None:
+    msg, want = synthetic_message()
+    rec = compile_layout(memoryview(msg), 0, len(msg), MIXED)(memoryview(msg), 0, len(msg), CLOCK)
+    extra = copied(rec[len(PACKET_RECORD) :])
+    ts = want["timestamp"]
+    assert extra == (
+        "label",
+        None,
+        want["mark"],
+        want["gid"],
+        want["hwtype"],
+        want["hwlen"],
+        len(want["payload"]),
+        ts[0],
+        ts[1],
+        want["vlan_tci"] & 0x0FFF,
+    )
+    # a message without mark, gid, hardware header, payload, timestamp or VLAN
+    body = struct.pack(">BBH", 2, 0, 1) + nla_bytes(1, struct.pack(">HBx", 0x800, 3))
+    bare = struct.pack("=IHHII", 16 + len(body), 0x0400, 0, 0, 0) + body
+    rec = compile_layout(memoryview(bare), 0, len(bare), MIXED)(memoryview(bare), 0, len(bare), CLOCK)
+    assert copied(rec[len(PACKET_RECORD) :]) == ("label", None, 0, -1, None, None, None, *CLOCK, None)
+    with pytest.raises(ValueError, match="record spec"):
+        NflogSocket(G, record=(F_SEQ, "oob.seq"))
 
 
 @settings(max_examples=1500, deadline=None)
@@ -558,8 +630,6 @@ def test_compiled_layout_decodes_like_the_walk() -> None:
 def test_compiled_path_never_disagrees_with_the_walk(
     base: bytes, flips: list[tuple[int, int]], cut: int, tail: bytes
 ) -> None:
-    layout = compile_layout(memoryview(base), 0, len(base))
-    assert layout is not None
     msg = bytearray(base)
     for i, v in flips:
         msg[i % len(msg)] = v
@@ -570,15 +640,13 @@ def test_compiled_path_never_disagrees_with_the_walk(
     if len(msg) >= 4:
         msg[0:4] = struct.pack("=I", len(msg))  # the message claims what it has
     data = bytes(msg)
-    fast = decode_fast(layout, memoryview(data), 0, len(data)) if len(data) >= 20 else None
-    if fast is not None:
-        assert owned(fast) == walked(data)
-    # a layout learned from the damaged message must read that message like the walk, too
-    learned = compile_layout(memoryview(data), 0, len(data)) if len(data) >= 20 else None
-    if learned is not None:
-        assert owned(decode_fast(learned, memoryview(data), 0, len(data))) == walked(data)
-        again = decode_fast(learned, memoryview(base), 0, len(base))
-        assert again is None or owned(again) == walked(base)
+    assert_compiled_like_walk(data, learned_from=base)
+    # a layout learned from the damaged message must read that message like the walk, and the
+    # undamaged one too (or decline it)
+    if len(data) >= 20:
+        assert_compiled_like_walk(base, learned_from=data)
+        if compile_layout(memoryview(data), 0, len(data)) is not None:
+            assert_compiled_like_walk(data, learned_from=data)
 
 
 def test_truncated_messages_decode_a_consistent_prefix() -> None:
@@ -616,7 +684,7 @@ def test_receive_path_survives_garbage_datagrams(netns: Netns) -> None:
     )
     def feed(data: bytes) -> None:
         sock._raced.append(data)  # the path datagrams that race an ACK take: the same walker
-        sock.drain(lambda rec, m: seen.append(list(rec)))
+        sock.drain(lambda rec: seen.append(list(rec)))
 
     with sock:
         feed()

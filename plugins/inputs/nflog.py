@@ -60,6 +60,7 @@ from pylogd.nflog import (
     F_INDEV,
     F_L2HDR,
     F_MARK,
+    F_MSG,
     F_OUTDEV,
     F_PAYLOAD,
     F_PHYSINDEV,
@@ -67,55 +68,78 @@ from pylogd.nflog import (
     F_PREFIX,
     F_SEQ,
     F_SEQ_GLOBAL,
-    F_TIMESTAMP,
     F_UID,
     F_VLAN_PROTO,
-    F_VLAN_TCI,
     FLAG_CONNTRACK,
     FLAG_SEQ,
     FLAG_SEQ_GLOBAL,
     PF_FAMILIES,
+    Const,
+    Default,
+    Derived,
     NflogError,
     NflogSocket,
+    WithHwHeader,
 )
 from pylogd.plugin import Input, Kind, PluginError, PluginSpec, int_option, key, str_option
 
 NLBUFSIZ = 65536
 
-_OUTPUTS = (
-    key("raw.mac", KeyType.RAW, "link-layer header (NFULA_HWHEADER), when the kernel gives a nonzero length"),
-    key("raw.pkt", KeyType.RAW, "the packet from the layer-3 header on (NFULA_PAYLOAD)"),
-    key("raw.pktlen", KeyType.UINT32, "length of raw.pkt"),
-    key("raw.pktcount", KeyType.UINT32, "number of packets: always 1"),
-    key("oob.prefix", KeyType.STRING, 'the log rule\'s prefix ("" for a rule without one)'),
-    key("oob.time.sec", KeyType.UINT32, "packet time, seconds (the kernel's, or the receive time)"),
-    key("oob.time.usec", KeyType.UINT32, "packet time, microseconds"),
-    key("oob.mark", KeyType.UINT32, "packet mark (0 when unmarked)"),
-    key("oob.ifindex_in", KeyType.UINT32, "input interface index, when there is one"),
-    key("oob.ifindex_out", KeyType.UINT32, "output interface index, when there is one"),
-    key("oob.hook", KeyType.UINT8, "netfilter hook: 0 prerouting, 1 input, 2 forward, 3 output, 4 postrouting"),
-    key("raw.mac_len", KeyType.UINT16, "length of raw.mac"),
-    key("oob.seq.local", KeyType.UINT32, "per-group sequence number (seq_local=1)"),
-    key("oob.seq.global", KeyType.UINT32, "namespace-wide sequence number (seq_global=1)"),
-    key("oob.family", KeyType.UINT8, "protocol family: 2 IPv4, 10 IPv6, 7 bridge, 3 ARP, 5 netdev"),
-    key("oob.protocol", KeyType.UINT16, "link-layer protocol (ethertype), e.g. 2048 IPv4, 34525 IPv6"),
-    key("oob.uid", KeyType.UINT32, "user id of the local socket that sent the packet"),
-    key("oob.gid", KeyType.UINT32, "group id of the local socket that sent the packet"),
-    key("raw.label", KeyType.UINT8, "the numeric_label option"),
-    key("raw.type", KeyType.UINT16, "link type (ARPHRD_*: 1 ethernet, 772 loopback), with raw.mac"),
-    key("raw.mac.saddr", KeyType.RAW, "source hardware address"),
-    key("raw.mac.addrlen", KeyType.UINT16, "length of raw.mac.saddr"),
-    key("raw", KeyType.RAW, "the whole netlink message"),
-    key("ct", KeyType.RAW, "conntrack attributes (NFULA_CT, ctnetlink format), with attach_conntrack=1"),
+# Each key and where its value comes from (a record spec item of pylogd.nflog, or the name of
+# the option whose value it always holds): the socket's compiled layouts build the keys in this
+# order, and they are copied into the record in one step.
+_KEYS = (
+    (
+        key("raw.mac", KeyType.RAW, "link-layer header (NFULA_HWHEADER), when the kernel gives a nonzero length"),
+        WithHwHeader(F_HWHEADER),
+    ),
+    (key("raw.pkt", KeyType.RAW, "the packet from the layer-3 header on (NFULA_PAYLOAD)"), F_PAYLOAD),
+    (key("raw.pktlen", KeyType.UINT32, "length of raw.pkt"), Derived.PAYLOAD_LEN),
+    (key("raw.pktcount", KeyType.UINT32, "number of packets: always 1"), Const(1)),
+    (key("oob.prefix", KeyType.STRING, 'the log rule\'s prefix ("" for a rule without one)'), F_PREFIX),
+    (key("oob.time.sec", KeyType.UINT32, "packet time, seconds (the kernel's, or the receive time)"), Derived.TIME_SEC),
+    (key("oob.time.usec", KeyType.UINT32, "packet time, microseconds"), Derived.TIME_USEC),
+    (key("oob.mark", KeyType.UINT32, "packet mark (0 when unmarked)"), Default(F_MARK, 0)),
+    (key("oob.ifindex_in", KeyType.UINT32, "input interface index, when there is one"), F_INDEV),
+    (key("oob.ifindex_out", KeyType.UINT32, "output interface index, when there is one"), F_OUTDEV),
+    (
+        key("oob.hook", KeyType.UINT8, "netfilter hook: 0 prerouting, 1 input, 2 forward, 3 output, 4 postrouting"),
+        F_HOOK,
+    ),
+    (key("raw.mac_len", KeyType.UINT16, "length of raw.mac"), WithHwHeader(F_HWLEN)),
+    (key("oob.seq.local", KeyType.UINT32, "per-group sequence number (seq_local=1)"), F_SEQ),
+    (key("oob.seq.global", KeyType.UINT32, "namespace-wide sequence number (seq_global=1)"), F_SEQ_GLOBAL),
+    (key("oob.family", KeyType.UINT8, "protocol family: 2 IPv4, 10 IPv6, 7 bridge, 3 ARP, 5 netdev"), F_FAMILY),
+    (
+        key("oob.protocol", KeyType.UINT16, "link-layer protocol (ethertype), e.g. 2048 IPv4, 34525 IPv6"),
+        F_HW_PROTOCOL,
+    ),
+    (key("oob.uid", KeyType.UINT32, "user id of the local socket that sent the packet"), F_UID),
+    (key("oob.gid", KeyType.UINT32, "group id of the local socket that sent the packet"), F_GID),
+    (key("raw.label", KeyType.UINT8, "the numeric_label option"), "numeric_label"),
+    (
+        key("raw.type", KeyType.UINT16, "link type (ARPHRD_*: 1 ethernet, 772 loopback), with raw.mac"),
+        WithHwHeader(F_HWTYPE),
+    ),
+    (key("raw.mac.saddr", KeyType.RAW, "source hardware address"), F_HWADDR),
+    (key("raw.mac.addrlen", KeyType.UINT16, "length of raw.mac.saddr"), F_HWADDRLEN),
+    (key("raw", KeyType.RAW, "the whole netlink message"), F_MSG),
+    (key("ct", KeyType.RAW, "conntrack attributes (NFULA_CT, ctnetlink format), with attach_conntrack=1"), F_CT),
     # pylogd additions
-    key("oob.netns", KeyType.STRING, "the network namespace the packet was logged in (netns option)"),
-    key("oob.physindev", KeyType.UINT32, "bridge port the packet came in on"),
-    key("oob.physoutdev", KeyType.UINT32, "bridge port the packet goes out on"),
-    key("oob.vlan.id", KeyType.UINT16, "VLAN id (bridge family)"),
-    key("oob.vlan.proto", KeyType.UINT16, "VLAN protocol, 0x8100 or 0x88a8 (bridge family)"),
-    key("raw.l2hdr", KeyType.RAW, "the full layer-2 header (bridge family)"),
-    key("ct.info", KeyType.UINT32, "conntrack state of the packet (enum ip_conntrack_info), with attach_conntrack=1"),
+    (key("oob.netns", KeyType.STRING, "the network namespace the packet was logged in (netns option)"), "netns"),
+    (key("oob.physindev", KeyType.UINT32, "bridge port the packet came in on"), F_PHYSINDEV),
+    (key("oob.physoutdev", KeyType.UINT32, "bridge port the packet goes out on"), F_PHYSOUTDEV),
+    (key("oob.vlan.id", KeyType.UINT16, "VLAN id (bridge family)"), Derived.VLAN_ID),
+    (key("oob.vlan.proto", KeyType.UINT16, "VLAN protocol, 0x8100 or 0x88a8 (bridge family)"), F_VLAN_PROTO),
+    (key("raw.l2hdr", KeyType.RAW, "the full layer-2 header (bridge family)"), F_L2HDR),
+    (
+        key(
+            "ct.info", KeyType.UINT32, "conntrack state of the packet (enum ip_conntrack_info), with attach_conntrack=1"
+        ),
+        F_CT_INFO,
+    ),
 )
+_OUTPUTS = tuple(k for k, _source in _KEYS)
 
 
 class Nflog(Input):
@@ -182,6 +206,7 @@ class Nflog(Input):
                 pf_bind=pf_step,
                 strict=False,
                 backlog_size=o["netlink_backlog_size"],
+                record=[Const(o[source]) if type(source) is str else source for _key, source in _KEYS],
             )
         except NflogError as exc:
             raise PluginError(str(exc)) from None
@@ -219,73 +244,12 @@ class Nflog(Input):
         assert sock is not None
         feed = self.feed
         values, emit, flush = feed.values, feed.emit, feed.flush
-        # one variable per key, in the order of _OUTPUTS
-        (
-            s_mac, s_pkt, s_pktlen, s_count, s_prefix, s_sec, s_usec, s_mark,
-            s_in, s_out, s_hook, s_maclen, s_seq, s_gseq, s_family, s_proto,
-            s_uid, s_gid, s_label, s_type, s_saddr, s_addrlen, s_raw, s_ct,
-            s_netns, s_physin, s_physout, s_vid, s_vproto, s_l2, s_ctinfo,
-        ) = [feed.slot(k.name) for k in _OUTPUTS]  # fmt: skip
-        label = self.options["numeric_label"]
-        netns = self.options["netns"]
+        n = len(_OUTPUTS)
+        assert [feed.slot(k.name) for k in _OUTPUTS] == list(range(n))  # the input's keys come first
         drain = sock.drain
 
-        def on_packet(rec: list, msg: memoryview) -> None:
-            hwlen = rec[F_HWLEN]
-            if hwlen:
-                hwheader = rec[F_HWHEADER]
-                if hwheader is not None:
-                    values[s_mac] = hwheader
-                    values[s_maclen] = hwlen
-                    values[s_type] = rec[F_HWTYPE]
-            payload = rec[F_PAYLOAD]
-            if payload is not None:
-                values[s_pkt] = payload
-                values[s_pktlen] = len(payload)
-            values[s_count] = 1
-            values[s_prefix] = rec[F_PREFIX]
-            ts = rec[F_TIMESTAMP]
-            if ts is None or not ts[0]:
-                values[s_sec], values[s_usec] = divmod(sock.arrived // 1000, 1_000_000)
-            else:
-                values[s_sec], values[s_usec] = ts
-            mark = rec[F_MARK]
-            values[s_mark] = 0 if mark is None else mark
-            ifindex = rec[F_INDEV]
-            if ifindex:
-                values[s_in] = ifindex
-            ifindex = rec[F_OUTDEV]
-            if ifindex:
-                values[s_out] = ifindex
-            hook = rec[F_HOOK]
-            if hook is not None:
-                values[s_hook] = hook
-                values[s_proto] = rec[F_HW_PROTOCOL]
-            values[s_seq] = rec[F_SEQ]
-            values[s_gseq] = rec[F_SEQ_GLOBAL]
-            values[s_family] = rec[F_FAMILY]
-            values[s_uid] = rec[F_UID]
-            values[s_gid] = rec[F_GID]
-            values[s_label] = label
-            hwaddr = rec[F_HWADDR]
-            if hwaddr is not None:
-                values[s_saddr] = hwaddr
-                values[s_addrlen] = rec[F_HWADDRLEN]
-            values[s_raw] = msg
-            values[s_ct] = rec[F_CT]
-            values[s_netns] = netns
-            ifindex = rec[F_PHYSINDEV]
-            if ifindex:
-                values[s_physin] = ifindex
-            ifindex = rec[F_PHYSOUTDEV]
-            if ifindex:
-                values[s_physout] = ifindex
-            tci = rec[F_VLAN_TCI]
-            if tci is not None:
-                values[s_vid] = tci & 0x0FFF
-            values[s_vproto] = rec[F_VLAN_PROTO]
-            values[s_l2] = rec[F_L2HDR]
-            values[s_ctinfo] = rec[F_CT_INFO]
+        def on_packet(rec: tuple) -> None:
+            values[:n] = rec  # the socket's record is this plugin's keys, in order
             emit()
 
         def work() -> int:
