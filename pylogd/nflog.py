@@ -409,10 +409,26 @@ _RAW_SLICE = (F_PAYLOAD, F_HWHEADER, F_L2HDR, F_CT)
 Layout = Callable[[memoryview, int, int, tuple[int, int]], "tuple | None"]
 
 
+def _fields_read(spec: Sequence) -> set[int]:
+    """The F_* fields the records of ``spec`` are made from."""
+    wanted = set()
+    for item in spec:
+        if type(item) is int:
+            wanted.add(item)
+        elif type(item) in (Default, WithHwHeader):
+            wanted.add(item.field)
+        elif item is Derived.TIME_SEC or item is Derived.TIME_USEC:
+            wanted.add(F_TIMESTAMP)
+        elif item is Derived.VLAN_ID:
+            wanted.add(F_VLAN_TCI)
+    return wanted
+
+
 def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET_RECORD) -> Layout | None:
     """A decoder for messages of the layout of the NFULNL_MSG_PACKET message at ``mv[start:end]``,
     giving records of ``spec``; None if the message has no layout the fast path can take
     (damaged, payload not last, unusual nesting)."""
+    wanted = _fields_read(spec)
     fmt = ["16xBxH"]  # nlmsghdr skipped; nfgenmsg family, group
     nvals = 2
     check: list[int] = []
@@ -440,14 +456,19 @@ def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET
         check.append(nvals)
         nvals += 1
         kind = _KIND[t] if t < _NTYPES and alen >= _MINLEN[t] else _K_SKIP
+        f = _FIELD[t] if kind != _K_SKIP else -1
+        if kind == _K_RAW and f == F_HWHEADER:
+            hwheader_len = alen - 4  # WithHwHeader items depend on it
+        if kind in (_K_U32, _K_U16, _K_TS, _K_RAW) and f not in wanted:
+            kind = _K_SKIP  # nobody reads it: no value is made
         used = 0
         if kind == _K_U32:
             fmt.append("I")
-            field[_FIELD[t]], used = f"v[{nvals}]", 4
+            field[f], used = f"v[{nvals}]", 4
             nvals += 1
         elif kind == _K_U16:
             fmt.append("H")
-            field[_FIELD[t]], used = f"v[{nvals}]", 2
+            field[f], used = f"v[{nvals}]", 2
             nvals += 1
         elif kind == _K_HDR:
             fmt.append("HB")
@@ -462,9 +483,13 @@ def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET
             addrlen = _BE16.unpack_from(mv, start + p)[0]
             fmt.append("H")
             field[F_HWADDRLEN], used = f"v[{nvals}]", 2
-            check.append(nvals)  # the address slice depends on it
+            check.append(nvals)  # the address's length depends on it
             nvals += 1
-            field[F_HWADDR] = f"mv[off + {p + 4} : off + {min(p + 4 + addrlen, p + 12, nxt)}]"
+            size = max(0, min(addrlen, 8, alen - 8))
+            if F_HWADDR in wanted:
+                fmt.append(f"2x{size}s")
+                field[F_HWADDR], used = f"v[{nvals}]", 4 + size
+                nvals += 1
         elif kind == _K_PREFIX:
             fmt.append(f"{alen - 4}s")
             check.append(nvals)  # the text is part of the layout, decoded once
@@ -472,10 +497,10 @@ def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET
             used = alen - 4
             names["prefix"] = str(mv[start + p : start + nxt], "utf-8", "surrogateescape").partition("\0")[0]
             field[F_PREFIX] = "prefix"
-        elif kind == _K_RAW:
-            field[_FIELD[t]] = f"mv[off + {p} : off + {nxt}]"
-            if _FIELD[t] == F_HWHEADER:
-                hwheader_len = nxt - p
+        elif kind == _K_RAW:  # its length is the layout's: bytes from the same unpack
+            fmt.append(f"{alen - 4}s")
+            field[f], used = f"v[{nvals}]", alen - 4
+            nvals += 1
         elif kind == _K_VLAN:
             inner = p
             while inner + 4 <= nxt:
@@ -497,8 +522,6 @@ def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET
                     fmt.append(f"{skip}x")
                 inner = ipadded
             used = min(inner, nxt) - p
-        if kind in (_K_RAW, _K_SKIP):
-            used = 0
         skip = min(padded, end - start) - p - used
         if skip:
             fmt.append(f"{skip}x")
@@ -533,6 +556,8 @@ def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET
         if type(item) is int:
             return field.get(item, "None")
         if type(item) is Const:
+            if item.value is None:
+                return "None"
             name = f"c{len(names)}"
             names[name] = item.value
             return name

@@ -106,6 +106,10 @@ class Slots:
     def out(self, name: str) -> int:
         return self._outputs[name]
 
+    def read(self) -> set[int]:
+        """The slots this plugin reads."""
+        return {slot for slot in self._inputs.values() if slot is not None}
+
 
 class PluginError(Exception):
     """A plugin refuses its configuration or cannot start; ``option`` names the culprit if one does."""
@@ -183,3 +187,8 @@ class Feed:
 
     def slot(self, name: str) -> int:
         raise NotImplementedError
+
+    def used(self, name: str) -> bool:
+        """Whether a plugin of some stack this input feeds reads its key ``name``.  The input may
+        leave the keys nobody reads unset, and so save making their values."""
+        return True

@@ -69,6 +69,10 @@ class StackPlan:
     size: int
     sources: list[dict[str, str]] = field(default_factory=list)  # per plugin: input key -> source id
 
+    def reads(self) -> set[int]:
+        """The slots some plugin of the stack reads."""
+        return set().union(*(slots.read() for slots in self.slots))
+
 
 @dataclass
 class Topology:
@@ -429,6 +433,8 @@ class InputFeed(Feed):
         self.stacks = stacks
         self.values = stacks[0].values
         self._slots = {k.name: i for i, k in enumerate(inp.spec.outputs)}
+        # the input's keys are at the same slots in every stack it feeds
+        self._read = set().union(*(s.plan.reads() for s in stacks))
         runners = [s.runner for s in stacks]
         self.emit = self._make_emit()
 
@@ -440,6 +446,9 @@ class InputFeed(Feed):
 
     def slot(self, name: str) -> int:
         return self._slots[name]
+
+    def used(self, name: str) -> bool:
+        return self._slots[name] in self._read
 
     def _make_emit(self) -> Callable[[], None]:
         first = self.stacks[0]

@@ -189,3 +189,19 @@ def test_wildcard_json_safe(tmp_path):
     feed.flush()
     assert json.loads((tmp_path / "cap.json").read_text()) == {"test.n": 4, "test.text": "é", "print": "É\n"}
     assert (tmp_path / "emu.log").read_text().endswith(" x\n")
+
+
+def test_stack_knows_which_input_keys_are_read(tmp_path):
+    """An input may skip making keys no plugin of its stacks reads (InputFeed.used); a wildcard
+    output reads all."""
+    text = (
+        "[global]\nstack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU\n"
+        "stack=log2:NFLOG,op1:OPRINT\n"
+        "[log2]\ngroup=2\n[emu1]\n[op1]\n"
+    )
+    topo = topology_of(tmp_path, text)
+    keys = [k.name for k in topo.instances["log1"].plugin.spec.outputs]
+    read = {keys[slot] for slot in topo.stacks[0].reads() if slot < len(keys)}
+    assert {"raw.pkt", "oob.family", "raw.mac", "oob.ifindex_in", "oob.prefix"} <= read  # BASE, PRINTPKT, IFINDEX
+    assert not {"raw", "raw.mac.saddr", "ct", "oob.seq.local"} & read
+    assert set(range(len(keys))) <= topo.stacks[1].reads()

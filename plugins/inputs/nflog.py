@@ -206,7 +206,7 @@ class Nflog(Input):
                 pf_bind=pf_step,
                 strict=False,
                 backlog_size=o["netlink_backlog_size"],
-                record=[Const(o[source]) if type(source) is str else source for _key, source in _KEYS],
+                record=self._record(),
             )
         except NflogError as exc:
             raise PluginError(str(exc)) from None
@@ -238,6 +238,18 @@ class Nflog(Input):
         loop.add_reader(sock.fileno(), self._readable)
         where = f" in network namespace {o['netns']}" if o["netns"] else ""
         self.log.info(f"listening to NFLOG group {group}{where} (netlink port id {sock.portid})")
+
+    def _record(self) -> list:
+        """The socket's record spec: the keys in order, None for those no plugin reads (making a
+        memoryview for raw.mac.saddr or raw costs more than most filters).  The sequence number
+        stays: the socket counts losses from it."""
+        feed, options = self.feed, self.options
+        return [
+            (Const(options[source]) if type(source) is str else source)
+            if feed.used(k.name) or k.name == "oob.seq.local"
+            else Const(None)
+            for k, source in _KEYS
+        ]
 
     def _make_reader(self) -> BacklogReader:
         sock = self.sock
