@@ -53,7 +53,6 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from operator import itemgetter
 from typing import NamedTuple
 
 from .netlink import (
@@ -424,15 +423,36 @@ def _fields_read(spec: Sequence) -> set[int]:
     return wanted
 
 
+class _Formats:
+    """Two struct formats over the same bytes of a message: the bytes a layout fixes (attribute
+    headers in host order, the prefix; compared as one tuple) and the values (big-endian)."""
+
+    def __init__(self) -> None:
+        self.fixed = ["="]
+        self.values = [">"]
+        self.nvalues = 0
+
+    def add(self, size: int, fixed: str | None = None, value: str | None = None, count: int = 1) -> int:
+        """``size`` bytes, read by the fixed format as ``fixed`` and by the value format as
+        ``value`` (each skips them when None); returns the index of the first value."""
+        self.fixed.append(fixed or f"{size}x")
+        self.values.append(value or f"{size}x")
+        first = self.nvalues
+        if value:
+            self.nvalues += count
+        return first
+
+
 def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET_RECORD) -> Layout | None:
     """A decoder for messages of the layout of the NFULNL_MSG_PACKET message at ``mv[start:end]``,
     giving records of ``spec``; None if the message has no layout the fast path can take
     (damaged, payload not last, unusual nesting)."""
     wanted = _fields_read(spec)
-    fmt = ["16xBxH"]  # nlmsghdr skipped; nfgenmsg family, group
-    nvals = 2
-    check: list[int] = []
-    field = {F_FAMILY: "v[0]", F_GROUP: "v[1]"}  # F_* -> its expression in the generated code
+    fm = _Formats()
+    fm.add(16)  # nlmsghdr: its length and type were read by the walk
+    field = {F_FAMILY: f"v[{fm.add(1, value='B')}]"}  # F_* -> its expression in the generated code
+    fm.add(1)  # nfgenmsg version
+    field[F_GROUP] = f"v[{fm.add(2, value='H')}]"
     names: dict[str, object] = {}
     ts = pay = pay_len = hwheader_len = None
     rel = 20
@@ -447,14 +467,11 @@ def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET
         if t == 9 and alen >= _MINLEN[9]:
             if padded + 4 <= end - start:
                 return None  # attributes after the payload: leave it to the walk
-            fmt.append("HH")
-            pay, pay_len = p, nvals
-            check.append(nvals + 1)  # the type; the length is the payload's own
-            nvals += 2
+            pay_len = fm.add(2, value="H")  # the length is the payload's own; the type is fixed
+            fm.add(2, fixed="H")
+            pay = p
             break
-        fmt.append("I")  # length and type as one word: only compared, never interpreted
-        check.append(nvals)
-        nvals += 1
+        fm.add(4, fixed="HH")  # length and type: small numbers in host order, only compared
         kind = _KIND[t] if t < _NTYPES and alen >= _MINLEN[t] else _K_SKIP
         f = _FIELD[t] if kind != _K_SKIP else -1
         if kind == _K_RAW and f == F_HWHEADER:
@@ -463,85 +480,61 @@ def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET
             kind = _K_SKIP  # nobody reads it: no value is made
         used = 0
         if kind == _K_U32:
-            fmt.append("I")
-            field[f], used = f"v[{nvals}]", 4
-            nvals += 1
+            field[f], used = f"v[{fm.add(4, value='I')}]", 4
         elif kind == _K_U16:
-            fmt.append("H")
-            field[f], used = f"v[{nvals}]", 2
-            nvals += 1
+            field[f], used = f"v[{fm.add(2, value='H')}]", 2
         elif kind == _K_HDR:
-            fmt.append("HB")
-            field[F_HW_PROTOCOL], field[F_HOOK], used = f"v[{nvals}]", f"v[{nvals + 1}]", 3
-            nvals += 2
+            i = fm.add(3, value="HB", count=2)
+            field[F_HW_PROTOCOL], field[F_HOOK], used = f"v[{i}]", f"v[{i + 1}]", 3
         elif kind == _K_TS:
-            fmt.append("QQ")
-            ts, used = nvals, 16
+            ts, used = fm.add(16, value="QQ", count=2), 16
             field[F_TIMESTAMP] = f"(v[{ts}], v[{ts + 1}])"
-            nvals += 2
         elif kind == _K_HWADDR:
             addrlen = _BE16.unpack_from(mv, start + p)[0]
-            fmt.append("H")
-            field[F_HWADDRLEN], used = f"v[{nvals}]", 2
-            check.append(nvals)  # the address's length depends on it
-            nvals += 1
+            # the address's length is fixed: the slice depends on it
+            i = fm.add(2, fixed="H", value="H" if F_HWADDRLEN in wanted else None)
+            field[F_HWADDRLEN], used = f"v[{i}]" if F_HWADDRLEN in wanted else "None", 2
             size = max(0, min(addrlen, 8, alen - 8))
             if F_HWADDR in wanted:
-                fmt.append(f"2x{size}s")
-                field[F_HWADDR], used = f"v[{nvals}]", 4 + size
-                nvals += 1
+                fm.add(2)
+                field[F_HWADDR], used = f"v[{fm.add(size, value=f'{size}s')}]", 4 + size
         elif kind == _K_PREFIX:
-            fmt.append(f"{alen - 4}s")
-            check.append(nvals)  # the text is part of the layout, decoded once
-            nvals += 1
+            fm.add(alen - 4, fixed=f"{alen - 4}s")  # the text is part of the layout, decoded once
             used = alen - 4
             names["prefix"] = str(mv[start + p : start + nxt], "utf-8", "surrogateescape").partition("\0")[0]
             field[F_PREFIX] = "prefix"
         elif kind == _K_RAW:  # its length is the layout's: bytes from the same unpack
-            fmt.append(f"{alen - 4}s")
-            field[f], used = f"v[{nvals}]", alen - 4
-            nvals += 1
+            field[f], used = f"v[{fm.add(alen - 4, value=f'{alen - 4}s')}]", alen - 4
         elif kind == _K_VLAN:
             inner = p
             while inner + 4 <= nxt:
                 ilen, itype = NLA.unpack_from(mv, start + inner)
                 if ilen < 4 or inner + ilen > nxt:
                     return None
-                fmt.append("I")
-                check.append(nvals)
-                nvals += 1
+                fm.add(4, fixed="HH")
                 iused = 0
                 if ilen >= 6 and itype & NLA_TYPE_MASK in (1, 2):
-                    fmt.append("H")
-                    field[F_VLAN_PROTO if itype & NLA_TYPE_MASK == 1 else F_VLAN_TCI] = f"v[{nvals}]"
-                    nvals += 1
-                    iused = 2
+                    vlan_field = F_VLAN_PROTO if itype & NLA_TYPE_MASK == 1 else F_VLAN_TCI
+                    field[vlan_field], iused = f"v[{fm.add(2, value='H')}]", 2
                 ipadded = (inner + ilen + 3) & ~3
-                skip = min(ipadded, nxt) - inner - 4 - iused
-                if skip:
-                    fmt.append(f"{skip}x")
+                fm.add(min(ipadded, nxt) - inner - 4 - iused)
                 inner = ipadded
             used = min(inner, nxt) - p
-        skip = min(padded, end - start) - p - used
-        if skip:
-            fmt.append(f"{skip}x")
+        fm.add(min(padded, end - start) - p - used)
         rel = padded
     else:
         if rel < end - start:  # a few trailing bytes: rare enough to leave to the walk
             return None
-    if not check:
+    fixed, values = struct.Struct("".join(fm.fixed)), struct.Struct("".join(fm.values))
+    if not fixed.size == values.size <= end - start:
         return None
-    layout = struct.Struct(">" + "".join(fmt))
-    getter = itemgetter(*check) if len(check) > 1 else (lambda v, i=check[0]: (v[i],))
-    names.update(unpack=layout.unpack_from, check=getter, expected=getter(layout.unpack_from(mv, start)))
+    names.update(fixed=fixed.unpack_from, expected=fixed.unpack_from(mv, start), unpack=values.unpack_from)
     field[F_MSG] = "mv[off:end]"
     code = [
         "def decode(mv, off, mlen, clock):",
-        f"    if mlen < {layout.size}:",
+        f"    if mlen < {values.size} or fixed(mv, off) != expected:",
         "        return None",
         "    v = unpack(mv, off)",
-        "    if check(v) != expected:",
-        "        return None",
         "    end = off + mlen",
     ]
     if pay is not None:
@@ -550,7 +543,7 @@ def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET
         code += [f"    n = v[{pay_len}]", swap, f"    a = off + {pay}", "    b = a + n - 4"]
         code += ["    if n < 4 or b > end or ((b + 3) & ~3) + 4 <= end:", "        return None"]
     else:
-        code += [f"    if ((off + {layout.size} + 3) & ~3) + 4 <= end:", "        return None"]
+        code += [f"    if ((off + {values.size} + 3) & ~3) + 4 <= end:", "        return None"]
 
     def expression(item: object) -> str:
         if type(item) is int:
