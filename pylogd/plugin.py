@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import signal as _signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -178,12 +178,19 @@ class Feed:
     """What an input sees of the stacks it feeds.
 
     The input writes its keys into ``values`` (slots 0..n-1, the same in every stack it
-    feeds), calls ``emit()`` once per event and ``flush()`` once per batch of events.
+    feeds) and calls ``emit()`` once per event, or hands all of them to ``emit_keys()``;
+    it calls ``flush()`` once per batch of events.  Every slot is None when an event begins.
     """
 
     values: list
     emit: Callable[[], None]
     flush: Callable[[], None]
+
+    def emit_keys(self, keys: Sequence) -> None:
+        """One event whose keys are ``keys``: all n of the input's values, in its key order
+        (one step for an input that has them in a sequence already)."""
+        self.values[: len(keys)] = keys
+        self.emit()
 
     def slot(self, name: str) -> int:
         raise NotImplementedError

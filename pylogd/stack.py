@@ -12,7 +12,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -363,7 +363,6 @@ class Stack:
         self.name = str(plan.number)
         self.log = log
         self.values: list = [None] * plan.size
-        self.events = 0
         self.stopped = 0
         self.errors = 0
         members = plan.instances
@@ -377,16 +376,22 @@ class Stack:
         self.runner = OutputRunner(output, self.name, log)
         self.run = self._make_run()
 
-    def _make_run(self) -> Callable[[], None]:
+    def _make_run(self) -> Callable[..., None]:
         values = self.values
         blank = [None] * len(values)
+        n_input = len(self.plan.instances[0].spec.outputs)
         filters = tuple(self.filters)
         convert = self.convert
         append = self.runner.batch.append
         stack = self
+        events = 0
 
-        def run() -> None:
-            stack.events += 1
+        def run(keys: Sequence | None = None) -> None:
+            """One event: the input's keys are in the record already, or all of them are ``keys``."""
+            nonlocal events
+            events += 1  # a closure variable: cheaper than an attribute, read by count()
+            if keys is not None:
+                values[:n_input] = keys
             try:
                 for handler in filters:
                     if handler(values) is STOP:
@@ -403,7 +408,15 @@ class Stack:
                 )
             values[:] = blank
 
+        def count() -> int:
+            return events
+
+        self._events = count
         return run
+
+    @property
+    def events(self) -> int:
+        return self._events()
 
     def _culprit(self, exc: BaseException) -> str:
         modules = {type(inst.plugin).__module__: f"{inst.id}:{inst.spec.name}" for inst in self.plan.instances}
@@ -453,9 +466,11 @@ class InputFeed(Feed):
     def _make_emit(self) -> Callable[[], None]:
         first = self.stacks[0]
         if len(self.stacks) == 1:
+            self.emit_keys = first.run
             return first.run
         n = len(self.input.spec.outputs)
         values = first.values
+        runs = [s.run for s in self.stacks]
         others = [(s.values, s.run) for s in self.stacks[1:]]
         run_first = first.run
 
@@ -466,4 +481,9 @@ class InputFeed(Feed):
                 run()
             run_first()
 
+        def emit_keys(keys: Sequence) -> None:
+            for run in runs:
+                run(keys)
+
+        self.emit_keys = emit_keys
         return emit

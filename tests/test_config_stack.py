@@ -120,21 +120,30 @@ class _Collect(list):
     pass
 
 
-def test_records_are_per_stack_and_nothing_leaks(tmp_path):
+@pytest.mark.parametrize("how", ["emit", "emit_keys"])
+def test_records_are_per_stack_and_nothing_leaks(tmp_path, how):
     topo = topology_of(tmp_path, conf_text(tmp_path))
     for inst in topo.instances.values():
         if inst.spec.kind.value == "output":
             inst.plugin.start(None)
     stacks = [Stack(plan, Logger("t")) for plan in topo.stacks]
     feed = InputFeed(topo.instances["in1"].plugin, stacks)
-    values = feed.values
     preallocated = [id(s.values) for s in stacks]
-    n_slot, text_slot, print_slot = feed.slot("test.n"), feed.slot("test.text"), feed.slot("print")
-    values[n_slot], values[text_slot], values[print_slot] = 1, "first", "p1\n"
-    feed.emit()
-    values[n_slot] = 2  # no text, no print this time: nothing of event 1 may show up
-    feed.emit()
+    names = [k.name for k in topo.instances["in1"].plugin.spec.outputs]
+
+    def event(**keys: object) -> None:
+        keys = {name.replace("_", "."): value for name, value in keys.items()}
+        if how == "emit":  # the input writes its slots
+            for name, value in keys.items():
+                feed.values[feed.slot(name)] = value
+            feed.emit()
+        else:  # the input hands over all its keys at once
+            feed.emit_keys(tuple(keys.get(name) for name in names))
+
+    event(test_n=1, test_text="first", print="p1\n")
+    event(test_n=2)  # no text, no print this time: nothing of event 1 may show up
     feed.flush()
+    assert [s.events for s in stacks] == [2, 2]
     assert [id(s.values) for s in stacks] == preallocated
     assert all(v is None for s in stacks for v in s.values)
     cap_lines = (tmp_path / "cap.json").read_text().splitlines()

@@ -255,17 +255,11 @@ class Nflog(Input):
         sock = self.sock
         assert sock is not None
         feed = self.feed
-        values, emit, flush = feed.values, feed.emit, feed.flush
-        n = len(_OUTPUTS)
-        assert [feed.slot(k.name) for k in _OUTPUTS] == list(range(n))  # the input's keys come first
-        drain = sock.drain
-
-        def on_packet(rec: tuple) -> None:
-            values[:n] = rec  # the socket's record is this plugin's keys, in order
-            emit()
+        assert [feed.slot(k.name) for k in _OUTPUTS] == list(range(len(_OUTPUTS)))  # the input's keys come first
+        drain, emit_keys, flush = sock.drain, feed.emit_keys, feed.flush
 
         def work() -> int:
-            handled = drain(on_packet)
+            handled = drain(emit_keys)  # the socket's records are this plugin's keys, in order
             flush()
             if (sock.enobufs, sock.truncated, sock.errors) != self._reported:
                 self._report()
