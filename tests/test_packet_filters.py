@@ -566,6 +566,28 @@ def test_printpkt_loopback() -> None:
     assert line == "LO  IN=lo OUT= " + LOGEMU_LOOPBACK6_TAIL
 
 
+def test_printpkt_line_starts_are_remembered_but_never_mixed_up() -> None:
+    """One handler over many events (the start of the line is cached by prefix, interfaces and
+    header) prints what a fresh handler prints for each, memoryview headers included."""
+    run = FilterRun(PrintPkt)
+    events = []
+    for prefix, inname, mac, maclen in [
+        ("LO ", "lo", bytes(12) + b"\x08\x00", 14),
+        ("LO ", "lo", bytes(range(12)) + b"\x08\x00", 14),
+        ("LO ", "lo", bytes(range(12)) + b"\x08\x00", 6),  # a shorter mac_len cuts the header
+        ("LO ", "eth0", bytes(range(12)) + b"\x08\x00", 14),
+        ("other ", "lo", bytes(12) + b"\x08\x00", 14),
+        (None, "lo", None, None),
+        ("LO ", "lo", memoryview(bytearray(range(14))), 14),  # from the attribute walk: not hashable
+    ]:
+        keys = loopback_v4()
+        keys.update({"oob.prefix": prefix, "oob.in": inname, "raw.mac": mac, "raw.mac_len": maclen})
+        events.append(keys)
+    for keys in events * 2:
+        assert run(keys)["print"] == run_filter(PrintPkt, keys)["print"]
+    assert run(events[2])["print"].startswith("LO  IN=lo OUT= MAC=00:01:02:03:04:05 SRC=")
+
+
 # the crafted packets of reference 9.1 (rule prefix "X "), sent from 10.77.0.2 to 10.77.0.1
 CRAFTED_HEAD = "X  IN=rsva OUT= MAC=a6:0c:a2:bf:78:26:42:69:33:72:3a:73:08:00 SRC=10.77.0.2 DST=10.77.0.1 "
 

@@ -243,15 +243,33 @@ class PrintPkt(Filter):
                 return arp(v)
             return f"PROTO={ethertype} "
 
-        def printpkt(v: list) -> None:
-            prefix, inname, outname, mac, family = v[i_prefix], v[i_in], v[i_out], v[i_mac], v[i_family]
+        def head_of(prefix: str | None, inname: str | None, outname: str | None, mac: Any, maclen: Any) -> str:
             if mac is None:
                 mac = ""
             else:
-                maclen = v[i_maclen]
                 if maclen is not None and maclen != len(mac):
                     mac = mac[:maclen]
                 mac = mac.hex(":")
+            return (
+                f"{f'{prefix} ' if prefix is not None else ''}"
+                f"{f'IN={inname} OUT={outname} ' if inname is not None and outname is not None else ''}MAC={mac} "
+            )
+
+        # the start of the line repeats: one rule, one pair of interfaces, one pair of hosts on the link
+        heads: dict[tuple, str] = {}
+
+        def printpkt(v: list) -> None:
+            prefix, inname, outname, mac, maclen = v[i_prefix], v[i_in], v[i_out], v[i_mac], v[i_maclen]
+            if type(mac) is memoryview:  # not hashable: no cache
+                head = head_of(prefix, inname, outname, mac, maclen)
+            else:
+                key = (prefix, inname, outname, mac, maclen)
+                head = heads.get(key)
+                if head is None:
+                    if len(heads) >= 1024:
+                        heads.clear()
+                    head = heads[key] = head_of(prefix, inname, outname, mac, maclen)
+            family = v[i_family]
             if family == 2:
                 body = ipv4(v)
             elif family == 10:
@@ -266,9 +284,7 @@ class PrintPkt(Filter):
             gid = v[i_gid] if has_gid else None
             mark = v[i_mark]
             v[o_print] = (
-                f"{f'{prefix} ' if prefix is not None else ''}"
-                f"{f'IN={inname} OUT={outname} ' if inname is not None and outname is not None else ''}"
-                f"MAC={mac} {body}{f'UID={uid} ' if uid is not None else ''}{f'GID={gid} ' if gid is not None else ''}"
+                f"{head}{body}{f'UID={uid} ' if uid is not None else ''}{f'GID={gid} ' if gid is not None else ''}"
                 f"{('MARK=0x0 ' if mark == 0 else f'MARK=0x{mark:x} ') if mark is not None else ''}\n"
             )
 
