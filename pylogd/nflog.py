@@ -443,6 +443,11 @@ class _Formats:
         return first
 
 
+def _no_layout(mv: memoryview, off: int, mlen: int, clock: tuple[int, int]) -> None:
+    """The layout a socket tries before it has learnt one: it fits no message."""
+    return None
+
+
 def compile_layout(mv: memoryview, start: int, end: int, spec: Sequence = PACKET_RECORD) -> Layout | None:
     """A decoder for messages of the layout of the NFULNL_MSG_PACKET message at ``mv[start:end]``,
     giving records of ``spec``; None if the message has no layout the fast path can take
@@ -724,7 +729,7 @@ class NflogSocket(NetlinkSocket):
         self._identity = self.record == PACKET_RECORD
         self._seq_at = self.record.index(F_SEQ) if F_SEQ in self.record else None
         self._layouts: dict[bytes, list[Layout]] = {}
-        self._last: Layout | None = None  # the layout of the previous message: a burst is mostly one
+        self._last: Layout = _no_layout  # the layout of the previous message: a burst is mostly one
         self._compiles = _COMPILES_PER_DRAIN
         self._raced: deque[bytes] = deque()
         self._seq = int(time.time()) & 0xFFFF
@@ -900,7 +905,7 @@ class NflogSocket(NetlinkSocket):
 
     def _walk(self, mv: memoryview, start: int, stop: int, on_packet: Callable[[Sequence], object]) -> int:
         """Handle the messages of the datagram at ``mv[start:stop]``; returns how many there were."""
-        unpack_hdr = NLMSG.unpack_from
+        unpack_hdr, packet = NLMSG.unpack_from, NFULNL_MSG_PACKET
         decode, seq_at = self._last, self._seq_at
         clock = divmod(self.arrived // 1000, 1_000_000)
         expect, lost = self._expect, self.lost
@@ -913,8 +918,8 @@ class NflogSocket(NetlinkSocket):
                 self.truncated += 1
                 break
             count += 1
-            if mtype == NFULNL_MSG_PACKET and mlen >= 20:
-                rec = decode(mv, off, mlen, clock) if decode is not None else None
+            if mtype == packet and mlen >= 20:
+                rec = decode(mv, off, mlen, clock)
                 if rec is None:
                     rec, decode = self._decode_other(mv, off, end, clock, decode)
                 if seq_at is not None:
@@ -938,9 +943,7 @@ class NflogSocket(NetlinkSocket):
         self.received += packets
         return count
 
-    def _decode_other(
-        self, mv: memoryview, off: int, end: int, clock: tuple[int, int], previous: Layout | None
-    ) -> tuple:
+    def _decode_other(self, mv: memoryview, off: int, end: int, clock: tuple[int, int], previous: Layout) -> tuple:
         """Decode a message the ``previous`` message's layout does not fit: with a known layout of
         the same start, else by walking its attributes (and learning its layout).  Returns the
         record and the layout to try first on the next message."""

@@ -187,8 +187,8 @@ class Feed:
     flush: Callable[[], None]
 
     def emit_keys(self, keys: Sequence) -> None:
-        """One event whose keys are ``keys``: all n of the input's values, in its key order
-        (one step for an input that has them in a sequence already)."""
+        """One event whose keys are ``keys``: the input's first len(keys) values in its key order,
+        the others None (one step for an input that has them in a sequence already)."""
         self.values[: len(keys)] = keys
         self.emit()
 

@@ -379,7 +379,6 @@ class Stack:
     def _make_run(self) -> Callable[..., None]:
         values = self.values
         blank = [None] * len(values)
-        n_input = len(self.plan.instances[0].spec.outputs)
         filters = tuple(self.filters)
         convert = self.convert
         append = self.runner.batch.append
@@ -387,11 +386,12 @@ class Stack:
         events = 0
 
         def run(keys: Sequence | None = None) -> None:
-            """One event: the input's keys are in the record already, or all of them are ``keys``."""
+            """One event: the input's keys are in the record already, or they are ``keys`` (the
+            first len(keys) of them; the others stay None)."""
             nonlocal events
             events += 1  # a closure variable: cheaper than an attribute, read by count()
             if keys is not None:
-                values[:n_input] = keys
+                values[: len(keys)] = keys
             try:
                 for handler in filters:
                     if handler(values) is STOP:

@@ -241,15 +241,18 @@ class Nflog(Input):
 
     def _record(self) -> list:
         """The socket's record spec: the keys in order, None for those no plugin reads (making a
-        memoryview for raw.mac.saddr or raw costs more than most filters).  The sequence number
-        stays: the socket counts losses from it."""
+        memoryview for raw.mac.saddr or raw costs more than most filters), and none after the
+        last one read.  The sequence number stays: the socket counts losses from it."""
         feed, options = self.feed, self.options
-        return [
+        record = [
             (Const(options[source]) if type(source) is str else source)
             if feed.used(k.name) or k.name == "oob.seq.local"
             else Const(None)
             for k, source in _KEYS
         ]
+        while record and record[-1] == Const(None):  # emit_keys leaves the keys after the record None
+            record.pop()
+        return record
 
     def _make_reader(self) -> BacklogReader:
         sock = self.sock
