@@ -349,7 +349,7 @@ class Derived(enum.Enum):
 #: None when absent), :class:`Const`, :class:`Default`, :class:`WithHwHeader` or
 #: :class:`Derived` members.  This one is the plain decoded packet, :class:`Packet`'s order.
 PACKET_RECORD: tuple = tuple(range(NFIELDS))
-PACKET_RECORD_BLANK = (None,) * NFIELDS
+_BLANK_RECORD = (None,) * NFIELDS
 
 
 def project(rec: Sequence, spec: Sequence, clock: tuple[int, int]) -> tuple:
@@ -387,10 +387,10 @@ def project(rec: Sequence, spec: Sequence, clock: tuple[int, int]) -> tuple:
 #
 # Messages logged by one rule for one kind of packet have the same attributes with the same
 # lengths in the same order; only the values and the payload (always last) change.  For each
-# such layout one big-endian Struct reads every attribute header and fixed-size value in a
-# single call; a message takes the fast path only if its headers equal the layout's (checked
-# in one tuple comparison), so it decodes exactly as parse_attributes() would.  Anything
-# else -- a new layout, damage, a nested attribute out of the ordinary -- takes the walk.
+# such layout one Struct reads every attribute header (and the prefix) and another every
+# fixed-size value; a message takes the fast path only if its headers equal the layout's
+# (checked in one tuple comparison), so it decodes exactly as parse_attributes() would.
+# Anything else -- a new layout, damage, a nested attribute out of the ordinary -- takes the walk.
 #
 # A layout becomes a small generated function that builds the record of a record spec in one
 # tuple display: every field's place in the message is known when the layout is compiled, so
@@ -402,7 +402,6 @@ _LAYOUT_KEY = 12  # bytes after nfgenmsg that select the candidate layouts: pack
 _LAYOUTS_PER_KEY = 4
 _LAYOUTS_MAX = 256
 _COMPILES_PER_DRAIN = 8  # bounds the cost of learning when every message looks different
-_RAW_SLICE = (F_PAYLOAD, F_HWHEADER, F_L2HDR, F_CT)
 
 #: a compiled layout: decode(mv, off, mlen, clock) -> the record, or None if the message does not fit
 Layout = Callable[[memoryview, int, int, tuple[int, int]], "tuple | None"]
@@ -957,7 +956,7 @@ class NflogSocket(NetlinkSocket):
                 if rec is not None:
                     return rec, layout
         rec = self._rec
-        rec[:] = PACKET_RECORD_BLANK
+        rec[:] = _BLANK_RECORD
         rec[F_FAMILY], rec[F_GROUP] = _NFGEN.unpack_from(mv, off + 16)
         parse_attributes(mv, off + 20, end, rec)
         rec[F_MSG] = mv[off:end]

@@ -1,4 +1,4 @@
-"""pylogd.files.write_all: one write per batch, nothing lost or repeated when a write fails."""
+"""Text files: write_all loses or repeats nothing when a write fails; LOGEMU's line bytes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import errno
 import os
 
 import pytest
+from pylogd.plugins.outputs.logemu import LogEmu
 
 from pylogd import files
+from pylogd.log import Logger
+from pylogd.plugin import Slots
 
 
 def test_a_failed_write_keeps_exactly_what_did_not_go_out(tmp_path, monkeypatch) -> None:
@@ -33,3 +36,12 @@ def test_a_failed_write_keeps_exactly_what_did_not_go_out(tmp_path, monkeypatch)
     files.write_all(fd, kept)  # the retry
     os.close(fd)
     assert path.read_bytes() == expected
+
+
+def test_logemu_line_bytes_keep_undecodable_prefix_bytes() -> None:
+    """A prefix that is not UTF-8 reaches PRINTPKT as surrogate escapes; LOGEMU writes the bytes back."""
+    plugin = LogEmu("emu1", {o.name: o.default for o in LogEmu.spec.options}, Logger("emu1"))
+    plugin.hostname = "fw"
+    convert = plugin.handler(Slots({"print": 0, "oob.time.sec": 1}, {}, size=2))
+    assert convert(["plain\n", 0]).endswith(b" fw plain\n")
+    assert convert(["caf\u00e9 \udcff\n", 0]).endswith(b" fw caf\xc3\xa9 \xff\n")

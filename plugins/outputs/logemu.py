@@ -50,6 +50,10 @@ class LogEmu(FileOutput):
                 sec = int(now())
             if sec != cache[0]:
                 cache[0], cache[1] = sec, strftime("%b %e %H:%M:%S", localtime(sec)) + host
-            return (cache[1] + line).encode("utf-8", "surrogateescape")
+            text = cache[1] + line
+            try:
+                return text.encode()  # without arguments: measurably faster
+            except UnicodeEncodeError:  # a prefix that was not UTF-8, kept as surrogate escapes
+                return text.encode("utf-8", "surrogateescape")
 
         return convert
