@@ -29,35 +29,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from packet_path import GROUP, PORT, make_namespace, sh  # noqa: E402  (bench/ is the script's directory)
+
 from pylogd.config import parse_ini  # noqa: E402
 from pylogd.daemon import Daemon  # noqa: E402
 from pylogd.log import Logger  # noqa: E402
+from pylogd.netlink import iter_messages, netns_context  # noqa: E402
+from pylogd.nflog import NFULNL_MSG_PACKET, NflogSocket  # noqa: E402
 from pylogd.registry import Registry  # noqa: E402
 from pylogd.stack import build  # noqa: E402
 
-GROUP = 7
-PORT = 9999
 NS = f"pylogd-replay-{os.getpid()}"
 DEFAULT_STACK = "log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU"
 
 
-def sh(*cmd: str, stdin: str | None = None) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, text=True, input=stdin)
-
-
 def capture(packets: int) -> list[bytes]:
     """Datagrams nfnetlink_log sends for ``packets`` UDP datagrams logged on the input hook."""
-    from pylogd.netlink import netns_context
-    from pylogd.nflog import NflogSocket
-
-    sh("ip", "netns", "add", NS)
     try:
-        sh("ip", "-n", NS, "link", "set", "lo", "up")
-        rules = (
-            "table inet t {\n chain i {\n  type filter hook input priority 0;\n"
-            f"  udp dport {PORT} log group {GROUP}\n }}\n}}\n"
-        )
-        sh("ip", "netns", "exec", NS, "nft", "-f", "-", stdin=rules)
+        make_namespace(NS, (PORT,))
         sock = NflogSocket(GROUP, netns=NS, rcvbuf=64 << 20, nlbufsiz=65536)
         raw = sock._sock
         raw.setblocking(True)
@@ -82,9 +71,6 @@ def capture(packets: int) -> list[bytes]:
 
 
 def count_packets(datagrams: list[bytes]) -> int:
-    from pylogd.netlink import iter_messages
-    from pylogd.nflog import NFULNL_MSG_PACKET
-
     return sum(
         1 for d in datagrams for mtype, _f, _s, _e in iter_messages(memoryview(d), len(d)) if mtype == NFULNL_MSG_PACKET
     )

@@ -126,6 +126,17 @@ def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
+def make_namespace(ns: str, ports: tuple[int, ...]) -> None:
+    """A network namespace whose input hook logs UDP datagrams to ``ports`` to NFLOG group GROUP."""
+    sh("ip", "netns", "add", ns)
+    sh("ip", "-n", ns, "link", "set", "lo", "up")
+    rules = (
+        "table inet bench {\n chain input {\n  type filter hook input priority 0;\n"
+        f"  udp dport {{ {', '.join(map(str, ports))} }} log group {GROUP}\n }}\n}}\n"
+    )
+    sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
+
+
 def run_one(ns: str, daemon: str, config: str, opts: dict, packets: int, rate: float, tmp: Path, run: int) -> Result:
     name = f"{daemon}-{config.replace(' ', '_').replace('=', '')}-{run}"  # each run its own files
     conf = tmp / f"{name}.conf"
@@ -258,15 +269,9 @@ def main() -> int:
         print("needs root, nft and ip (apt-get install nftables iproute2)", file=sys.stderr)
         return 1
     ns = f"pylogd-bench-{os.getpid()}"
-    sh("ip", "netns", "add", ns)
     results: list[Result] = []
     try:
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        rules = (
-            "table inet bench {\n chain input {\n  type filter hook input priority 0;\n"
-            f"  udp dport {{ {PROBE_PORT}, {PORT} }} log group {GROUP}\n }}\n}}\n"
-        )
-        sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
+        make_namespace(ns, (PROBE_PORT, PORT))
         with tempfile.TemporaryDirectory(prefix="pylogd-bench-") as tmpdir:
             tmp = Path(tmpdir)
             if args.soak:
