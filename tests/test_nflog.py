@@ -449,7 +449,7 @@ def nla_bytes(atype: int, payload: bytes) -> bytes:
 
 
 def synthetic_message(
-    mark: int = 0xDEADBEEF, seq: int = 77, payload: bytes = b"\x45" + bytes(27)
+    mark: int = 0xDEADBEEF, seq: int = 77, payload: bytes = b"\x45" + bytes(27), prefix: str = "ALL "
 ) -> tuple[bytes, dict]:
     """Every NFLOG attribute, encoded here independently of pylogd's decoder."""
     want = {
@@ -466,7 +466,7 @@ def synthetic_message(
         "hwaddr": bytes.fromhex("0a0b0c0d0e0f"),
         "hwaddrlen": 6,
         "payload": payload,
-        "prefix": "ALL ",
+        "prefix": prefix,
         "uid": 1000,
         "gid": 100,
         "seq": seq,
@@ -483,7 +483,7 @@ def synthetic_message(
     attrs = b"".join(
         [
             nla_bytes(1, struct.pack(">HBx", want["hw_protocol"], want["hook"])),
-            nla_bytes(10, b"ALL \0"),
+            nla_bytes(10, prefix.encode() + b"\0"),
             nla_bytes(4, struct.pack(">I", 3)),
             nla_bytes(5, struct.pack(">I", 4)),
             nla_bytes(6, struct.pack(">I", 5)),
@@ -690,6 +690,24 @@ def test_receive_path_survives_garbage_datagrams(netns: Netns) -> None:
         feed()
         assert sock.received == len(seen)
         assert sock.truncated > 0  # some of the damage was noticed
+
+
+def test_layout_churn_is_learnt_at_a_bounded_rate_and_decodes_like_the_walk(netns: Netns) -> None:
+    """More layouts than the cache holds, in turns (one rule per prefix): every record is still the
+    walk's, and no more layouts are compiled than the budget allows."""
+    msgs = [synthetic_message(prefix=f"RULE{i:03d} ")[0] for i in range(120)]  # one key, 120 layouts
+    got: list[Packet] = []
+    sock = NflogSocket(G, netns=netns.name)
+    with sock:
+        start = time.monotonic()
+        for _ in range(3):
+            sock._raced.extend(msgs)  # the path datagrams that race an ACK take: the same walker
+            while sock._raced:
+                sock.drain(lambda rec: got.append(owned(rec)))
+        elapsed = time.monotonic() - start
+    assert got == [walked(m) for m in msgs] * 3
+    assert 0 < sock.compiled <= 50 * (int(elapsed) + 1)  # _COMPILES_PER_SECOND
+    assert sock.slow >= len(got) - 2 * 8  # only the 8 layouts a key keeps are found again
 
 
 # ---------------------------------------------------------------------------------------------
