@@ -449,7 +449,7 @@ class InputFeed(Feed):
         # the input's keys are at the same slots in every stack it feeds
         self._read = set().union(*(s.plan.reads() for s in stacks))
         runners = [s.runner for s in stacks]
-        self.emit = self._make_emit()
+        self.emit, self.emit_keys = self._make_emits()
 
         def flush() -> None:
             for r in runners:
@@ -463,27 +463,24 @@ class InputFeed(Feed):
     def used(self, name: str) -> bool:
         return self._slots[name] in self._read
 
-    def _make_emit(self) -> Callable[[], None]:
+    def _make_emits(self) -> tuple[Callable[[], None], Callable[[Sequence], None]]:
+        """emit() and emit_keys() for the stacks of this input."""
         first = self.stacks[0]
         if len(self.stacks) == 1:
-            self.emit_keys = first.run
-            return first.run
+            return first.run, first.run
         n = len(self.input.spec.outputs)
-        values = first.values
+        values, run_first = first.values, first.run
         runs = [s.run for s in self.stacks]
-        others = [(s.values, s.run) for s in self.stacks[1:]]
-        run_first = first.run
+        others = runs[1:]
 
         def emit() -> None:
-            keys = values[:n]
-            for record, run in others:
-                record[:n] = keys
-                run()
+            keys = values[:n]  # the first stack's record holds what the input wrote
+            for run in others:
+                run(keys)
             run_first()
 
         def emit_keys(keys: Sequence) -> None:
             for run in runs:
                 run(keys)
 
-        self.emit_keys = emit_keys
-        return emit
+        return emit, emit_keys
