@@ -163,6 +163,8 @@ class Filter(Plugin):
 class Output(Plugin):
     #: an output that can block (network, database) runs its writes in a worker thread
     blocking: ClassVar[bool] = False
+    #: an entry's size in bytes, for the bound on what may wait while writes fail (bytes and str: len)
+    entry_size: ClassVar[Callable[[Any], int]] = len
 
     def handler(self, slots: Slots) -> Callable[[list], Any]:
         """Return the per-event callable for one stack: it turns the record into an entry

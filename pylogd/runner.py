@@ -1,131 +1,272 @@
-"""Writing a stack's entries: batches, retries on failure, a worker thread for outputs that block."""
+"""Writing a stack's entries: batches, a bounded backlog while writes fail, a worker thread for outputs that block.
+
+While the output works, each socket drain's batch is written in one call and nothing else
+happens.  When a write fails (a full disk, a server that went away) what did not go out
+waits in a backlog, oldest first, and later batches join it without any write being tried;
+the backlog is written again after a back-off (exponential with jitter, capped), in chunks,
+so a retry costs one chunk and not a copy of everything that waits.  The backlog is bounded
+in entries and in bytes: past that, new entries are dropped whole (never a part of one),
+counted, and logged at most every few seconds with their count.
+"""
 
 from __future__ import annotations
 
-import queue
+import collections
+import itertools
+import random
 import threading
 import time
 
 from .log import ERROR, Logger
 from .plugin import Output
 
+#: entries per write while the backlog is worked off: one retry of a full disk costs about this much
+CHUNK = 4096
+#: what one waiting entry costs besides its bytes (the object and its place in the backlog)
+ENTRY_OVERHEAD = 48
+#: how often drops are logged (with how many there were since the last such line)
+DROP_LOG_SECONDS = 10.0
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1048576:.1f} MiB"
+
 
 class OutputRunner:
     """Collects one stack's entries for its output and writes them once per batch.
 
-    A failed write keeps the batch and is retried (a full disk, a database that is
-    down): nothing already accepted is lost until ``max_pending`` entries wait, and
-    every entry dropped past that is counted.  A blocking output writes from a worker
-    thread so that it never stalls the netlink reader.
+    ``written + dropped + pending()`` is every entry the stack accepted.
     """
 
-    def __init__(self, output: Output, stack_name: str, log: Logger, max_pending: int = 200_000) -> None:
+    #: back-off between two tries of a failing output
+    MIN_DELAY = 0.25
+    MAX_DELAY = 5.0
+
+    def __init__(
+        self,
+        output: Output,
+        stack_name: str,
+        log: Logger,
+        max_pending: int = 200_000,
+        max_pending_bytes: int = 64 << 20,
+    ) -> None:
         self.output = output
         self.stack_name = stack_name
         self.log = log
         self.max_pending = max_pending
-        self.batch: list = []
+        self.max_pending_bytes = max_pending_bytes
+        self.batch: list = []  # the stack appends an entry per event; flush() hands it on
         self.written = 0
         self.dropped = 0
         self.write_errors = 0
-        self._retry: list = []  # entries whose write failed, oldest first
-        self._queue: queue.Queue | None = None
+        self._size = output.entry_size
+        self._backlog: collections.deque = collections.deque()
+        self._backlog_bytes = 0
+        self._lock = threading.Lock()  # the backlog, with a worker thread
+        self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
-        self._queued = 0
-        self._lock = threading.Lock()
+        self._closing = False  # close(): the worker writes what waits, then ends
+        self._abandon = False  # close() gave up: the worker ends now
+        self._delay = self.MIN_DELAY
+        self._next_try = 0.0
+        self._failing_since: float | None = None
+        self._last_error = ""
+        self._drops_unlogged = 0
+        self._drop_logged_at = -1e9
+
+    @property
+    def name(self) -> str:
+        return f"stack {self.stack_name} ({self.output.id}:{self.output.spec.name})"
 
     def start(self) -> None:
         if self.output.blocking:
-            self._queue = queue.Queue()
             self._thread = threading.Thread(target=self._worker, name=f"output-{self.output.id}", daemon=True)
             self._thread.start()
 
     def pending(self) -> int:
-        return len(self.batch) + len(self._retry) + self._queued
+        return len(self.batch) + len(self._backlog)
+
+    def pending_bytes(self) -> int:
+        return self._backlog_bytes
+
+    # -- the event loop's side ----------------------------------------------------------------
 
     def flush(self) -> None:
-        if not self.batch and not self._retry:
+        """Hand on this drain's batch: write it now, or queue it behind what waits."""
+        batch = self.batch
+        if not batch:
             return
-        if self._queue is not None:
-            with self._lock:
-                room = self.max_pending - self._queued
-                take = self.batch if len(self.batch) <= room else self.batch[: max(room, 0)]
-                self.dropped += len(self.batch) - len(take)
-                self._queued += len(take)
-            if take:
-                self._queue.put(list(take))
-            self.batch.clear()
+        if self._thread is not None:
+            with self._wake:
+                self._accept(batch)
+                self._wake.notify()
+            batch.clear()
             return
-        work = self._retry + self.batch if self._retry else self.batch
+        if self._backlog:
+            self._accept(batch)
+            batch.clear()
+            self.retry()
+            return
+        n = len(batch)
         try:
-            self.output.write(work)
+            self.output.write(batch)
         except Exception as exc:
-            self.write_errors += 1
-            self._keep(work, exc)
+            self.written += n - len(batch)  # the output removed what it wrote whole
+            self._accept(batch)
+            self._failed(exc)
         else:
-            self.written += len(work)
-            self._retry = []
-        self.batch.clear()
+            self.written += n
+        batch.clear()
 
-    def _keep(self, work: list, exc: Exception) -> None:
-        overflow = len(work) - self.max_pending
-        if overflow > 0:
-            self.dropped += overflow
-            work = work[overflow:]
-        self._retry = list(work)
+    def retry(self) -> None:
+        """Write what waits if the back-off allows (the daemon's timer calls this)."""
+        if self._thread is None and self._backlog and time.monotonic() >= self._next_try:
+            self._work_off()
+
+    def close(self, deadline: float) -> None:
+        """Write everything accepted, trying until ``deadline`` (monotonic); what is left then is dropped."""
+        self.flush()
+        if self._thread is not None:
+            with self._wake:
+                self._closing = True
+                self._next_try = 0.0
+                self._wake.notify()
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+            if self._thread.is_alive():
+                with self._wake:
+                    self._abandon = True
+                    self._wake.notify()
+                self._thread.join(5)
+        else:
+            self._next_try = 0.0
+            while self._backlog and not self._work_off() and self._next_try < deadline:
+                time.sleep(max(0.0, self._next_try - time.monotonic()))
+        with self._lock:
+            left = len(self._backlog)
+            if left:
+                self._backlog.clear()
+                self._backlog_bytes = 0
+                self.dropped += left
+                self.log.error(f"{self.name}: {left} entries could not be written at exit ({self._last_error})")
+        self._log_drops(force=True)
+
+    # -- the backlog --------------------------------------------------------------------------
+
+    def _accept(self, entries: list) -> None:
+        """Queue ``entries`` behind the backlog, within its bounds (the lock is held with a worker)."""
+        backlog, size = self._backlog, self._size
+        room = self.max_pending - len(backlog)
+        take = entries if len(entries) <= room else entries[: max(room, 0)]
+        nbytes = sum(map(size, take)) + ENTRY_OVERHEAD * len(take)
+        if self._backlog_bytes + nbytes > self.max_pending_bytes:
+            # find the cut entry by entry: this is the overflowing case only
+            budget, count = self.max_pending_bytes - self._backlog_bytes, 0
+            nbytes = 0
+            for entry in take:
+                cost = size(entry) + ENTRY_OVERHEAD
+                if nbytes + cost > budget:
+                    break
+                nbytes += cost
+                count += 1
+            take = take[:count]
+        backlog.extend(take)
+        self._backlog_bytes += nbytes
+        lost = len(entries) - len(take)
+        if lost:
+            self.dropped += lost
+            self._drops_unlogged += lost
+            self._log_drops()
+
+    def _work_off(self) -> bool:
+        """Write the backlog chunk by chunk; False when a write failed (the back-off is set then)."""
+        backlog, size, lock = self._backlog, self._size, self._lock
+        while True:
+            with lock:
+                if not backlog or self._abandon:
+                    break
+                chunk = list(itertools.islice(backlog, CHUNK))
+                head = chunk[0]
+            n = len(chunk)
+            try:
+                self.output.write(chunk)
+            except Exception as exc:
+                with lock:
+                    self._remove(n - len(chunk))
+                    if chunk and chunk[0] is not head:  # the output wrote part of the first entry
+                        self._backlog_bytes += size(chunk[0]) - size(backlog[0])
+                        backlog[0] = chunk[0]
+                self._failed(exc)
+                return False
+            with lock:
+                self._remove(n)
+        if not self._abandon:
+            self._recovered()
+        return True
+
+    def _remove(self, n: int) -> None:
+        backlog, size = self._backlog, self._size
+        nbytes = 0
+        for _ in range(n):
+            nbytes += size(backlog.popleft()) + ENTRY_OVERHEAD
+        self._backlog_bytes -= nbytes
+        self.written += n
+
+    def _failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self.write_errors += 1
+        self._last_error = str(exc) or repr(exc)
+        if self._failing_since is None:
+            self._failing_since = now
+            self._delay = self.MIN_DELAY
+        wait = self._delay * random.uniform(0.75, 1.25)
+        self._next_try = now + wait
+        self._delay = min(self._delay * 2, self.MAX_DELAY)
         self.log.every(
             10,
             ERROR,
             "write",
-            f"stack {self.stack_name}: writing {len(work)} entries failed ({exc}); keeping them for a retry",
+            f"{self.name}: write failed ({self._last_error}); {len(self._backlog)} entries "
+            f"({_mib(self._backlog_bytes)}) wait, next try in {wait:.1f} s",
         )
 
+    def _recovered(self) -> None:
+        if self._failing_since is None:
+            return
+        outage = time.monotonic() - self._failing_since
+        self._failing_since = None
+        self._delay = self.MIN_DELAY
+        self._log_drops(force=True)
+        self.log.notice(f"{self.name}: writing again after {outage:.1f} s; every waiting entry is written")
+
+    def _log_drops(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._drops_unlogged or (not force and now - self._drop_logged_at < DROP_LOG_SECONDS):
+            return
+        self.log.error(
+            f"{self.name}: dropped {self._drops_unlogged} new entries: the backlog is full "
+            f"({len(self._backlog)} entries, {_mib(self._backlog_bytes)}; limits {self.max_pending} entries, "
+            f"{_mib(self.max_pending_bytes)}) while writes fail ({self._last_error}); "
+            f"{self.dropped} dropped since start"
+        )
+        self._drops_unlogged = 0
+        self._drop_logged_at = now
+
+    # -- the worker thread of a blocking output -----------------------------------------------
+
     def _worker(self) -> None:
-        assert self._queue is not None
-        delay = 0.5
+        wake = self._wake
         while True:
-            work = self._queue.get()
-            if work is None:
-                return
-            while True:
-                try:
-                    self.output.write(work)
-                except Exception as exc:
-                    self.write_errors += 1
-                    self.log.every(
-                        10,
-                        ERROR,
-                        "write",
-                        f"stack {self.stack_name}: writing {len(work)} entries failed ({exc}); retrying",
-                    )
-                    if self._stopping:
-                        with self._lock:
-                            self.dropped += len(work)
-                            self._queued -= len(work)
-                        break
-                    time.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-                    continue
-                delay = 0.5
-                with self._lock:
-                    self.written += len(work)
-                    self._queued -= len(work)
-                break
-
-    _stopping = False
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Write what is left; a blocking output gets ``timeout`` seconds to drain."""
-        self.flush()
-        if self._queue is not None and self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                self._stopping = True
-                self._thread.join(5)
-        elif self._retry:
-            self.flush()
-            if self._retry:
-                self.dropped += len(self._retry)
-                self.log.error(f"stack {self.stack_name}: {len(self._retry)} entries could not be written at exit")
-                self._retry = []
+            with wake:
+                while not self._abandon:
+                    if self._backlog:
+                        wait = self._next_try - time.monotonic()
+                        if wait <= 0:
+                            break
+                        wake.wait(wait)
+                    elif self._closing:
+                        return
+                    else:
+                        wake.wait()
+                if self._abandon:
+                    return
+            self._work_off()
