@@ -1,8 +1,8 @@
 """One event loop over input sockets, timers and signals.
 
-Signals are turned into bytes on a wake-up socket by the interpreter's C-level
-handler; the loop reads them and runs the registered callbacks like any other
-event, so no work ever happens inside a signal handler.
+A signal marks itself pending and wakes the loop through a socket; the loop runs
+the registered callbacks like any other event, so no work ever happens inside a
+signal handler, and no signal is lost behind a storm of others.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class EventLoop:
         self._timers: list[tuple[float, int, Timer]] = []
         self._counter = itertools.count()
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
+        self._pending_signals: dict[int, bool] = {}
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self.running = False
@@ -65,26 +66,43 @@ class EventLoop:
         return timer
 
     def add_signal(self, signum: int, callback: Callable[[int], None]) -> None:
+        """Run ``callback(signum)`` from the loop after ``signum`` arrives.
+
+        Signals are state, not a stream: the handler only marks the signal pending, so a storm
+        of one signal costs one callback and never hides another (the wake-up socket may fill up
+        and lose bytes; it only wakes the loop).  The order of :meth:`add_signal` calls is the
+        order pending signals are handled in: register the terminating ones first.
+        """
         if self._wake_r is None:
             self._wake_r, self._wake_w = socket.socketpair()
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
+            # the C-level handler writes the wake-up byte from whichever thread the signal hits
             signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
             self.add_reader(self._wake_r.fileno(), self._read_signals)
         self._signal_handlers[signum] = callback
-        # the Python-level handler does nothing: the wake-up byte carries the signal to the loop
-        signal.signal(signum, lambda *_: None)
+        pending = self._pending_signals
+
+        def mark(signo: int, _frame: object) -> None:
+            pending[signo] = True
+
+        signal.signal(signum, mark)
 
     def _read_signals(self) -> None:
         assert self._wake_r is not None
         try:
-            data = self._wake_r.recv(512)
+            while self._wake_r.recv(4096):
+                pass
         except BlockingIOError:
-            return
-        for signum in data:
-            handler = self._signal_handlers.get(signum)
-            if handler is not None:
+            pass
+        # after the drain: a signal marked from here on leaves a byte behind and wakes the loop again
+        pending = self._pending_signals
+        for signum, handler in self._signal_handlers.items():
+            if pending.get(signum):
+                pending[signum] = False
                 handler(signum)
+                if not self.running:
+                    return
 
     def stop(self) -> None:
         self.running = False
