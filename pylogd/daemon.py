@@ -10,6 +10,7 @@ import os
 import pwd
 import signal
 import sys
+import time
 
 from .log import SINK, Logger
 from .loop import EventLoop
@@ -61,7 +62,7 @@ class Daemon:
         loop.add_signal(signal.SIGHUP, self._hangup)
         loop.add_signal(signal.SIGUSR1, self._statistics)
         loop.add_signal(signal.SIGUSR2, self._to_inputs)
-        loop.call_every(1.0, self._retry_writes)
+        loop.call_every(0.25, self._retry_writes)  # each runner backs off on its own
         self.log.info("initialization finished, entering main loop")
         try:
             self.loop.run()
@@ -111,17 +112,18 @@ class Daemon:
 
     def _retry_writes(self) -> None:
         for stack in self.stacks:
-            if stack.runner.pending():
-                stack.runner.flush()
+            stack.runner.retry()
 
-    def shutdown(self) -> None:
-        """Stop reading, write everything accepted, close every plugin."""
-        saved = {inst.id: inst.plugin.statistics() for inst in self._started}  # plugins may drop them at stop
+    def shutdown(self, write_for: float = 30.0) -> None:
+        """Stop reading, write everything accepted (a failing output gets ``write_for`` seconds), close
+        every plugin."""
         for inst in reversed(self._started):
             if isinstance(inst.plugin, Input):
-                self._stop(inst)
+                self._stop(inst)  # an input's last drain happens here: count after it
+        deadline = time.monotonic() + write_for
         for stack in self.stacks:
-            stack.runner.close()
+            stack.runner.close(deadline)
+        saved = {inst.id: inst.plugin.statistics() for inst in self._started}  # before outputs close
         for inst in self._started:
             if not isinstance(inst.plugin, Input):
                 self._stop(inst)

@@ -7,6 +7,7 @@ import pwd
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 from conftest import PYLOGD, ROOT
@@ -105,7 +106,7 @@ def test_failed_writes_are_retried_by_the_timer(tmp_path, daemons):
     daemons.append(d)
     d.start()
     d.send({"test.n": 1}, {"test.n": 2})
-    wait_for(lambda: "keeping them for a retry" in read(d.log), what="the write failure")
+    wait_for(lambda: "write failed" in read(d.log), what="the write failure")
     marker.unlink()
     wait_for(lambda: len(lines(cap)) == 2, what="the retry without any new event")
     assert d.stop() == 0
@@ -191,10 +192,90 @@ def test_full_disk_loses_and_repeats_nothing(tmp_path, daemons, small_fs):
         except OSError:
             pass  # the disk is full
     d.send(*({"print": f"line {i:04d} " + "x" * 60 + "\n"} for i in range(300)))
-    wait_for(lambda: "keeping them for a retry" in read(d.log), what="the write failure")
+    wait_for(lambda: "write failed" in read(d.log), what="the write failure")
     filler.unlink()
     wait_for(lambda: len(lines(log_file)) >= 300, timeout=20, what="all lines after space came back")
     got = [re.search(r" line (\d{4}) x{60}$", line).group(1) for line in lines(log_file)]
     assert got == [f"{i:04d}" for i in range(300)], "lines lost, repeated or torn"
     assert "No space left on device" in read(d.log)
     assert d.stop() == 0
+
+
+def fill(mnt) -> None:
+    with open(mnt / "filler", "wb", buffering=0) as f:
+        for size in (65536, 1024):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass  # full at this granularity
+
+
+def counters(log_text: str, stack: str = "1") -> dict[str, int]:
+    found = re.findall(rf"stack {stack} \[[^\]]*\]: ((?:\w+=\d+ ?)+)", log_text)
+    assert found, "no statistics line"
+    return {k: int(v) for k, v in (kv.split("=") for kv in found[-1].split())}
+
+
+def test_disk_full_overflow_drops_only_whole_lines_and_counts_every_one(tmp_path, daemons, small_fs) -> None:
+    """More than the backlog's 200,000 entries arrive while the disk is full: new entries are dropped
+    whole, the drops are logged with their count, the line the disk cut is finished, and the counters
+    match the file exactly."""
+    subprocess.run(["mount", "-o", "remount,size=24m", str(small_fs)], check=True)
+    log_file = small_fs / "emu.log"
+    d = Daemon(tmp_path, ["in1:PIPEIN,emu1:LOGEMU"], f'[emu1]\nfile="{log_file}"\n')
+    daemons.append(d)
+    d.start()
+    total = 230_000
+
+    def event(i: int) -> dict:
+        return {"print": f"line {i:06d} {'x' * 40}\n"}
+
+    d.send(*(event(i) for i in range(10)))
+    wait_for(lambda: len(lines(log_file)) == 10, what="the first lines")
+    fill(small_fs)  # the log file's last page still has room: the next write is cut inside a line
+    d.send(*(event(i) for i in range(10, total)))
+    wait_for(lambda: "new entries: the backlog is full" in read(d.log), timeout=60, what="drops logged")
+    (small_fs / "filler").unlink()
+
+    def settled() -> bool:
+        d.signal(signal.SIGUSR1)
+        time.sleep(0.2)
+        return "stack 1 [" in read(d.log) and counters(read(d.log))["pending"] == 0
+
+    wait_for(settled, timeout=60, what="the backlog written")
+    assert d.stop() == 0
+    stats = counters(read(d.log))
+    got = []
+    for text in lines(log_file):
+        m = re.search(r" line (\d{6}) x{40}$", text)
+        assert m and text.count(" line ") == 1, f"torn line: {text[:200]!r}"
+        got.append(int(m.group(1)))
+    assert got == sorted(set(got)), "lines reordered or repeated"
+    assert got[:200_000] == list(range(200_000)), "an accepted line was lost"
+    assert stats["events"] == total
+    assert stats["written"] == len(got) and stats["written"] + stats["dropped"] == total
+    reported = sum(int(n) for n in re.findall(r"dropped (\d+) new entries", read(d.log)))
+    assert reported == stats["dropped"] > 0
+
+
+def test_term_is_never_lost_behind_a_signal_storm(tmp_path, daemons) -> None:
+    d = emu_daemon(tmp_path, daemons).start()
+    d.send({"print": "before the storm\n"})
+    wait_for(lambda: "before the storm" in read(tmp_path / "emu.log"), what="a line")
+
+    def storm() -> None:
+        for _ in range(10_000):
+            os.kill(d.proc.pid, signal.SIGHUP)
+            os.kill(d.proc.pid, signal.SIGUSR1)
+
+    storm()  # each kind of signal is acted on after it arrives, however many came
+    wait_for(lambda: "SIGHUP received" in read(d.log) and "stack 1 [" in read(d.log), what="HUP and USR1 handled")
+    storm()
+    os.kill(d.proc.pid, signal.SIGTERM)
+    try:
+        code = d.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("SIGTERM after 10,000 SIGHUP+SIGUSR1 pairs was lost: the daemon still runs")
+    assert code == 0
+    assert "SIGTERM received" in read(d.log)
