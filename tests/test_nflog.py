@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -938,3 +939,27 @@ def test_daemon_losing_events_is_logged_and_counted(logged: Pair, tmp_path: Path
     lost = int(line.split("lost=")[1].split()[0])
     assert enobufs >= 1 and lost >= 1 and got + lost == 2001  # the marker closes every gap
     assert read_text(logfile).count("We are losing events") == 1  # rate-limited
+
+
+def test_daemon_exit_statistics_count_the_last_drain(logged: Pair, tmp_path: Path) -> None:
+    """SIGTERM with a burst still in the socket: every packet is written, and the input's final
+    counters include the ones read by the last drain."""
+    p = logged
+    conf, logfile = daemon_conf(
+        tmp_path,
+        ["log1:NFLOG,cap1:CAPTURE"],
+        "netlink_socket_buffer_size=16777216\nnetlink_socket_buffer_maxsize=16777216",
+    )
+    daemon = start_pylogd(p.a, conf, logfile)
+    daemon.signal(signal.SIGSTOP)
+    try:
+        p.b.send_udp(p.a_ip4, 5000, b"burst", count=5000)
+    finally:
+        daemon.signal(signal.SIGTERM)
+        daemon.signal(signal.SIGCONT)
+    assert daemon.stop(timeout=60) == 0
+    log = read_text(logfile)
+    written = int(re.findall(r"stack 1 \[[^\]]*\]: .*written=(\d+)", log)[-1])
+    received = int(re.findall(r"\(NFLOG\): received=(\d+)", log)[-1])
+    assert written == len(records(tmp_path / "cap1.json")) == 5000
+    assert received == 5000
