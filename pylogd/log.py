@@ -31,7 +31,12 @@ class LogSink:
         self.echo_stderr = False  # -v: also echo to stderr
 
     def open(self, target: str) -> None:
-        """Switch to ``stdout``, ``syslog``, ``stderr`` or a file path (opened for appending)."""
+        """Switch to ``stdout``, ``syslog``, ``stderr`` or a file path (opened for appending).
+
+        A file that cannot be opened raises OSError and leaves the current destination as it was."""
+        stream: TextIO | None = None
+        if target not in ("stdout", "stderr", "syslog"):
+            stream = open(target, "a", encoding="utf-8", errors="replace")
         self.close()
         if target == "stdout":
             self.stream = sys.stdout
@@ -40,12 +45,20 @@ class LogSink:
         elif target == "syslog":
             syslog.openlog("pylogd", syslog.LOG_PID, syslog.LOG_DAEMON)
         else:
-            self.stream = open(target, "a", encoding="utf-8", errors="replace")
+            assert stream is not None
+            self.stream = stream
         self.target = target
 
     def reopen(self) -> None:
-        if self.target not in ("stdout", "stderr", "syslog"):
+        """SIGHUP (logrotate): open the log file's path again.  When that fails the log goes on into
+        the file already open (as the outputs do), the failure is logged there, and the next SIGHUP
+        tries again."""
+        if self.target in ("stdout", "stderr", "syslog"):
+            return
+        try:
             self.open(self.target)
+        except OSError as exc:
+            self.write(ERROR, "core", f"cannot reopen logfile {self.target}: {exc.strerror}; still writing here")
 
     def close(self) -> None:
         if self.target == "syslog":

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from conftest import PYLOGD, ROOT
@@ -279,3 +282,44 @@ def test_term_is_never_lost_behind_a_signal_storm(tmp_path, daemons) -> None:
         pytest.fail("SIGTERM after 10,000 SIGHUP+SIGUSR1 pairs was lost: the daemon still runs")
     assert code == 0
     assert "SIGTERM received" in read(d.log)
+
+
+@pytest.fixture
+def open_dir():
+    """A root-owned directory others may enter but not write (pytest's own tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="pylogd-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_failed_log_reopen_keeps_the_old_log_and_the_next_hup_retries(open_dir, daemons) -> None:
+    nobody = pwd.getpwnam("nobody")
+    d = emu_daemon(open_dir, daemons, ["-u", "nobody"]).start()
+    wait_for(lambda: "running as nobody" in read(d.log), what="the privilege drop")
+    rotated = open_dir / "pylogd.log.1"
+    d.log.rename(rotated)  # logrotate moves the file; nobody cannot create a new one here
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: "cannot reopen logfile" in read(rotated), what="the failed reopen, logged in the old file")
+    d.signal(signal.SIGUSR1)
+    wait_for(lambda: "stack 1 [" in read(rotated), what="later lines still in the old file")
+    os.chown(open_dir, nobody.pw_uid, nobody.pw_gid)
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: d.log.exists(), what="the log file opened again")
+    d.signal(signal.SIGUSR1)
+    wait_for(lambda: "stack 1 [" in read(d.log), what="statistics in the new file")
+    assert d.stop() == 0
+    assert "SIGTERM received" in read(d.log)
+
+
+def test_pidfile_in_a_root_owned_directory_after_dropping_privileges(open_dir, daemons) -> None:
+    pidfile = open_dir / "pylogd.pid"
+    d = emu_daemon(open_dir, daemons, ["-u", "nobody", "-p", str(pidfile)]).start()
+    assert pidfile.read_text() == f"{d.proc.pid}\n"
+    assert d.stop() == 0
+    assert d.proc.stderr.read() == ""
+    assert not pidfile.exists() or pidfile.read_text() == ""  # names no process
+    assert "pidfile" in read(d.log) and "the next start replaces it" in read(d.log)
+    again = emu_daemon(open_dir, daemons, ["-p", str(pidfile)]).start(wait=False)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text() == f"{again.proc.pid}\n", what="the new pidfile")
+    assert again.stop() == 0
