@@ -97,7 +97,7 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
         daemon.run()
     finally:
         if pidfile:
-            pidfile.remove()
+            pidfile.remove(log)
         log.info("exited")
     return 0
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import grp
 import os
 import pwd
 import signal
-import sys
 import time
 
 from .log import SINK, Logger
@@ -75,10 +73,7 @@ class Daemon:
 
     def _hangup(self, signum: int) -> None:
         self.log.notice("SIGHUP received: reopening files and connections")
-        try:
-            SINK.reopen()
-        except OSError as exc:
-            print(f"pylogd: cannot reopen logfile: {exc}", file=sys.stderr)
+        SINK.reopen()
         for inst in self._started:
             self._deliver(inst, signum)
 
@@ -190,12 +185,20 @@ class PidFile:
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
 
-    def remove(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            os.close(self.fd)
-            self.fd = None
+    def remove(self, log: Logger) -> None:
+        """Remove the pidfile at exit.  After ``-u`` its directory may not let us: then it is emptied
+        through the descriptor still open, so it names no process, and the next start replaces it."""
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            os.ftruncate(self.fd, 0)
+            log.notice(f"pidfile {self.path} emptied, not removed ({exc.strerror}); the next start replaces it")
+        os.close(self.fd)
+        self.fd = None
 
 
 def _read_pid(fd: int) -> int | None:
