@@ -8,12 +8,39 @@ so every error names file:line, the offending word and the valid choices.
 from __future__ import annotations
 
 import difflib
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 from .plugin import Option, OptType, PluginSpec
 
 GLOBAL = "global"
+
+#: a config file larger than this is refused (ulogd's own are a few KiB); it bounds what is read
+MAX_CONFIG_BYTES = 4 << 20
+#: the most characters of a word, value or line that a message quotes
+ECHO_LIMIT = 80
+#: the most characters of a message after its file:line, hints included
+MESSAGE_LIMIT = 280
+#: the longest string value: PATH_MAX.  ulogd refuses 225 characters and more; pylogd has no fixed
+#: buffer, but no file name, namespace name or filter list needs more
+MAX_STRING = 4096
+#: ulogd keeps an integer option in a C int: the range of an integer option that declares none
+INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1
+U16_MAX, U32_MAX = 0xFFFF, 0xFFFFFFFF
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` fit to quote in a one-line message: control characters escaped, at most ``limit``
+    characters (a longer text ends in an ellipsis)."""
+    head = text[: limit + 1]
+    if not head.isprintable():
+        head = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in head)
+    if len(head) > limit or len(text) > limit + 1:
+        return head[: limit - 1] + "…"
+    return head
 
 
 @dataclass(frozen=True)
@@ -37,19 +64,42 @@ class ConfigError(Exception):
     def __str__(self) -> str:
         where = f"{self.loc}: " if self.loc else ""
         hint = f"; {self.hint}" if self.hint else ""
-        return f"{where}{self.message}{hint}"
+        # the parts quote clipped text already; this keeps any message one line of bounded length
+        return where + clip(f"{self.message}{hint}", MESSAGE_LIMIT)
+
+
+def closest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
+    """The choice ``word`` is most likely a misspelling of, if one is close (case aside)."""
+    if len(word) > 2 * ECHO_LIMIT:  # nothing is that long; matching it would only cost time
+        return None
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def listing(names: list[str] | tuple[str, ...], limit: int = 120) -> str:
+    """``a, b, c`` cut short (``… and N more``) once it grows past ``limit`` characters."""
+    if not names:
+        return "(none)"
+    shown: list[str] = []
+    length = 0
+    for name in names:
+        name = clip(name, 40)
+        if shown and length + len(name) > limit:
+            return f"{', '.join(shown)} … and {len(names) - len(shown)} more"
+        shown.append(name)
+        length += len(name) + 2
+    return ", ".join(shown)
 
 
 def choices_hint(word: str, choices: list[str] | tuple[str, ...], what: str = "valid choices") -> str:
     """``did you mean "x"? valid choices: a, b, c`` for an unknown word."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        if word.lower() in lowered:
-            close = [lowered[word.lower()]]
-    listed = ", ".join(choices) if choices else "(none)"
-    mean = f'did you mean "{close[0]}"? ' if close else ""
-    return f"{mean}{what}: {listed}"
+    close = closest(word, choices)
+    mean = f'did you mean "{close}"? ' if close else ""
+    return f"{mean}{what}: {listing(choices)}"
 
 
 @dataclass
@@ -71,6 +121,8 @@ class RawConfig:
     path: str
     sections: dict[str, Section]
     warnings: list[tuple[Loc, str]] = field(default_factory=list)
+    #: instance ids that commented-out stack= lines name: ulogd's sample configs keep their sections
+    commented_ids: set[str] = field(default_factory=set)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,12 +134,15 @@ def _split_word(text: str, loc: Loc) -> tuple[str, str]:
     if text.startswith('"'):
         end = text.find('"', 1)
         if end < 0:
-            raise ConfigError(loc, f"unterminated quote in {text!r}", 'close the value with "')
+            raise ConfigError(loc, f"unterminated quote in '{clip(text)}'", 'close the value with "')
         return text[1:end], text[end + 1 :]
     for i, ch in enumerate(text):
         if ch in " \t":
             return text[:i], text[i:]
     return text, ""
+
+
+_COMMENTED_STACK = re.compile(r"#[#\s]*stack\s*=?\s*\"?([^\"#\s]+)")
 
 
 def parse_ini(path: str, text: str) -> RawConfig:
@@ -97,15 +152,22 @@ def parse_ini(path: str, text: str) -> RawConfig:
     for lineno, raw in enumerate(text.splitlines(), 1):
         loc = Loc(path, lineno)
         line = raw.strip()
-        if not line or line.startswith("#"):
+        if not line:
+            continue
+        if line.startswith("#"):
+            commented = _COMMENTED_STACK.match(line)
+            if commented:
+                config.commented_ids.update(t.split(":")[0].strip() for t in commented.group(1).split(","))
             continue
         if line.startswith("["):
             close = line.find("]")
             name = line[1:close].strip() if close > 0 else ""
             if close < 0 or not name or line[close + 1 :].strip().split("#")[0].strip():
-                raise ConfigError(loc, f"malformed section header {line!r}", "write it as [name]")
+                raise ConfigError(loc, f"malformed section header '{clip(line)}'", "write it as [name]")
             if name in sections:
-                raise ConfigError(loc, f'section "[{name}]" appears twice', f"first at line {sections[name].loc.line}")
+                raise ConfigError(
+                    loc, f'section "[{clip(name)}]" appears twice', f"first at line {sections[name].loc.line}"
+                )
             current = sections[name] = Section(name, loc)
             continue
         key_end = len(line)
@@ -115,7 +177,7 @@ def parse_ini(path: str, text: str) -> RawConfig:
                 break
         key, rest = line[:key_end], line[key_end:].lstrip(" \t=").lstrip(" \t")
         if current is None:
-            raise ConfigError(loc, f'option "{key}" stands before any [section]', "start the file with [global]")
+            raise ConfigError(loc, f'option "{clip(key)}" stands before any [section]', "start the file with [global]")
         if key == "stack" and current.name == GLOBAL:
             value = rest.split("#", 1)[0].strip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
@@ -124,10 +186,10 @@ def parse_ini(path: str, text: str) -> RawConfig:
         else:
             value, trailing = _split_word(rest, loc)
         if not rest:
-            raise ConfigError(loc, f'option "{key}" has no value', f'write {key}=VALUE or {key}=""')
+            raise ConfigError(loc, f'option "{clip(key)}" has no value', f'write {clip(key)}=VALUE or {clip(key)}=""')
         trailing = trailing.strip()
         if trailing and not trailing.startswith("#"):
-            config.warnings.append((loc, f"text after the value of {key} is ignored: {trailing!r}"))
+            config.warnings.append((loc, f"text after the value of {clip(key)} is ignored: '{clip(trailing)}'"))
         current.entries.append(Entry(key, value, loc))
     return config
 
@@ -144,7 +206,12 @@ def parse_yaml(path: str, text: str) -> RawConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = Loc(path, mark.line + 1) if mark else None
-        raise ConfigError(loc, f"YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).split("\n")[0]
+        raise ConfigError(loc, f"YAML syntax error: {clip(str(problem))}") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise ConfigError(
+            None, f"{clip(path, 200)}: YAML nested too deeply", "a config needs three levels: section, option, list"
+        ) from None
     sections: dict[str, Section] = {}
     if root is None:
         return RawConfig(path, sections)
@@ -162,12 +229,12 @@ def parse_yaml(path: str, text: str) -> RawConfig:
     for key_node, body in root.value:
         name = scalar(key_node)
         if name in sections:
-            raise ConfigError(loc_of(key_node), f'section "{name}" appears twice')
+            raise ConfigError(loc_of(key_node), f'section "{clip(name)}" appears twice')
         section = sections[name] = Section(name, loc_of(key_node))
         if isinstance(body, yaml.ScalarNode) and body.tag.endswith(":null"):
             continue
         if not isinstance(body, yaml.MappingNode):
-            raise ConfigError(loc_of(body), f'section "{name}" must be a mapping of options')
+            raise ConfigError(loc_of(body), f'section "{clip(name)}" must be a mapping of options')
         for opt_node, value_node in body.value:
             opt = scalar(opt_node)
             if isinstance(value_node, yaml.SequenceNode):
@@ -182,62 +249,157 @@ def parse_yaml(path: str, text: str) -> RawConfig:
     return RawConfig(path, sections)
 
 
-def load(path: str) -> RawConfig:
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_a_file(path: str, st: os.stat_result) -> ConfigError | None:
+    """Why ``st`` cannot be a config file (not a regular file, too large), or None."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        return ConfigError(None, f"config file {path} is {kind}", "name a regular file")
+    if st.st_size > MAX_CONFIG_BYTES:
+        return ConfigError(None, f"config file {path} is {st.st_size} bytes", f"at most {MAX_CONFIG_BYTES} are read")
+    return None
+
+
+def read_text(path: str) -> str:
+    """A config file's text: a regular UTF-8 file of at most MAX_CONFIG_BYTES.  Anything else
+    (a device, a FIFO, a huge file) is refused before it is read, and a FIFO is never waited on."""
+    shown = clip(path, 200)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        problem = _not_a_file(shown, os.stat(path))
+        if problem:
+            raise problem
+        # O_NONBLOCK: had a FIFO replaced the file since stat, open would wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError(None, f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(None, f"cannot read config file {shown}: {exc.strerror}") from None
+    except ValueError as exc:  # a NUL byte in the path
+        raise ConfigError(None, f"cannot read config file {shown}: {exc}") from None
+    try:
+        problem = _not_a_file(shown, os.fstat(fd))
+        if problem:
+            raise problem
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_BYTES:  # a file may grow after fstat: read one byte past the limit at most
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ConfigError(None, f"cannot read config file {shown}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(None, f"config file {shown} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(None, f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if path.endswith((".yaml", ".yml")):
-        return parse_yaml(path, text)
-    return parse_ini(path, text)
+        raise ConfigError(None, f"config file {shown} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def load(path: str) -> RawConfig:
+    """Read and parse a config file (YAML for .yaml/.yml, else ulogd.conf's grammar).  Every
+    failure is a ConfigError: a config must end in one line, never a traceback."""
+    text = read_text(path)
+    try:
+        if path.endswith((".yaml", ".yml")):
+            return parse_yaml(path, text)
+        return parse_ini(path, text)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a parser bug: still one line, and marked as pylogd's fault
+        raise ConfigError(
+            None, f"internal error reading {clip(path, 200)}: {type(exc).__name__}: {clip(str(exc))}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
 # typed values
 
 
+_INTEGER = re.compile(r"\s*([+-]?)(0x([0-9a-f]+)|0([0-7]*)|([1-9][0-9]*))\s*", re.ASCII | re.IGNORECASE)
+#: more significant digits than any option can hold (64 bits take 22 octal ones)
+_MAX_DIGITS = 24
+
+
 def parse_int(text: str) -> int:
-    """strtoul's base-0 spelling: decimal, 0x hex, leading-0 octal, optional sign."""
-    s = text.strip().lower()
-    sign = -1 if s.startswith("-") else 1
-    s = s.lstrip("+-")
-    if s.startswith("0x"):
-        return sign * int(s[2:], 16)
-    if len(s) > 1 and s.startswith("0"):
-        return sign * int(s[1:], 8)
-    if not s.isdigit():
+    """strtoul's base-0 spelling: decimal, 0x hex, leading-0 octal, optional sign (ASCII digits only).
+
+    Raises ValueError for anything else and OverflowError for more digits than 64 bits take,
+    before converting them (int() refuses very long numbers, and converting one costs time)."""
+    m = _INTEGER.fullmatch(text)
+    if not m:
         raise ValueError(text)
-    return sign * int(s, 10)
+    sign = -1 if m.group(1) == "-" else 1
+    for digits, base in ((m.group(3), 16), (m.group(4), 8), (m.group(5), 10)):
+        if digits is not None:
+            digits = digits.lstrip("0")
+            if len(digits) > _MAX_DIGITS:
+                raise OverflowError(text)
+            return sign * int(digits or "0", base)
+    raise AssertionError(text)  # the pattern has three alternatives
+
+
+def _check_int(opt: Option, entry: Entry, where: str) -> int:
+    try:
+        value: int | None = parse_int(entry.value)
+    except OverflowError:
+        value = None
+    except ValueError:
+        raise ConfigError(
+            entry.loc,
+            f'option "{opt.name}" in {where} needs an integer, not "{clip(entry.value)}"',
+            "write decimal, 0x hex or 0-prefixed octal",
+        ) from None
+    shown = clip(entry.value) if value is None else value
+    if opt.choices is not None:
+        if value is None or str(value) not in opt.choices:
+            raise ConfigError(
+                entry.loc, f'option "{opt.name}" in {where}: {shown} is not allowed', f"valid: {', '.join(opt.choices)}"
+            )
+        return value
+    # an option that declares no range gets ulogd's C int, so no value is too large for the code using it
+    lo = INT_MIN if opt.min is None else opt.min
+    hi = INT_MAX if opt.max is None else opt.max
+    if value is None or not lo <= value <= hi:
+        raise ConfigError(entry.loc, f'option "{opt.name}" in {where}: {shown} is out of range', f"valid: {lo} to {hi}")
+    return value
 
 
 def typed_value(opt: Option, entry: Entry, where: str) -> int | str:
+    """An entry's value as ``opt`` declares it, or a ConfigError.  No string value holds a NUL
+    byte (no file name, namespace or syslog word can) or more than MAX_STRING characters."""
     if opt.type is OptType.INT:
-        try:
-            value = parse_int(entry.value)
-        except ValueError:
-            raise ConfigError(
-                entry.loc,
-                f'option "{opt.name}" in {where} needs an integer, not "{entry.value}"',
-                "write decimal, 0x hex or 0-prefixed octal",
-            ) from None
-        lo, hi = opt.min, opt.max
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            rng = f"{lo if lo is not None else '…'} to {hi if hi is not None else '…'}"
-            raise ConfigError(entry.loc, f'option "{opt.name}" in {where}: {value} is out of range', f"valid: {rng}")
-        return value
+        return _check_int(opt, entry, where)
+    text = entry.value
+    if "\0" in text:
+        raise ConfigError(
+            entry.loc, f'option "{opt.name}" in {where}: the value "{clip(text)}" holds a NUL byte', "remove it"
+        )
+    if len(text) > MAX_STRING:
+        raise ConfigError(
+            entry.loc,
+            f'option "{opt.name}" in {where}: a value of {len(text)} characters is too long',
+            f"at most {MAX_STRING}",
+        )
     if opt.choices is not None:
         lowered = {c.lower(): c for c in opt.choices}
-        if entry.value.lower() not in lowered:
+        if text.lower() not in lowered:
             raise ConfigError(
                 entry.loc,
-                f'option "{opt.name}" in {where}: unknown value "{entry.value}"',
-                choices_hint(entry.value, opt.choices),
+                f'option "{opt.name}" in {where}: unknown value "{clip(text)}"',
+                choices_hint(text, opt.choices),
             )
-        return lowered[entry.value.lower()]
-    return entry.value
+        return lowered[text.lower()]
+    return text
 
 
 def section_options(
@@ -252,7 +414,7 @@ def section_options(
         if opt is None:
             raise ConfigError(
                 entry.loc,
-                f'unknown option "{entry.key}" in {where}',
+                f'unknown option "{clip(entry.key)}" in {where}',
                 choices_hint(entry.key, list(index), "valid options"),
             )
         if entry.key in multi:

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Self
 
+from .config import INT_MAX
 from .plugin import Option, int_option
 
 __all__ = [
@@ -388,18 +389,25 @@ class NetlinkSocket:
 
 
 def rcvbuf_options() -> tuple[Option, Option]:
-    """The receive-buffer options of ulogd's netlink inputs (NFLOG, NFCT), declared once."""
+    """The receive-buffer options of ulogd's netlink inputs (NFLOG, NFCT), declared once.
+    SO_RCVBUF takes a C int."""
     return (
-        int_option("netlink_socket_buffer_size", 0, "socket receive buffer in bytes (0: system default)", min=0),
-        int_option("netlink_socket_buffer_maxsize", 0, "on losses, double the buffer up to this (0: never)", min=0),
+        int_option(
+            "netlink_socket_buffer_size", 0, "socket receive buffer in bytes (0: system default)", min=0, max=INT_MAX
+        ),
+        int_option(
+            "netlink_socket_buffer_maxsize", 0, "on losses, double the buffer up to this (0: never)", min=0, max=INT_MAX
+        ),
     )
 
 
 def backlog_option() -> Option:
-    """pylogd's read-ahead option of the netlink inputs."""
+    """pylogd's read-ahead option of the netlink inputs.  The ring is address space, resident only
+    while a burst fills it, but the kernel refuses to map much more than the machine's memory."""
     return int_option(
         "netlink_backlog_size",
         BACKLOG_SIZE,
         "bytes of userspace read-ahead: bursts leave the kernel buffer at recv() speed",
         min=1 << 20,
+        max=1 << 30,
     )

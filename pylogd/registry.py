@@ -11,11 +11,28 @@ import re
 import sys
 from types import ModuleType
 
-from .config import ConfigError, Loc, choices_hint
-from .plugin import Filter, Input, Output, Plugin
+from .config import ConfigError, Loc, choices_hint, clip, listing
+from .plugin import Filter, Input, Kind, Output, Plugin
 
 BUILTIN_PACKAGES = ("pylogd.plugins.inputs", "pylogd.plugins.filters", "pylogd.plugins.outputs")
 _ULOGD_SO = re.compile(r"ulogd_(?:inppkt|inpflow|filter|output|raw2packet)_(\w+)\.so$")
+
+#: every plugin ulogd 2.0.8 ships, by kind: a stack naming one pylogd lacks is told so, not
+#: offered a look-alike (whether pylogd has it is asked of the registry)
+ULOGD_PLUGINS: dict[str, Kind] = {
+    **dict.fromkeys(("NFLOG", "NFCT", "NFACCT", "ULOG", "UNIXSOCK"), Kind.INPUT),
+    **dict.fromkeys(
+        ("BASE", "HWHDR", "IFINDEX", "IP2BIN", "IP2HBIN", "IP2STR", "MARK", "PRINTFLOW", "PRINTPKT", "PWSNIFF"),
+        Kind.FILTER,
+    ),
+    **dict.fromkeys(
+        (
+            *("LOGEMU", "OPRINT", "GPRINT", "SYSLOG", "JSON", "XML", "PCAP", "NACCT", "GRAPHITE", "IPFIX"),
+            *("SQLITE3", "PGSQL", "MYSQL", "DBI"),
+        ),
+        Kind.OUTPUT,
+    ),
+}
 
 
 def plugin_classes(module: ModuleType) -> list[type[Plugin]]:
@@ -56,13 +73,21 @@ class Registry:
         cls = self.get(name)
         if cls is not None:
             return cls
-        if name in self.unavailable:
+        shown = clip(name)
+        named = f" (named by the plugin= line at {self.unavailable[name]})" if name in self.unavailable else ""
+        kind = ULOGD_PLUGINS.get(name)
+        if kind is not None:
+            same_kind = [n for n in self.names() if self.get(n).spec.kind is kind]  # type: ignore[union-attr]
             raise ConfigError(
                 loc,
-                f'pylogd has no plugin "{name}" (named by the plugin= line at {self.unavailable[name]})',
-                choices_hint(name, self.names(), "available plugins"),
+                f'"{shown}" is a ulogd {kind.value} plugin that pylogd does not provide{named}',
+                f"pylogd's {kind.value} plugins: {listing(same_kind)}",
             )
-        raise ConfigError(loc, f'unknown plugin "{name}"', choices_hint(name, self.names(), "available plugins"))
+        if named:
+            raise ConfigError(
+                loc, f'pylogd has no plugin "{shown}"{named}', choices_hint(name, self.names(), "available plugins")
+            )
+        raise ConfigError(loc, f'unknown plugin "{shown}"', choices_hint(name, self.names(), "available plugins"))
 
     def load(self, value: str, loc: Loc | None = None) -> list[type[Plugin]]:
         """Handle one plugin= value. Returns the classes it provides."""
@@ -78,12 +103,14 @@ class Registry:
         classes = plugin_classes(module)
         if not classes:
             raise ConfigError(
-                loc, f"{value} defines no plugin", "a plugin is a subclass of Input, Filter or Output with a spec"
+                loc, f"{clip(value)} defines no plugin", "a plugin is a subclass of Input, Filter or Output with a spec"
             )
         for cls in classes:
             name = cls.spec.name
             if name in self.builtins() or (name in self.loaded and self.loaded[name] is not cls):
-                raise ConfigError(loc, f'plugin "{name}" from {value} is already registered', "give it another name")
+                raise ConfigError(
+                    loc, f'plugin "{clip(name)}" from {clip(value)} is already registered', "give it another name"
+                )
             self.loaded[name] = cls
         return classes
 
@@ -92,7 +119,7 @@ class Registry:
             if value.endswith(".py") or os.sep in value:
                 path = os.path.abspath(value)
                 if not os.path.isfile(path):
-                    raise ConfigError(loc, f"plugin file {value} does not exist")
+                    raise ConfigError(loc, f"plugin file {clip(value)} does not exist")
                 mod_name = "pylogd_ext_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
                 spec = importlib.util.spec_from_file_location(mod_name, path)
                 assert spec and spec.loader
@@ -104,4 +131,5 @@ class Registry:
         except ConfigError:
             raise
         except Exception as exc:  # a third-party module can fail in any way; say which and where
-            raise ConfigError(loc, f"cannot load plugin {value}: {type(exc).__name__}: {exc}") from None
+            problem = f"{type(exc).__name__}: {clip(str(exc))}"
+            raise ConfigError(loc, f"cannot load plugin {clip(value)}: {problem}") from None

@@ -13,7 +13,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import GLOBAL, ConfigError, Loc, RawConfig, choices_hint, instance_options, section_options
+from .config import (
+    GLOBAL,
+    ConfigError,
+    Loc,
+    RawConfig,
+    choices_hint,
+    clip,
+    closest,
+    instance_options,
+    listing,
+    section_options,
+)
 from .keys import Key, types_compatible
 from .log import ERROR, Logger
 from .plugin import STOP, Feed, Input, Kind, Output, Plugin, PluginError, Slots, int_option, str_option
@@ -21,6 +32,10 @@ from .registry import Registry
 from .runner import OutputRunner
 
 _TOKEN = re.compile(r"^([A-Za-z0-9_.\-]+):([A-Za-z0-9_]+)$")
+#: ulogd's 254-character lines hold about 60 plugins; nobody needs more, and the bounds keep a
+#: mutated or hostile config from costing minutes and gigabytes before it is refused
+MAX_STACK_PLUGINS = 64
+MAX_STACKS = 1024
 
 
 @dataclass
@@ -32,13 +47,16 @@ class StackDecl:
 
 def parse_stack(text: str, loc: Loc) -> StackDecl:
     tokens = []
-    for raw in text.split(","):
+    raws = text.split(",")
+    if len(raws) > MAX_STACK_PLUGINS:
+        raise ConfigError(loc, f"a stack of {len(raws)} plugins", f"at most {MAX_STACK_PLUGINS}")
+    for raw in raws:
         token = raw.strip()
         m = _TOKEN.match(token)
         if not m:
             raise ConfigError(
                 loc,
-                f'malformed stack token "{token}" in "{text}"',
+                f'malformed stack token "{clip(token)}" in "{clip(text)}"',
                 "each token is id:PLUGIN, e.g. log1:NFLOG,base1:BASE,emu1:LOGEMU",
             )
         tokens.append((m.group(1), m.group(2)))
@@ -81,13 +99,48 @@ class Topology:
 
 GLOBAL_OPTIONS = (
     str_option("logfile", None, "where the daemon logs: a file path, syslog or stdout"),
-    int_option("loglevel", 5, "lowest level logged: 1 debug, 3 info, 5 notice, 7 error, 8 fatal", min=1, max=8),
+    # the levels -l takes; ulogd would take any number, but no message has a level in between
+    int_option(
+        "loglevel",
+        5,
+        "lowest level logged: 1 debug, 3 info, 5 notice, 7 error, 8 fatal",
+        choices=("1", "3", "5", "7", "8"),
+    ),
     str_option("plugin", None, "a plugin to load: a ulogd .so path (selects the built-in), a .py file or a module"),
     str_option("stack", None, "a stack: id:PLUGIN,id:PLUGIN,..."),
 )
 
 
 def build(raw: RawConfig, registry: Registry, log_factory: Callable[[str], Logger]) -> Topology:
+    """Instances and resolved stacks from a parsed config.  Every failure is a ConfigError (a
+    config never ends in a traceback); sections no stack uses are added to ``raw.warnings``."""
+    try:
+        topology = _build(raw, registry, log_factory)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a bug of pylogd's or of a plugin's: still one line, and named as such
+        raise ConfigError(
+            None, f"internal error checking {clip(raw.path, 200)}: {type(exc).__name__}: {clip(str(exc))}"
+        ) from None
+    raw.warnings.extend(_unused_sections(raw, topology))
+    return topology
+
+
+def _unused_sections(raw: RawConfig, topology: Topology) -> list[tuple[Loc, str]]:
+    """A warning for each section no stack uses, naming the used id it may be a misspelling of.
+    Not an error: ulogd's sample configs keep sections for stacks left commented out."""
+    used = list(topology.instances)
+    warnings = []
+    for name, section in raw.sections.items():
+        if name == GLOBAL or name in topology.instances or name in raw.commented_ids:
+            continue
+        close = closest(name, used)
+        mean = f"; did you mean [{close}]?" if close else ""
+        warnings.append((section.loc, f"section [{clip(name)}] is used by no stack{mean}"))
+    return warnings
+
+
+def _build(raw: RawConfig, registry: Registry, log_factory: Callable[[str], Logger]) -> Topology:
     global_section = raw.sections.get(GLOBAL)
     if global_section is None:
         raise ConfigError(Loc(raw.path, 1), "no [global] section", "add [global] with at least one stack= line")
@@ -98,6 +151,8 @@ def build(raw: RawConfig, registry: Registry, log_factory: Callable[[str], Logge
     stack_entries = [e for e in global_section.entries if e.key == "stack"]
     if not stack_entries:
         raise ConfigError(global_section.loc, "no stack= line in [global]", "add e.g. stack=log1:NFLOG,base1:BASE,...")
+    if len(stack_entries) > MAX_STACKS:
+        raise ConfigError(stack_entries[MAX_STACKS].loc, f"{len(stack_entries)} stacks", f"at most {MAX_STACKS}")
 
     instances: dict[str, Instance] = {}
     plans = []
@@ -117,39 +172,40 @@ def _build_stack(
 ) -> StackPlan:
     loc = decl.loc
     if len(decl.tokens) < 2:
-        raise ConfigError(loc, f'stack "{decl.text}" needs at least an input and an output')
+        raise ConfigError(loc, f'stack "{clip(decl.text)}" needs at least an input and an output')
     members: list[Instance] = []
     for position, (iid, name) in enumerate(decl.tokens):
         cls = registry.require(name, loc)
+        token, shown_id = clip(f"{iid}:{name}"), clip(iid)
         kind = cls.spec.kind
         if position == 0 and kind is not Kind.INPUT:
             raise ConfigError(
                 loc,
-                f'first plugin in stack "{iid}:{name}" is a {kind.value}, not an input',
+                f'first plugin in stack "{token}" is a {kind.value}, not an input',
                 _kind_hint(registry, Kind.INPUT),
             )
         if position == len(decl.tokens) - 1 and kind is not Kind.OUTPUT:
             raise ConfigError(
                 loc,
-                f'last plugin in stack "{iid}:{name}" is a {kind.value}, not an output',
+                f'last plugin in stack "{token}" is a {kind.value}, not an output',
                 _kind_hint(registry, Kind.OUTPUT),
             )
         if 0 < position < len(decl.tokens) - 1 and kind is not Kind.FILTER:
             raise ConfigError(
                 loc,
-                f'"{iid}:{name}" is an {kind.value} plugin; only filters may stand inside a stack',
+                f'"{token}" is an {kind.value} plugin; only filters may stand inside a stack',
                 _kind_hint(registry, Kind.FILTER),
             )
         if any(m.id == iid for m in members):
             raise ConfigError(
-                loc, f'instance id "{iid}" appears twice in one stack', "give each plugin of a stack its own id"
+                loc, f'instance id "{shown_id}" appears twice in one stack', "give each plugin of a stack its own id"
             )
         inst = instances.get(iid)
         if inst is not None:
             if inst.spec.name != name:
                 raise ConfigError(
                     loc,
-                    f'instance id "{iid}" names a {name} here but a {inst.spec.name} at {inst.loc}',
+                    f'instance id "{shown_id}" names a {name} here but a {inst.spec.name} at {inst.loc}',
                     "use another id",
                 )
         else:
@@ -158,14 +214,17 @@ def _build_stack(
             plugin = cls(iid, options, log_factory(iid))
             try:
                 plugin.configure()
-            except PluginError as exc:
+            except Exception as exc:
                 where = section.loc if section else loc
-                if exc.option and section:
-                    where = next((e.loc for e in section.entries if e.key == exc.option), where)
-                raise ConfigError(where, f"[{iid}] ({name}): {exc}") from None
+                option = getattr(exc, "option", None)
+                if option and section:
+                    where = next((e.loc for e in section.entries if e.key == option), where)
+                # a PluginError is the plugin's own message; anything else is a bug, named as one
+                what = "" if isinstance(exc, PluginError) else f"internal error: {type(exc).__name__}: "
+                raise ConfigError(where, f"[{shown_id}] ({name}): {what}{clip(str(exc), 160)}") from None
             inst = instances[iid] = Instance(iid, plugin, loc)
         members.append(inst)
-    return _resolve(number, decl, members)
+    return _resolve(number, decl, members, registry)
 
 
 def _kind_hint(registry: Registry, kind: Kind) -> str:
@@ -173,7 +232,7 @@ def _kind_hint(registry: Registry, kind: Kind) -> str:
     return f"{kind.value} plugins: {', '.join(names)}"
 
 
-def _resolve(number: int, decl: StackDecl, members: list[Instance]) -> StackPlan:
+def _resolve(number: int, decl: StackDecl, members: list[Instance], registry: Registry) -> StackPlan:
     bases = []
     size = 0
     for inst in members:
@@ -201,15 +260,16 @@ def _resolve(number: int, decl: StackDecl, members: list[Instance]) -> StackPlan
                 available = [o.name for m in members[:position] for o in m.spec.outputs]
                 raise ConfigError(
                     decl.loc,
-                    f'{inst.id}:{inst.spec.name} needs key "{k.name}", which no plugin before it provides',
-                    choices_hint(k.name, list(dict.fromkeys(available)), "keys available there"),
+                    f'{clip(inst.id)}:{inst.spec.name} needs key "{k.name}", which no plugin before it provides',
+                    _provider_hint(registry, k.name)
+                    or choices_hint(k.name, list(dict.fromkeys(available)), "keys available there"),
                 )
             source, okey, slot = found
             if not types_compatible(k.type, okey.type):
                 raise ConfigError(
                     decl.loc,
-                    f'type mismatch: {inst.id}:{inst.spec.name} reads "{k.name}" as {k.type.name} '
-                    f"but {source.id}:{source.spec.name} provides {okey.type.name}",
+                    f'type mismatch: {clip(inst.id)}:{inst.spec.name} reads "{k.name}" as {k.type.name} '
+                    f"but {clip(source.id)}:{source.spec.name} provides {okey.type.name}",
                 )
             inputs[k.name] = slot
             src_names[k.name] = source.id
@@ -218,6 +278,24 @@ def _resolve(number: int, decl: StackDecl, members: list[Instance]) -> StackPlan
         all_slots.append(Slots(inputs, outputs, wildcard, size))
         sources.append(src_names)
     return StackPlan(number, decl, members, all_slots, size, sources)
+
+
+def _provider_hint(registry: Registry, key_name: str) -> str:
+    """Which plugins provide a key a stack lacks: a filter to add, else the inputs that have it.
+    Empty when none does (then the key's name is likely misspelt)."""
+    providers: dict[Kind, list[str]] = {Kind.FILTER: [], Kind.INPUT: []}
+    for name in registry.names():
+        spec = registry.get(name).spec  # type: ignore[union-attr]
+        if spec.kind in providers and any(k.name == key_name for k in spec.outputs):
+            providers[spec.kind].append(name)
+    filters, inputs = providers[Kind.FILTER], providers[Kind.INPUT]
+    if len(filters) == 1:
+        return f"add {filters[0]} before it, which provides {key_name}"
+    if filters:
+        return f"add one of {listing(filters)} before it: each provides {key_name}"
+    if inputs:
+        return f"{key_name} comes from the input {listing(inputs)}"
+    return ""
 
 
 def _nearest(members: list[Instance], bases: list[int], position: int, name: str) -> tuple[Instance, Key, int] | None:

@@ -63,11 +63,18 @@ CASES = [
     ("bad octal", conf(EMU, GOOD_SECTIONS + "sync=09\n"), 11, ['needs an integer, not "09"']),
     (
         "out of range",
-        conf(f"{STACK}\nloglevel=9"),
-        4,
-        ['option "loglevel" in [global]: 9 is out of range', "valid: 1 to 8"],
+        conf(STACK, GOOD_SECTIONS.replace("[emu1]", "blocking=2\n[emu1]")),
+        9,
+        ['option "blocking" in [cap1] (CAPTURE): 2 is out of range', "valid: 0 to 1"],
     ),
-    ("out of range hex", conf(f"{STACK}\nloglevel=0x10"), 4, ["16 is out of range", "valid: 1 to 8"]),
+    ("out of range hex", conf(STACK, GOOD_SECTIONS.replace("[emu1]", "blocking=0x1F\n[emu1]")), 9, ["31 is out of"]),
+    (
+        "loglevel -l does not take",
+        conf(f"{STACK}\nloglevel=4"),
+        4,
+        ['option "loglevel" in [global]: 4 is not allowed', "valid: 1, 3, 5, 7, 8"],
+    ),
+    ("loglevel out of range", conf(f"{STACK}\nloglevel=0x10"), 4, ["16 is not allowed", "valid: 1, 3, 5, 7, 8"]),
     ("negative", conf(EMU, GOOD_SECTIONS + "sync=-1\n"), 11, ["-1 is out of range", "valid: 0 to"]),
     (
         "missing mandatory",
@@ -265,3 +272,288 @@ def test_error_exit_status_and_stderr_of_real_process(tmp_path):
         assert proc.returncode == 1
         assert f'{path}:3: unknown plugin "LOGEMUX"' in proc.stderr
         assert proc.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 12: what --check accepts also starts; no config ends in a traceback, a hang or a long message
+
+NFLOG_CONF = """[global]
+logfile="{log}"
+stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU
+[log1]
+group=7
+[emu1]
+file="{out}"
+"""
+
+
+def check(tmp_path, text: str | bytes, name: str = "c.conf") -> tuple[int, str]:
+    """``pylogd --check`` in-process: exit status and stderr, which must be one line of bounded length."""
+    path = tmp_path / name
+    if isinstance(text, str):
+        text = text.encode()
+    path.write_bytes(text)
+    status = main(["--check", "-c", str(path)])
+    return status, one_line_of(capsys_err(), path)
+
+
+_captured: list = []
+
+
+@pytest.fixture(autouse=True)
+def _capsys_for_check(capsys):
+    _captured[:] = [capsys]
+    yield
+    _captured.clear()
+
+
+def capsys_err() -> str:
+    return _captured[0].readouterr().err
+
+
+def one_line_of(err: str, path) -> str:
+    assert err.count("\n") == 1 and err.endswith("\n"), f"one line expected: {err[:2000]!r}"
+    assert len(err) - len(str(path)) <= 300, f"{len(err)} characters: {err[:2000]!r}"
+    return err
+
+
+def nflog_conf(tmp_path, log_section: str = "", emu_section: str = "", global_lines: str = "") -> str:
+    text = NFLOG_CONF.format(log=tmp_path / "pylogd.log", out=tmp_path / "out.log")
+    text = text.replace("group=7\n", f"group=7\n{log_section}").replace("[global]\n", f"[global]\n{global_lines}")
+    return text + emu_section
+
+
+@pytest.mark.parametrize(
+    ("where", "line"),
+    [
+        ('logfile="/tmp/a\0b"\n', "global"),
+        ('netns="fw\0"\n', "log1"),
+        ('file="/tmp/out\0.log"\n', "emu1"),
+    ],
+    ids=["logfile", "netns", "file"],
+)
+def test_nul_byte_in_a_string_is_refused(tmp_path, where, line):
+    """A NUL byte passed --check and then failed open() at start with a traceback."""
+    if line == "global":
+        text = nflog_conf(tmp_path, global_lines=where)
+    elif line == "log1":
+        text = nflog_conf(tmp_path, log_section=where)
+    else:
+        text = nflog_conf(tmp_path).replace(f'file="{tmp_path}/out.log"\n', where)
+    status, err = check(tmp_path, text)
+    assert status == 1
+    assert "holds a NUL byte" in err and "\\x00" in err and "\0" not in err
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "valid"),
+    [
+        ("netlink_socket_buffer_size", "4294967296", "valid: 0 to 2147483647"),  # was a TypeError at start
+        ("netlink_socket_buffer_maxsize", "2147483648", "valid: 0 to 2147483647"),
+        ("netlink_qthreshold", str(10**30), "valid: 0 to 4294967295"),  # struct.error
+        ("netlink_qtimeout", "4294967296", "valid: 0 to 4294967295"),
+        ("bufsize", str(10**30), "valid: 1 to"),  # OverflowError
+        ("netlink_backlog_size", str(10**30), "valid: 1048576 to"),  # OverflowError in mmap
+        ("seq_local", "0x80000000", "valid: 0 to 2147483647"),
+    ],
+)
+def test_nflog_option_ranges_are_those_start_takes(tmp_path, option, value, valid):
+    status, err = check(tmp_path, nflog_conf(tmp_path, log_section=f"{option}={value}\n"))
+    assert status == 1
+    assert f'option "{option}" in [log1] (NFLOG)' in err and "is out of range" in err and valid in err
+
+
+@pytest.mark.parametrize("option", ["pollinterval", "netlink_resync_timeout"])
+def test_nfct_timers_fit_the_loop(tmp_path, option):
+    """Timers longer than epoll's C-int milliseconds (24.8 days) made the loop raise OverflowError."""
+    text = f"[global]\nstack=ct1:NFCT,ip2str1:IP2STR,print1:PRINTFLOW,emu1:LOGEMU\n[ct1]\n{option}=2147484\n[emu1]\n"
+    status, err = check(tmp_path, text)
+    assert status == 1 and f'option "{option}" in [ct1] (NFCT): 2147484 is out of range' in err
+
+
+def test_every_builtin_integer_option_declares_its_range():
+    from pylogd.plugin import OptType
+    from pylogd.registry import Registry
+
+    missing = [
+        (name, o.name)
+        for name, cls in sorted(Registry().builtins().items())
+        for o in cls.spec.options
+        if o.type is OptType.INT
+        and o.choices is None
+        and (o.min is None or o.max is None)
+        # files.sync_option: bounded by the C-int range typed_value gives an option that declares none
+        and o.name != "sync"
+    ]
+    assert not missing
+
+
+def test_a_number_of_100000_digits_is_a_range_error(tmp_path):
+    """int() refuses more than 4300 digits with a ValueError that ended in a traceback."""
+    status, err = check(tmp_path, nflog_conf(tmp_path, emu_section="sync=0x" + "f" * 100_000 + "\n"))
+    assert status == 1 and 'option "sync" in [emu1] (LOGEMU): 0xfff' in err and "… is out of range" in err
+    path = tmp_path / "zeros.conf"
+    path.write_text(nflog_conf(tmp_path, emu_section="sync=0x" + "0" * 100_000 + "1\n"))
+    assert main(["--check", "-c", str(path)]) == 0  # leading zeros are no digits (strtoul agrees)
+
+
+@pytest.mark.parametrize("where", ["top", "value"])
+def test_deeply_nested_yaml_is_one_line(tmp_path, where):
+    nested = "[" * 600 + "]" * 600
+    text = nested if where == "top" else f"global:\n  stack: {nested}\n"
+    status, err = check(tmp_path, text, "c.yaml")
+    assert status == 1 and "YAML nested too deeply" in err
+
+
+def _run_check(path, timeout: float = 20) -> subprocess.CompletedProcess:
+    """``pylogd --check`` as a process with 1 GiB of address space: a hang or runaway memory fails."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    return subprocess.run(
+        [*PYLOGD, "--check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        preexec_fn=limit,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "word"),
+    [
+        ("/dev/zero", "a character device"),
+        ("/dev/urandom", "a character device"),
+        ("fifo", "a FIFO"),
+        ("dir", "a directory"),
+    ],
+)
+def test_config_that_is_not_a_regular_file_is_refused(tmp_path, kind, word):
+    """/dev/zero ate gigabytes, a FIFO blocked forever: refuse before reading, never wait on a FIFO."""
+    import os
+
+    path = kind
+    if kind == "fifo":
+        path = tmp_path / "fifo.conf"
+        os.mkfifo(path)
+    elif kind == "dir":
+        path = tmp_path
+    proc = _run_check(path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr == f"pylogd: config file {path} is {word}; name a regular file\n"
+
+
+def test_config_larger_than_4_mib_is_refused(tmp_path):
+    path = tmp_path / "big.conf"
+    path.write_text(nflog_conf(tmp_path) + ("# " + "x" * 1000 + "\n") * 4200)
+    proc = _run_check(path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"pylogd: config file {path} is ") and "at most 4194304 are read" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        lambda t: t.replace("[emu1]", "[emu1" + "x" * 4_000_000),  # malformed header, 4 MB: the issue's worst
+        lambda t: t.replace("group=7", "g" * 10_000 + "=7"),  # unknown option
+        lambda t: t.replace("group=7", "group=" + "9x" * 10_000),  # not an integer
+        lambda t: t.replace("log1:NFLOG,", "log1:NFLOG," + "ab" * 2000 + ","),  # malformed stack token
+        lambda t: t.replace("emu1:LOGEMU", "emu1:" + "L" * 4000),  # unknown plugin
+        lambda t: t.replace("[emu1]", "[emu1]\n" + '"' + "q" * 10_000),  # unterminated quote
+        lambda t: t.replace("group=7", "group=" + "7" * 10_000),  # out of range
+        lambda t: t.replace("[emu1]", "[emu1]\n[emu1" + "]" * 10_000),  # malformed header after a section
+    ],
+    ids=["header", "option", "integer", "token", "plugin", "quote", "range", "header2"],
+)
+def test_messages_quote_at_most_80_characters(tmp_path, mutation):
+    status, err = check(tmp_path, mutation(nflog_conf(tmp_path)))
+    assert status == 1 and "…" in err
+
+
+def test_warnings_quote_at_most_80_characters(tmp_path):
+    path = tmp_path / "c.conf"
+    path.write_text(nflog_conf(tmp_path).replace("group=7", "group=7 " + "junk\t" * 10_000))
+    assert main(["--check", "-c", str(path)]) == 0
+    err = capsys_err()
+    assert err.startswith(f"pylogd: warning: {path}:5: text after the value of group is ignored: 'junk\\tjunk")
+    assert err.count("\n") == 1 and len(err) < 200 + len(str(path))
+
+
+def test_control_characters_are_escaped_in_messages(tmp_path):
+    text = 'global:\n  stack: log1:NFLOG,sys1:SYSLOG\nsys1:\n  facility: "LOG_\\nDAEMON\\u2028"\n'
+    status, err = check(tmp_path, text, "c.yaml")
+    assert status == 1 and 'unknown value "LOG_\\nDAEMON\\u2028"' in err
+
+
+def test_a_plugin_failing_in_configure_is_one_line(tmp_path):
+    plugin = tmp_path / "buggy.py"
+    plugin.write_text(
+        "from pylogd.plugin import Filter, Kind, PluginSpec\n"
+        "class Buggy(Filter):\n"
+        "    spec = PluginSpec(name='BUGGY', kind=Kind.FILTER, help='raises')\n"
+        "    def configure(self):\n"
+        "        raise KeyError('x' * 5000)\n"
+    )
+    text = nflog_conf(tmp_path).replace("base1:BASE,", "b1:BUGGY,base1:BASE,")
+    status, err = check(tmp_path, text.replace("[global]\n", f'[global]\nplugin="{plugin}"\n'))
+    assert status == 1 and "[b1] (BUGGY): internal error: KeyError: " in err
+
+
+@pytest.mark.parametrize("stage", ["parse_ini", "_build"])
+def test_any_exception_while_reading_a_config_is_one_line(tmp_path, monkeypatch, stage):
+    import pylogd.config
+    import pylogd.stack
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug\n" * 1000)
+
+    monkeypatch.setattr(pylogd.config if stage == "parse_ini" else pylogd.stack, stage, broken)
+    status, err = check(tmp_path, nflog_conf(tmp_path))
+    assert status == 1 and "internal error" in err and "RuntimeError: a bug\\na bug" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 12 item 10: messages that point at the fix
+
+
+def test_missing_key_names_the_plugin_that_provides_it(tmp_path):
+    text = nflog_conf(tmp_path).replace("ifi1:IFINDEX,", "")
+    status, err = check(tmp_path, text)
+    assert status == 1
+    assert 'print1:PRINTPKT needs key "oob.in", which no plugin before it provides; add IFINDEX before it' in err
+    assert "oob.uid" not in err
+
+
+@pytest.mark.parametrize(("plugin", "kind"), [("XML", "output"), ("NFACCT", "input"), ("UNIXSOCK", "input")])
+def test_ulogd_plugin_pylogd_lacks_is_not_a_typo(tmp_path, plugin, kind):
+    if kind == "output":
+        text = nflog_conf(tmp_path).replace("emu1:LOGEMU", f"x1:{plugin}")
+    else:
+        text = nflog_conf(tmp_path).replace("log1:NFLOG", f"x1:{plugin}")
+    status, err = check(tmp_path, text)
+    assert status == 1
+    assert f'"{plugin}" is a ulogd {kind} plugin that pylogd does not provide' in err
+    assert "did you mean" not in err
+
+
+def test_ulogd_plugins_pylogd_has_are_not_reported_missing():
+    from pylogd.registry import ULOGD_PLUGINS, Registry
+
+    registry = Registry()
+    for name in ("NFLOG", "NFCT", "LOGEMU", "BASE"):
+        assert name in ULOGD_PLUGINS and registry.require(name, None).spec.name == name
+
+
+def test_section_no_stack_uses_is_a_warning_naming_the_nearest_id(tmp_path):
+    text = nflog_conf(tmp_path).replace("[log1]", "[logX]") + "#stack=log2:NFLOG,emu1:LOGEMU\n[log2]\n[other]\n"
+    path = tmp_path / "c.conf"
+    path.write_text(text)
+    assert main(["--check", "-c", str(path)]) == 0
+    err = capsys_err()
+    assert f"pylogd: warning: {path}:4: section [logX] is used by no stack; did you mean [log1]?\n" in err
+    assert "section [other] is used by no stack\n" in err
+    assert "[log2]" not in err, "a section a commented-out stack names is kept on purpose"
+    assert err.count("\n") == 2

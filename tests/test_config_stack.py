@@ -59,6 +59,19 @@ def test_integers_as_strtoul(text, value):
     assert parse_int(text) == value
 
 
+@pytest.mark.parametrize("text", ["1_000", "0xf_f", "\u0661\u0662", "--1", "0x", "09", "1e3", "0x 1"])
+def test_integers_are_ascii_digits_only(text):
+    """int() also takes underscores and any script's digits; strtoul takes neither."""
+    with pytest.raises(ValueError):
+        parse_int(text)
+
+
+def test_integer_with_more_digits_than_64_bits_overflows_without_converting():
+    with pytest.raises(OverflowError):
+        parse_int("9" * 100_000)  # int() would refuse it with a ValueError about its digit limit
+    assert parse_int("0" * 100_000 + "17") == 0o17  # leading zeros: octal, as strtoul reads it
+
+
 def conf_text(tmp_path) -> str:
     return (
         f'[global]\nloglevel=1\nplugin="{TEST_PLUGINS}"\n'

@@ -67,6 +67,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
+from pylogd.config import INT_MAX
 from pylogd.conntrack import (
     EVENT_DESTROY,
     EVENT_NEW,
@@ -113,6 +114,9 @@ from pylogd.log import NOTICE
 from pylogd.loop import BacklogReader, EventLoop
 from pylogd.netlink import NetlinkError, backlog_option, rcvbuf_options
 from pylogd.plugin import Input, Kind, PluginError, PluginSpec, int_option, key, str_option
+
+#: the longest timer, in seconds: the loop's epoll timeout is a C int of milliseconds (24.8 days)
+MAX_TIMER = 24 * 86400
 
 _OUTPUTS = (
     key("orig.ip.saddr", KeyType.IPADDR, "original-direction source address"),
@@ -265,14 +269,16 @@ class Nfct(Input):
         kind=Kind.INPUT,
         help="Reads connection-tracking events (flows) from ctnetlink.",
         options=(
-            int_option("pollinterval", 0, "0: event mode; N > 0: dump the table every N seconds", min=0),
-            int_option("hash_enable", 1, "1: keep a table of live flows and emit only DESTROY", min=0),
-            int_option("hash_buckets", 8192, "accepted for compatibility (the table sizes itself)", min=1),
-            int_option("hash_max_entries", 32768, "flows the table holds; more are not tracked", min=1),
+            int_option("pollinterval", 0, "0: event mode; N > 0: dump the table every N seconds", min=0, max=MAX_TIMER),
+            int_option("hash_enable", 1, "1: keep a table of live flows and emit only DESTROY", min=0, max=INT_MAX),
+            int_option("hash_buckets", 8192, "accepted for compatibility (the table sizes itself)", min=1, max=INT_MAX),
+            int_option("hash_max_entries", 32768, "flows the table holds; more are not tracked", min=1, max=INT_MAX),
             int_option("event_mask", 5, "events to receive: 1 NEW, 2 UPDATE, 4 DESTROY", min=1, max=7),
             *rcvbuf_options(),
-            int_option("netlink_resync_timeout", 60, "hash mode: re-read the table N s after a loss", min=0),
-            int_option("reliable", 0, "1: NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS", min=0),
+            int_option(
+                "netlink_resync_timeout", 60, "hash mode: re-read the table N s after a loss", min=0, max=MAX_TIMER
+            ),
+            int_option("reliable", 0, "1: NETLINK_BROADCAST_ERROR + NETLINK_NO_ENOBUFS", min=0, max=INT_MAX),
             backlog_option(),
             str_option("accept_src_filter", "", "comma list of [!]addr/len on the original source"),
             str_option("accept_dst_filter", "", "comma list of [!]addr/len on the original destination"),

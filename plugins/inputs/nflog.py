@@ -40,6 +40,7 @@ Differences from ulogd 2.0.8
 
 from __future__ import annotations
 
+from pylogd.config import INT_MAX, U16_MAX, U32_MAX
 from pylogd.keys import KeyType
 from pylogd.log import ERROR, NOTICE
 from pylogd.loop import BacklogReader, EventLoop
@@ -148,20 +149,41 @@ class Nflog(Input):
         kind=Kind.INPUT,
         help="Reads the packets netfilter rules log to an NFLOG group (nft `log group N`, iptables -j NFLOG).",
         options=(
-            int_option("bufsize", 150000, "size of the buffer each netlink datagram is received into", min=1),
-            int_option("group", 0, "NFLOG group to bind", min=0, max=65535),
-            int_option("unbind", 1, "when binding the protocol families, unbind the current logger first", min=0),
-            int_option("bind", 0, "bind nfnetlink_log to IPv4, IPv6 and bridge (always done for group 0)", min=0),
-            int_option("seq_local", 0, "ask for per-group sequence numbers (oob.seq.local; gaps = losses)", min=0),
-            int_option("seq_global", 0, "ask for namespace-wide sequence numbers (oob.seq.global)", min=0),
+            # a netlink datagram is at most a few hundred KiB: 64 MiB is plenty and still allocatable
+            int_option(
+                "bufsize", 150000, "size of the buffer each netlink datagram is received into", min=1, max=1 << 26
+            ),
+            int_option("group", 0, "NFLOG group to bind", min=0, max=U16_MAX),
+            # switches: ulogd tests them for > 0 in a C int
+            int_option(
+                "unbind", 1, "when binding the protocol families, unbind the current logger first", min=0, max=INT_MAX
+            ),
+            int_option(
+                "bind", 0, "bind nfnetlink_log to IPv4, IPv6 and bridge (always done for group 0)", min=0, max=INT_MAX
+            ),
+            int_option(
+                "seq_local", 0, "ask for per-group sequence numbers (oob.seq.local; gaps = losses)", min=0, max=INT_MAX
+            ),
+            int_option("seq_global", 0, "ask for namespace-wide sequence numbers (oob.seq.global)", min=0, max=INT_MAX),
             int_option("numeric_label", 0, "number copied into raw.label of every packet", min=0, max=255),
             *rcvbuf_options(),
-            int_option("netlink_qthreshold", 0, "packets the kernel batches per message (0: kernel default)", min=0),
-            int_option("netlink_qtimeout", 0, "how long the kernel holds a batch, 1/100 s (0: default)", min=0),
+            # both are u32 attributes of the kernel's NFULA_CFG
+            int_option(
+                "netlink_qthreshold",
+                0,
+                "packets the kernel batches per message (0: kernel default)",
+                min=0,
+                max=U32_MAX,
+            ),
+            int_option(
+                "netlink_qtimeout", 0, "how long the kernel holds a batch, 1/100 s (0: default)", min=0, max=U32_MAX
+            ),
             backlog_option(),
-            int_option("attach_conntrack", 0, "ask for the packet's conntrack entry (keys ct, ct.info)", min=0),
+            int_option(
+                "attach_conntrack", 0, "ask for the packet's conntrack entry (keys ct, ct.info)", min=0, max=INT_MAX
+            ),
             str_option("copy_mode", "packet", "none, meta (no payload) or packet", choices=tuple(COPY_MODES)),
-            int_option("copy_range", 0xFFFF, "bytes of each packet to copy in packet mode", min=0, max=0xFFFF),
+            int_option("copy_range", 0xFFFF, "bytes of each packet to copy in packet mode", min=0, max=U16_MAX),
             str_option("netns", None, "read the log of this network namespace: a name under /run/netns, or a path"),
         ),
         outputs=_OUTPUTS,

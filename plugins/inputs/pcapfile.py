@@ -69,6 +69,7 @@ from typing import BinaryIO, ClassVar
 
 from pylogd.plugins.inputs.nflog import Nflog
 
+from pylogd.config import U32_MAX
 from pylogd.loop import EventLoop, Timer
 from pylogd.plugin import Input, Kind, PluginError, PluginSpec, int_option, str_option
 
@@ -199,12 +200,12 @@ class Pcapfile(Input):
         options=(
             str_option("file", None, "the pcap file to read (classic pcap, not pcapng)", mandatory=True),
             str_option("prefix", "", "oob.prefix of every packet"),
-            int_option("mark", 0, "oob.mark of every packet", min=0, max=0xFFFFFFFF),
-            int_option("ifindex", 0, "oob.ifindex_in of every packet (0: none)", min=0, max=0xFFFFFFFF),
+            int_option("mark", 0, "oob.mark of every packet", min=0, max=U32_MAX),
+            int_option("ifindex", 0, "oob.ifindex_in of every packet (0: none)", min=0, max=U32_MAX),
             int_option("hook", 1, "oob.hook: 0 prerouting, 1 input, 2 forward, 3 output, 4 postrouting", min=0, max=4),
             int_option("numeric_label", 0, "number copied into raw.label of every packet", min=0, max=255),
             int_option("exit_at_end", 0, "1: the daemon exits cleanly once the file is read", min=0, max=1),
-            int_option("rate", 0, "packets per second (0: as fast as possible)", min=0),
+            int_option("rate", 0, "packets per second (0: as fast as possible)", min=0, max=U32_MAX),
         ),
         outputs=Nflog.spec.outputs,
     )
