@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -62,16 +63,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, topology: Topology) -> int:
+    """Start, then run until a terminal signal.  Until start-up has succeeded nothing is written to
+    the log file: a refused start reports on stderr and leaves a running daemon's files alone."""
+    if args.daemon:
+        close_inherited_descriptors()
     log = Logger("core")
     opts = topology.global_options
     SINK.level = args.loglevel or opts["loglevel"]
-    try:
-        if opts["logfile"]:
-            SINK.open(opts["logfile"])
-    except OSError as exc:
-        print(f"pylogd: cannot open logfile {opts['logfile']}: {exc.strerror}", file=sys.stderr)
-        return 1
     SINK.echo_stderr = args.verbose and not args.daemon
+    SINK.hold()
     pidfile = PidFile(args.pidfile) if args.pidfile else None
     daemon = Daemon(topology, log)
     log.info(f"pylogd {__version__} starting with {args.configfile}")
@@ -80,6 +80,10 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
         if pidfile:
             pidfile.check()
         daemon.start()
+        try:
+            SINK.release(opts["logfile"])
+        except OSError as exc:
+            raise DaemonError(f"cannot open logfile {opts['logfile']}: {exc.strerror}") from None
         if args.daemon:
             daemonize()
         if pidfile:
@@ -89,9 +93,12 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
             log.info(f"running as {user[0]} (uid {user[1]}, gid {user[2]})")
     except DaemonError as exc:
         log.fatal(str(exc))
-        if SINK.target not in ("stderr",) and not args.verbose:
+        daemon.abort()
+        if SINK.held is not None:  # refused before start-up succeeded: stderr only
+            for line in SINK.held_errors():
+                print(f"pylogd: {line}", file=sys.stderr)
+        elif SINK.target != "stderr" and not args.verbose:
             print(f"pylogd: {exc}", file=sys.stderr)
-        daemon.shutdown()
         return 1
     try:
         daemon.run()
@@ -100,6 +107,16 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
             pidfile.remove(log)
         log.info("exited")
     return 0
+
+
+def close_inherited_descriptors() -> None:
+    """Before detaching: close every descriptor above 2 that the caller left open (pylogd has opened
+    none yet), so a pipe or a terminal of the caller is not kept open for the daemon's lifetime."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+                os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -127,6 +127,17 @@ class Daemon:
         self._started.clear()
         self.loop.close()
 
+    def abort(self) -> None:
+        """Start-up was refused: release what started, and remove what it created that holds nothing
+        (no empty output file is left behind by a daemon that never ran)."""
+        for inst in reversed(self._started):
+            try:
+                inst.plugin.abort()
+            except Exception as exc:
+                self.log.error(f"{inst.id} ({inst.spec.name}) failed to stop cleanly: {exc!r}")
+        self._started.clear()
+        self.loop.close()
+
     def _stop(self, inst) -> None:
         try:
             inst.plugin.stop()
@@ -229,10 +240,13 @@ def lookup_user(spec: str) -> tuple[str, int, int]:
 
 
 def drop_privileges(user: str, uid: int, gid: int) -> None:
-    os.setgroups([])
-    os.initgroups(user, gid)
-    os.setgid(gid)
-    os.setuid(uid)
+    try:
+        os.setgroups([])
+        os.initgroups(user, gid)
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as exc:
+        raise DaemonError(f"cannot switch to user {user} (uid {uid}, gid {gid}): {exc.strerror}") from None
 
 
 def daemonize() -> None:

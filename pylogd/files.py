@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from .loop import EventLoop
@@ -42,9 +43,20 @@ class FileOutput(Output):
     """An output whose entries are bytes appended to the file named by its ``file`` option."""
 
     fd: int = -1
+    created = False  # start() made the file: a refused start-up removes it again while it is empty
 
     def start(self, loop: EventLoop) -> None:
+        self.created = not os.path.exists(self.options["file"])
         self.fd = open_append(self.options["file"])
+
+    def abort(self) -> None:
+        fd = self.fd
+        self.stop()
+        if self.created and fd >= 0:
+            path = self.options["file"]
+            with contextlib.suppress(OSError):
+                if os.path.getsize(path) == 0:
+                    os.unlink(path)
 
     def reopen(self) -> None:
         try:

@@ -29,6 +29,25 @@ class LogSink:
         self.target = "stderr"
         self.stream: TextIO = sys.stderr
         self.echo_stderr = False  # -v: also echo to stderr
+        self.held: list[tuple[int, str, str]] | None = None  # start-up lines, until start-up succeeds
+
+    def hold(self) -> None:
+        """Keep lines in memory until :meth:`release`: a start that is refused (say, a second daemon
+        on the same config) must not write into the log file of the daemon already running."""
+        self.held = []
+
+    def release(self, target: str | None) -> None:
+        """Start-up succeeded: open ``target`` (None: stay on stderr) and write the held lines there.
+        Raises OSError (the lines stay held) when the target cannot be opened."""
+        if target:
+            self.open(target)
+        held, self.held = self.held or [], None
+        for level, origin, message in held:
+            self.write(level, origin, message)
+
+    def held_errors(self) -> list[str]:
+        """Start-up failed: the held lines worth showing on stderr."""
+        return [f"{origin}: {message}" for level, origin, message in self.held or () if level >= ERROR]
 
     def open(self, target: str) -> None:
         """Switch to ``stdout``, ``syslog``, ``stderr`` or a file path (opened for appending).
@@ -69,6 +88,11 @@ class LogSink:
 
     def write(self, level: int, origin: str, message: str) -> None:
         if level < self.level:
+            return
+        if self.held is not None:
+            self.held.append((level, origin, message))
+            if self.echo_stderr:
+                sys.stderr.write(f"{time.ctime()} <{level}> {origin}: {message}\n")
             return
         if self.target == "syslog":
             syslog.syslog(_SYSLOG_PRIORITY.get(level, syslog.LOG_WARNING), f"{origin}: {message}")

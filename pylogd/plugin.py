@@ -143,6 +143,11 @@ class Plugin:
     def stop(self) -> None:
         """Release everything; outputs have been flushed before this is called."""
 
+    def abort(self) -> None:
+        """The daemon's start-up failed after this plugin started: release what ``start`` took and
+        remove what it created that holds nothing yet."""
+        self.stop()
+
     def statistics(self) -> dict[str, int]:
         """Counters shown by SIGUSR1 besides the per-stack ones."""
         return {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -323,3 +324,29 @@ def test_pidfile_in_a_root_owned_directory_after_dropping_privileges(open_dir, d
     again = emu_daemon(open_dir, daemons, ["-p", str(pidfile)]).start(wait=False)
     wait_for(lambda: pidfile.exists() and pidfile.read_text() == f"{again.proc.pid}\n", what="the new pidfile")
     assert again.stop() == 0
+
+
+def test_daemon_mode_closes_descriptors_it_inherited(tmp_path, daemons) -> None:
+    pidfile = tmp_path / "pylogd.pid"
+    d = emu_daemon(tmp_path, daemons, ["-d", "-p", str(pidfile)])
+    r, w = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 10)
+    try:
+        proc = subprocess.Popen([*PYLOGD, "-c", str(d.conf), *d.args], cwd=ROOT, pass_fds=(w, 10))
+    finally:
+        os.close(w)
+        os.close(null)
+        os.close(10)
+    try:
+        assert proc.wait(30) == 0
+        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the pidfile"))
+        fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert os.devnull not in [target for fd, target in fds.items() if fd > 2], fds
+        ready, _, _ = select.select([r], [], [], 10)
+        assert ready and os.read(r, 1) == b"", "the detached daemon still holds the caller's pipe"
+    finally:
+        os.close(r)
+        if pidfile.exists() and pidfile.read_text().strip():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+    wait_for(lambda: not pidfile.exists(), what="the daemon's exit")

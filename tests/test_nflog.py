@@ -963,3 +963,21 @@ def test_daemon_exit_statistics_count_the_last_drain(logged: Pair, tmp_path: Pat
     received = int(re.findall(r"\(NFLOG\): received=(\d+)", log)[-1])
     assert written == len(records(tmp_path / "cap1.json")) == 5000
     assert received == 5000
+
+
+def test_daemon_refused_start_leaves_the_running_daemons_files_alone(logged: Pair, tmp_path: Path) -> None:
+    """A second daemon on the same config (same log file) whose group is taken: it says why on stderr,
+    writes nothing into the first daemon's log and leaves no empty output file behind."""
+    p = logged
+    conf, logfile = daemon_conf(tmp_path, ["log1:NFLOG,op1:OPRINT"], "", f'[op1]\nfile="{tmp_path}/first.txt"\n')
+    first = start_pylogd(p.a, conf, logfile)
+    before = logfile.read_bytes()
+    conf2 = tmp_path / "second.conf"
+    conf2.write_text(conf.read_text().replace(f"{tmp_path}/first.txt", f"{tmp_path}/second.json"))
+    second = p.a.spawn([*pylogd_command(), "-c", str(conf2)])
+    wait_for(lambda: not second.alive(), what="the second daemon to give up")
+    assert second.popen.returncode == 1
+    assert f"NFLOG group {G} is already bound by another listener" in second.output()
+    assert logfile.read_bytes() == before
+    assert not (tmp_path / "second.json").exists()
+    assert first.alive()
