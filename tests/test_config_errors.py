@@ -557,3 +557,38 @@ def test_section_no_stack_uses_is_a_warning_naming_the_nearest_id(tmp_path):
     assert "section [other] is used by no stack\n" in err
     assert "[log2]" not in err, "a section a commented-out stack names is kept on purpose"
     assert err.count("\n") == 2
+
+
+@pytest.mark.parametrize("bound", ["max", "min", "max-polling"])
+def test_netlink_inputs_start_with_every_option_at_its_bound(netns, tmp_path, bound):
+    """The ranges are the ones the running code takes: a daemon with each NFLOG and NFCT integer
+    option at its bound starts and stops cleanly (each used to be a traceback at start)."""
+    from rig import read_text, start_pylogd
+
+    from pylogd.plugin import OptType
+    from pylogd.registry import Registry
+
+    # kept as they are: pollinterval>0 would put NFCT in polling mode, where most options go unread;
+    # group 0 also binds the protocol families, and needs hash_enable=1 no more than event mode does
+    keep = {"group"} if bound == "max-polling" else {"pollinterval", "group"}
+
+    def section(name: str) -> str:
+        return "".join(
+            f"{o.name}={o.min if bound == 'min' else o.max}\n"
+            for o in Registry().get(name).spec.options
+            if o.type is OptType.INT and o.name not in keep
+        )
+
+    log = tmp_path / "pylogd.log"
+    conf = tmp_path / "bounds.conf"
+    conf.write_text(
+        f'[global]\nlogfile="{log}"\nloglevel=3\n'
+        "stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU\n"
+        "stack=ct1:NFCT,ip2str2:IP2STR,print2:PRINTFLOW,emu2:LOGEMU\n"
+        f"[log1]\n{section('NFLOG')}[ct1]\n{section('NFCT')}"
+        f'[emu1]\nfile="{tmp_path}/packets.log"\n[emu2]\nfile="{tmp_path}/flows.log"\n'
+    )
+    assert main(["--check", "-c", str(conf)]) == 0, capsys_err()
+    daemon = start_pylogd(netns, conf, log)
+    assert daemon.stop() == 0, read_text(log) + daemon.output()
+    assert "Traceback" not in read_text(log) + daemon.output()
