@@ -231,7 +231,7 @@ class Nflog(Input):
                 record=self._record(),
             )
         except NflogError as exc:
-            raise PluginError(str(exc)) from None
+            raise PluginError(exc.strerror or str(exc)) from None  # the text names the errno itself
         self.sock = sock
         if pf_step:
             for pf in PF_FAMILIES:
