@@ -725,7 +725,9 @@ class Json(FileOutput):
             if not path:
                 raise PluginError("mode unix needs the socket's path in file", option="file")
             if len(path) >= UNIX_PATH_MAX:
-                raise PluginError(f"unix socket path {o['file']} is longer than {UNIX_PATH_MAX - 1} bytes", "file")
+                raise PluginError(
+                    f"the unix socket path is {len(path)} bytes long; at most {UNIX_PATH_MAX - 1} fit", "file"
+                )
             return
         host, port = o["host"], o["port"]
         if not host or len(host) > 253:
