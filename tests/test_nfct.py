@@ -17,7 +17,7 @@ from rig import Netns, Rig, read_text, start_pylogd, wait_for
 from test_nfct_decode import pyroute2_view
 
 from pylogd.conntrack import FIELDS, CtSocket, dump
-from pylogd.log import Logger
+from pylogd.log import Logger, LogSink
 from pylogd.loop import EventLoop
 from pylogd.plugin import PluginError
 
@@ -36,10 +36,10 @@ table inet t {
 class Running:
     """An NFCT instance started in this process on a namespace, with a loop to pump."""
 
-    def __init__(self, ns: Netns, **options: object) -> None:
+    def __init__(self, ns: Netns, log: Logger | None = None, **options: object) -> None:
         values = {o.name: o.default for o in Nfct.spec.options}
         values.update(netns=ns.name, **options)
-        self.plugin = Nfct("ct1", values, Logger("ct1"))
+        self.plugin = Nfct("ct1", values, log or Logger("ct1"))
         self.plugin.configure()
         self.feed = RecordingFeed(Nfct.spec.outputs)
         self.plugin.feed = self.feed
@@ -320,6 +320,32 @@ def test_sigusr2_dumps_the_table_as_update(ctns: Netns, hash_enable: int) -> Non
         run.close()
     assert len(evs) == 1 and evs[0]["ct.event"] == 2 and "flow.end.sec" not in evs[0]
     assert "flow.start.sec" in evs[0] or not hash_enable
+
+
+@pytest.mark.parametrize("hash_enable", [0, 1])
+def test_table_dumps_count_what_the_filter_rejects(ctns: Netns, hash_enable: int) -> None:
+    ctns.call(udp_from, "127.0.0.1", "127.0.0.3", 4050)  # in the table before the start: hash mode dumps it
+    said: list[str] = []
+    sink = LogSink()
+    sink.write = lambda level, origin, message: said.append(message)  # type: ignore[method-assign]
+    run = Running(ctns, Logger("ct1", sink), hash_enable=hash_enable, accept_src_filter="127.0.0.2/32")
+    try:
+        ctns.call(udp_from, "127.0.0.1", "127.0.0.3", 4051)
+        ctns.call(udp_from, "127.0.0.2", "127.0.0.3", 4051)
+        run.pump(0.3)
+        before = run.plugin.statistics()["filtered"]
+        assert before == hash_enable  # the start-up dump's flow from 127.0.0.1
+        run.feed.events.clear()
+        run.plugin.on_signal(signal.SIGUSR2)
+        stats = run.plugin.statistics()
+        evs = [e for e in run.feed.events if e.get("orig.l4.dport") == 4051]
+    finally:
+        run.close()
+    assert [socket.inet_ntoa(e["orig.ip.saddr"]) for e in evs] == ["127.0.0.2"]
+    assert stats["filtered"] - before == 2  # both flows from 127.0.0.1
+    mode = "hash mode" if hash_enable else "event mode"
+    assert any(m.startswith(f"NFCT plugin working in {mode}") for m in said), said
+    assert said[-1].startswith("SIGUSR2: 1 flows of the conntrack table written (2 filtered)"), said
 
 
 def test_reliable_and_buffer_options(ctns: Netns) -> None:

@@ -352,7 +352,8 @@ class Nfct(Input):
             self.log.notice(f"NFCT netlink buffer size has been set to {self.sock.rcvbuf}")
         if o["reliable"]:
             self.log.notice("NFCT reliable logging has been enabled.")
-        self.log.notice("NFCT plugin working in event mode")
+        mode = "hash mode (flows kept until they end)" if self.hash else "event mode"
+        self.log.notice(f"NFCT plugin working in {mode}")
         self._reader = self._make_reader()
         loop.add_reader(self.sock.fileno(), self._reader)
 
@@ -510,6 +511,7 @@ class Nfct(Input):
         seen = set()
         for rec in recs:
             if accept is not None and not accept(rec):
+                self.stats["filtered"] += 1
                 continue
             k = flow_key(rec)
             seen.add(k)
@@ -570,12 +572,16 @@ class Nfct(Input):
         recs = dump(self.netns, reset_counters=True)
         self.stats["dumps"] += 1
         accept, table, emit_flow = self.accept, self.table, self._emit
+        filtered = 0
         for rec in recs:
             if accept is not None and not accept(rec):
+                filtered += 1
                 continue
             entry = table.get(flow_key(rec))
             emit_flow(rec, EVENT_UPDATE, entry[1] if entry is not None else rec[F_START], None)
         self.feed.flush()
+        self.stats["filtered"] += filtered
+        self.log.notice(f"SIGUSR2: {len(recs) - filtered} flows of the conntrack table written ({filtered} filtered)")
         return None
 
     def statistics(self) -> dict[str, int]:
