@@ -59,8 +59,6 @@ Differences from ulogd 2.0.8
 
 from __future__ import annotations
 
-import os
-import signal
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -380,10 +378,9 @@ class Pcapfile(Input):
         if id(self) in awaiting:
             awaiting.discard(id(self))
             if not awaiting:
-                # the core has no API for an input to end the daemon; SIGTERM is what it turns into a
-                # clean exit (stop reading, flush every output, close), so an input sends it to itself
-                self.log.info("exit_at_end: all files read, terminating")
-                os.kill(os.getpid(), signal.SIGTERM)
+                # stopping the loop is the daemon's clean exit: stop reading, flush every output, close
+                self.log.notice("exit_at_end: all files read, exiting")
+                self.loop.stop()
 
     def statistics(self) -> dict[str, int]:
         return dict(getattr(self, "counters", {}))
