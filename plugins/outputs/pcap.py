@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pylogd.files import FileOutput, open_append, sync_option
+from pylogd.files import FileOutput, sync_option
 from pylogd.keys import KeyType
 from pylogd.loop import EventLoop
 from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, key, str_option
@@ -125,7 +125,8 @@ class Pcap(FileOutput):
         """Open the file for appending, with a header when it is new or empty, after checking the
         header of one that is not."""
         path = self.options["file"]
-        fd = open_append(path)
+        # read-write: the header of an existing file is read through the same descriptor
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             if os.fstat(fd).st_size == 0:
                 os.write(fd, HEADER)
