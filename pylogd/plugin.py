@@ -177,8 +177,26 @@ class Output(Plugin):
         raise NotImplementedError
 
     def write(self, entries: list) -> None:
-        """Write a batch of entries. Raising keeps the batch for a later retry."""
+        """Write a batch of entries, with one of three outcomes:
+
+        * return: every entry is written;
+        * raise :class:`RejectedEntries`: the destination refused those entries for good (a
+          constraint, a bad value) and wrote every other one; they are set aside, never retried;
+        * raise anything else: a failure that may pass (a full disk, a server that went away).
+          ``entries`` must then hold exactly what was not written: remove the entries written
+          whole, replace a first entry written in part by its rest.  The runner retries the rest
+          after a back-off, in order, so nothing is lost or written twice.
+        """
         raise NotImplementedError
+
+
+class RejectedEntries(Exception):
+    """What :meth:`Output.write` raises when the destination refused some entries for good and
+    wrote all the others: ``rejected`` holds (entry, reason) pairs."""
+
+    def __init__(self, rejected: list[tuple[Any, str]]) -> None:
+        super().__init__(f"{len(rejected)} entries rejected: {rejected[0][1] if rejected else ''}")
+        self.rejected = rejected
 
 
 class Feed:

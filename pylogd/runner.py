@@ -18,7 +18,7 @@ import threading
 import time
 
 from .log import ERROR, Logger
-from .plugin import Output
+from .plugin import Output, RejectedEntries
 
 #: entries per write while the backlog is worked off: one retry of a full disk costs about this much
 CHUNK = 4096
@@ -35,7 +35,7 @@ def _mib(n: int) -> str:
 class OutputRunner:
     """Collects one stack's entries for its output and writes them once per batch.
 
-    ``written + dropped + pending()`` is every entry the stack accepted.
+    ``written + rejected + dropped + pending()`` is every entry the stack accepted.
     """
 
     #: back-off between two tries of a failing output
@@ -58,6 +58,7 @@ class OutputRunner:
         self.batch: list = []  # the stack appends an entry per event; flush() hands it on
         self.written = 0
         self.dropped = 0
+        self.rejected = 0  # refused by the destination for good (RejectedEntries): set aside, logged
         self.write_errors = 0
         self._size = output.entry_size
         self._backlog: collections.deque = collections.deque()
@@ -110,6 +111,9 @@ class OutputRunner:
         n = len(batch)
         try:
             self.output.write(batch)
+        except RejectedEntries as exc:
+            self.written += n - len(exc.rejected)
+            self._set_aside(exc)
         except Exception as exc:
             self.written += n - len(batch)  # the output removed what it wrote whole
             self._accept(batch)
@@ -187,8 +191,11 @@ class OutputRunner:
                 chunk = list(itertools.islice(backlog, CHUNK))
                 head = chunk[0]
             n = len(chunk)
+            rejected = None
             try:
                 self.output.write(chunk)
+            except RejectedEntries as exc:
+                rejected = exc
             except Exception as exc:
                 with lock:
                     self._remove(n - len(chunk))
@@ -199,6 +206,9 @@ class OutputRunner:
                 return False
             with lock:
                 self._remove(n)
+                if rejected is not None:
+                    self.written -= len(rejected.rejected)
+                    self._set_aside(rejected)
         if not self._abandon:
             self._recovered()
         return True
@@ -210,6 +220,22 @@ class OutputRunner:
             nbytes += size(backlog.popleft()) + ENTRY_OVERHEAD
         self._backlog_bytes -= nbytes
         self.written += n
+
+    def _set_aside(self, exc: RejectedEntries) -> None:
+        """Entries the destination refused for good: counted and logged, never retried, so they
+        cannot hold up the entries behind them."""
+        self.rejected += len(exc.rejected)
+        entry, reason = exc.rejected[0] if exc.rejected else (None, "")
+        shown = repr(entry)
+        if len(shown) > 300:
+            shown = shown[:300] + "..."
+        self.log.every(
+            10,
+            ERROR,
+            "reject",
+            f"{self.name}: {len(exc.rejected)} entries rejected and set aside ({self.rejected} since start); "
+            f"the first: {reason}: {shown}",
+        )
 
     def _failed(self, exc: Exception) -> None:
         now = time.monotonic()

@@ -390,6 +390,7 @@ class Stack:
             "pending": r.pending(),
             "errors": self.errors + r.write_errors,
             "dropped": r.dropped,
+            "rejected": r.rejected,
         }
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from pylogd import files
 from pylogd.log import Logger, LogSink
-from pylogd.plugin import Kind, Output, PluginSpec
+from pylogd.plugin import Kind, Output, PluginSpec, RejectedEntries
 from pylogd.runner import CHUNK, OutputRunner
 
 
@@ -185,3 +185,39 @@ def test_a_worker_thread_keeps_order_and_counts(tmp_path, disk, logged) -> None:
     assert len(got) == runner.written and runner.written + runner.dropped == sent
     assert got == sorted(set(got))
     assert got[-100:] == list(range(10_000, 10_100))
+
+
+class Picky(Output):
+    """Refuses entries that start with "bad" for good, and fails now and then as a server going away."""
+
+    spec = PluginSpec(name="PICKY", kind=Kind.OUTPUT, help="test")
+
+    def __init__(self) -> None:
+        super().__init__("picky1", {}, Logger("picky1"))
+        self.rows: list[str] = []
+        self.down = False
+
+    def write(self, entries: list) -> None:
+        if self.down:
+            raise ConnectionError("server closed the connection")
+        refused = [(e, "value out of range") for e in entries if e.startswith("bad")]
+        self.rows.extend(e for e in entries if not e.startswith("bad"))
+        if refused:
+            raise RejectedEntries(refused)
+
+
+@pytest.mark.parametrize("outage", [False, True])
+def test_rejected_entries_are_set_aside_and_never_hold_up_the_rest(logged, outage) -> None:
+    lines, sink = logged
+    out = Picky()
+    runner = OutputRunner(out, "1", Logger("core", sink))
+    out.down = outage
+    runner.batch.extend(["a", "bad1", "b"])
+    runner.flush()
+    runner.batch.extend(["c", "bad2", "d"])
+    runner.flush()
+    out.down = False
+    drain(runner)
+    assert out.rows == ["a", "b", "c", "d"]
+    assert (runner.written, runner.rejected, runner.pending(), runner.dropped) == (4, 2, 0, 0)
+    assert any("rejected and set aside" in m and "value out of range: 'bad1'" in m for m in lines), lines
