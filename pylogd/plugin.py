@@ -170,6 +170,13 @@ class Output(Plugin):
     blocking: ClassVar[bool] = False
     #: an entry's size in bytes, for the bound on what may wait while writes fail (bytes and str: len)
     entry_size: ClassVar[Callable[[Any], int]] = len
+    #: the longest back-off between two tries of a failing write, in seconds
+    max_retry_delay: ClassVar[float] = 5.0
+
+    def backlog_limits(self) -> tuple[int, int]:
+        """How many entries, and how many bytes of them, may wait in memory while writes fail
+        (an output with ulogd's backlog_memcap option returns it here)."""
+        return 200_000, 64 << 20
 
     def handler(self, slots: Slots) -> Callable[[list], Any]:
         """Return the per-event callable for one stack: it turns the record into an entry

@@ -38,9 +38,8 @@ class OutputRunner:
     ``written + rejected + dropped + pending()`` is every entry the stack accepted.
     """
 
-    #: back-off between two tries of a failing output
+    #: back-off between two tries of a failing output: from this, doubling up to the output's max_retry_delay
     MIN_DELAY = 0.25
-    MAX_DELAY = 5.0
 
     def __init__(
         self,
@@ -246,7 +245,7 @@ class OutputRunner:
             self._delay = self.MIN_DELAY
         wait = self._delay * random.uniform(0.75, 1.25)
         self._next_try = now + wait
-        self._delay = min(self._delay * 2, self.MAX_DELAY)
+        self._delay = min(self._delay * 2, self.output.max_retry_delay)
         self.log.every(
             10,
             ERROR,

@@ -328,7 +328,7 @@ class Stack:
         output = members[-1].plugin
         assert isinstance(output, Output)
         self.convert = output.handler(plan.slots[-1])
-        self.runner = OutputRunner(output, self.name, log)
+        self.runner = OutputRunner(output, self.name, log, *output.backlog_limits())
         self.run = self._make_run()
 
     def _make_run(self) -> Callable[..., None]:
