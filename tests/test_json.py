@@ -21,13 +21,17 @@ from typing import Any
 import pytest
 from conftest import PYLOGD, ROOT
 from daemonkit import Daemon, read
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pylogd.plugins.outputs import json as jsonout
 from rig import Rig, read_text, wait_for
 from test_compat_ulogd import CORPUS, DIFFERENCES, NFT_RULES, TRANSPORT, pair  # noqa: F401  (pair: a fixture)
 from test_nfct_compat import CT_RULES, NEW_KEYS, traffic
 
 from pylogd.config import parse_ini
+from pylogd.keys import KeyType
 from pylogd.log import Logger
+from pylogd.plugin import Slots, key
 from pylogd.registry import Registry
 from pylogd.stack import build
 
@@ -67,9 +71,8 @@ class JsonStack:
         raw = parse_ini("test.conf", f"[global]\nstack={stack}\n[json1]\n{options}\n[ct1]\n")
         plan = build(raw, Registry(), Logger).stacks[0]
         self.size = plan.size
-        self.slots: dict[str, int] = {}
-        for k, slot in plan.slots[-1].wildcard:
-            self.slots[k.name] = slot
+        self.wildcard = list(plan.slots[-1].wildcard)
+        self.slots = {k.name: slot for k, slot in self.wildcard}
         self.plugin = plan.instances[-1].plugin
         self.convert = self.plugin.handler(plan.slots[-1])
 
@@ -247,6 +250,52 @@ def test_strings_escapes_and_bad_utf8(tz) -> None:
     assert json.loads(stack.line(oob__prefix=bad))["oob.prefix"] == "DROP\ufffd "
     # booleans are numbers, whatever Python type a plugin stored
     assert b'"tcp.syn": 1, "tcp.fin": 0' in stack.line(tcp__syn=True, tcp__fin=False)
+
+
+def reference_line(stack: JsonStack, keys: dict[str, Any]) -> str:
+    """ulogd's rule written plainly: every valid number or string of the stack in wildcard order under
+    its CIM name or its own, a name given twice kept at its first place with its last value."""
+    obj: dict[str, Any] = {"dvc": "Netfilter"}
+    for k, _ in stack.wildcard:
+        value = keys.get(k.name)
+        if value is None or k.type.family not in ("integer", "string"):
+            continue
+        obj[k.cim or k.name] = int(value) if k.type.family == "integer" else value
+    return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+#: the packet stack with a second IP2STR, so that src_ip/dest_ip have two members from two plugins
+WIDE_STACK = "log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,mac2str1:HWHDR,ip2str2:IP2STR,json1:JSON"
+_stacks: dict[str, JsonStack] = {}
+
+
+@settings(max_examples=150)
+@given(data=st.data())
+def test_any_set_of_valid_keys_gives_ulogds_object(data: st.DataObject) -> None:
+    # the compiled line against the plain rule, for any mix of valid and missing keys (runs of one
+    # part whole, missing or mixed), names shared by several keys, and any text
+    stack = _stacks.setdefault("wide", JsonStack(WIDE_STACK, "timestamp=0"))
+    keys: dict[str, Any] = {}
+    for k, _ in stack.wildcard:
+        if not data.draw(st.booleans()):
+            continue
+        if k.type is KeyType.BOOL:
+            keys[k.name] = data.draw(st.booleans())
+        elif k.type.family == "integer":
+            keys[k.name] = data.draw(st.integers(0, 2**32 - 1))
+        elif k.type.family == "string":
+            keys[k.name] = data.draw(st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=8))
+    assert stack.text(keys) == reference_line(stack, keys)
+
+
+def test_odd_key_names_are_safe() -> None:
+    # names are plugins' text: quotes, braces, backslashes and f-string syntax stay text
+    names = ['a"b', "{x}", "c\\d", "}{", "é.ü", "'''", "new\nline", "{{", "x!r"]
+    fields = [(key(n, KeyType.UINT8), i) for i, n in enumerate(names)]
+    options = {o.name: o.default for o in jsonout.Json.spec.options} | {"timestamp": 0}
+    convert = jsonout.Json("j1", options, Logger("j")).handler(Slots({}, {}, wildcard=fields, size=len(names)))
+    line = convert(list(range(len(names))))
+    assert json.loads(line) == {"dvc": "Netfilter", **{n: i for i, n in enumerate(names)}}
 
 
 def test_ecs_packet(tz) -> None:

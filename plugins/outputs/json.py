@@ -94,6 +94,8 @@ CONNECT_TIMEOUT = 5.0
 #: a collector that takes no byte for this long is treated as gone: the connection is dropped
 SEND_TIMEOUT = 20.0
 ECS_VERSION = "8.11.0"
+#: this many keys in consecutive slots are skipped with one test when all are missing
+RUN = 4
 
 _INTEGER = frozenset(
     {
@@ -186,9 +188,11 @@ class Leaf:
     whole record returning JSON text or None.
     """
 
-    def __init__(self, name: str, sources: list[tuple[int | None, Any]]) -> None:
+    def __init__(self, name: str, sources: list[tuple[int | None, Any]], part: str = "") -> None:
         self.name = name
         self.sources = sources
+        #: the key's first name component (ip, tcp, icmpv6...): keys of one part are valid together
+        self.part = part
 
 
 class Obj:
@@ -228,6 +232,7 @@ class _Compiler:
     def __init__(self) -> None:
         self.ns: dict[str, Any] = {"_jstr": jstr, "_finish": finish}
         self.objects = 0
+        self.runs = 0
 
     def bind(self, value: Any) -> str:
         name = f"_f{len(self.ns)}"
@@ -247,6 +252,9 @@ class _Compiler:
         label = ", " + encode_basestring(leaf.name) + ": "
         expr = "''"
         for slot, how in reversed(leaf.sources):
+            if isinstance(how, Const):
+                expr = repr(label + how.text)
+                continue
             if slot is None:
                 test, value = f"(y := {self.bind(how)}(v)) is not None", "y"
             elif how == "int":
@@ -263,40 +271,70 @@ class _Compiler:
     def group(self, g: Group) -> str:
         slot = g.members[g.index][0]
         first = " and ".join([f"v[{slot}] is not None", *(f"v[{s}] is None" for s, _ in g.members[: g.index])])
-        later = [(s, self._render(how)) for s, how in reversed(g.members[g.index :])]
-
-        def last_valid(v: list) -> str:
-            for s, render in later:
-                if v[s] is not None:
-                    return render(v[s])
-            raise AssertionError("the group's own member is valid")
-
         label = ", " + encode_basestring(g.name) + ": "
-        return f"({self.fstring(label, f'{self.bind(last_valid)}(v)')} if {first} else '')"
+        # the value: the last valid member from this one on (this one is valid)
+        later = g.members[g.index :]
+        expr = self.fstring(label, self.render(later[0][1], f"v[{later[0][0]}]"))
+        for s, how in later[1:]:
+            expr = f"({self.fstring(label, self.render(how, f'v[{s}]'))} if v[{s}] is not None else {expr})"
+        return f"({expr} if {first} else '')"
 
-    @staticmethod
-    def _render(how: Any) -> Callable[[Any], str]:
+    def render(self, how: Any, x: str) -> str:
+        """The expression of the JSON text of the value ``x`` (known to be valid) for ulogd's fields."""
         if how == "int":
-            return lambda x: f"{x:d}"
+            return x
         if how == "bool":
-            return lambda x: "1" if x else "0"
+            return f"1 if {x} else 0"
         if how == "str":
-            return jstr
-        return how
+            return f"_jstr({x})"
+        return f"{self.bind(how)}({x})"
 
     def members(self, node: Obj) -> str:
         """An expression: the members' text, each starting with ", "."""
         parts = []
+        run: list[Leaf] = []  # leaves of one part reading consecutive slots, one plain source each
+
+        def end_run() -> None:
+            if len(run) < RUN:
+                parts.extend(self.leaf(leaf) for leaf in run)
+            else:
+                # keys of one part (TCP, ICMPv6, ARP...) are mostly all there or all missing: one
+                # test for the run, then one f-string for all of it or nothing
+                self.runs += 1
+                first, n, w = run[0].sources[0][0], len(run), f"w{self.runs}"
+                whole = " ".join(
+                    self.fstring(", " + encode_basestring(leaf.name) + ": ", self.render(how, f"{w}[{i}]"))
+                    for i, leaf in enumerate(run)
+                    for how in (leaf.sources[0][1],)
+                )
+                some = "''.join((" + ", ".join(self.leaf(leaf) for leaf in run) + ",))"
+                none = self.bind([None] * n)
+                test = f"None not in ({w} := v[{first}:{first + n}])"
+                parts.append(f"(({whole}) if {test} else '' if {w} == {none} else {some})")
+            run.clear()
+
         for member in node.members:
             if isinstance(member, Leaf):
-                parts.append(self.leaf(member))
-            elif isinstance(member, Group):
+                plain = len(member.sources) == 1 and member.sources[0][1] in ("int", "bool", "str") and member.part
+                slot = member.sources[0][0] if plain else None
+                if slot is not None and run and slot == run[-1].sources[0][0] + 1 and member.part == run[-1].part:
+                    run.append(member)
+                    continue
+                end_run()
+                if slot is not None:
+                    run.append(member)
+                else:
+                    parts.append(self.leaf(member))
+                continue
+            end_run()
+            if isinstance(member, Group):
                 parts.append(self.group(member))
             else:
                 self.objects += 1
                 inner = f"o{self.objects}"
                 text = self.fstring(", " + encode_basestring(member.name) + ": {", f"{inner}[2:]", "}")
                 parts.append(f"({text} if ({inner} := {self.members(member)}) else '')")
+        end_run()
         return "''.join((" + ", ".join(parts) + ",))"
 
     def build(self, root: Obj) -> Callable[[list], bytes]:
@@ -305,8 +343,15 @@ class _Compiler:
         return self.ns["convert"]
 
 
-def _const(text: str) -> Callable[[list], str]:
-    return lambda v: text
+class Const:
+    """A source whose JSON text is always the same (the device, ECS's fixed values)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _const(text: str) -> Const:
+    return Const(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,13 +379,14 @@ def ulogd_tree(fields: list[tuple[Key, int]], options: dict[str, Any]) -> Obj:
             named.append((k.cim or k.name, slot, "int"))
         elif k.type is KeyType.STRING:
             named.append((k.cim or k.name, slot, "str"))
+    parts = {slot: k.name.partition(".")[0] for k, slot in fields}
     by_name: dict[str, list[tuple[int, Any]]] = {}
     for name, slot, how in named:
         by_name.setdefault(name, []).append((slot, how))
     for name, slot, how in named:
         members = by_name[name]
         if len(members) == 1:
-            root.members.append(Leaf(name, [(slot, how)]))
+            root.members.append(Leaf(name, [(slot, how)], part=parts[slot]))
         else:
             root.members.append(Group(name, members, members.index((slot, how))))
     return root
@@ -350,14 +396,23 @@ def _action(label: int) -> str:
     return '"allowed"' if label else '"blocked"'
 
 
-def _time_of(sec_slot: int | None, usec_slot: int | None, colon: bool = False) -> Callable[[list], str]:
-    stamp, now = stamper(colon), time.time
+def _time_of(sec_slot: int | None, usec_slot: int | None) -> Callable[[list], str]:
+    """The timestamp of ulogd's fields: the packet time, else now; the part down to the second is made
+    once per second."""
+    stamp, now = stamper(False), time.time
+    cache: list = [None, "", ""]
 
     def timestamp(v: list) -> str:
         sec = v[sec_slot] if sec_slot is not None else None
         if sec is None:
             sec = int(now())
-        return stamp(sec, v[usec_slot] if usec_slot is not None else None)
+        usec = v[usec_slot] if usec_slot is not None else None
+        if sec != cache[0]:
+            head, _, tail = stamp(sec, 0).rpartition(".000000")
+            cache[:] = sec, head, tail
+        if usec is None:
+            return cache[1] + cache[2]
+        return f"{cache[1]}.{usec:06d}{cache[2]}"
 
     return timestamp
 
@@ -543,7 +598,7 @@ def ecs_tree(fields: list[tuple[Key, int]], options: dict[str, Any]) -> Obj:
         if how is None or column in seen:
             continue
         seen.add(column)
-        netfilter.members.append(Leaf(column, [(slot, how)]))
+        netfilter.members.append(Leaf(column, [(slot, how)], part=k.name.partition(".")[0]))
     return root
 
 
