@@ -173,6 +173,7 @@ def test_eventv1_boolean_label_device(tz) -> None:
         ("Asia/Kolkata", "2026-11-23T04:33:07.721317+0530"),
         ("America/St_Johns", "2026-11-22T19:33:07.721317-0330"),
         ("Pacific/Marquesas", "2026-11-22T13:33:07.721317-0930"),
+        ("XYZ0:30", "2026-11-22T22:33:07.721317-0030"),  # POSIX rule, 30 min west: ulogd wrote +0030
     ],
 )
 def test_timestamp_is_local_time_with_its_offset(tz, zone: str, stamp: str) -> None:
@@ -771,3 +772,43 @@ def test_same_flows_same_json_lines(rig: Rig, tmp_path: Path) -> None:
         if "flow.start.sec" in ud:
             u_start = ud["flow.start.sec"] + ud["flow.start.usec"] / 1e6
             assert abs(u_start - (pd["flow.start.sec"] + pd["flow.start.usec"] / 1e6)) < 0.5
+
+
+NAT_RULES = """
+table ip nat {{
+    chain out {{ type nat hook output priority -100; ip daddr 10.9.9.9 dnat to {b_ip}; }}
+    chain post {{
+        type nat hook postrouting priority 100;
+        oifname "{a_if}" meta l4proto udp snat to {a_ip}:61000-61010;
+    }}
+}}
+"""
+
+
+def test_ecs_flows_from_the_kernel_with_nat(rig: Rig, tmp_path: Path) -> None:
+    p = rig.pair()
+    p.a.nft(NAT_RULES.format(b_ip=p.b_ip4, a_ip=p.a_ip4, a_if=p.a_if))
+    p.a.run(["ip", "route", "add", "10.9.9.9", "dev", p.a_if])  # the address the flow is sent to, DNATed
+    out = tmp_path / "flows.json"
+    conf = tmp_path / "pylogd.conf"
+    conf.write_text(
+        f'[global]\nlogfile="{tmp_path}/pylogd.log"\nloglevel=3\nstack=ct1:NFCT,ip2str1:IP2STR,json1:JSON\n'
+        f'[ct1]\nhash_enable=0\n[json1]\nfile="{out}"\nsync=1\nfields=ecs\ndevice="fw7"\n'
+    )
+    p.a.spawn([sys.executable, "-m", "pylogd", "-c", str(conf)], name="pylogd", cwd=ROOT)
+    wait_for(lambda: "entering main loop" in read_text(tmp_path / "pylogd.log"), what="pylogd start")
+    sport = p.a.send_udp("10.9.9.9", 5555, src_port=40123)
+    p.a.run(["conntrack", "-F"])
+    wait_for(lambda: len(read_text(out).splitlines()) >= 2, what="the flow's NEW and DESTROY")
+    new, destroy = (json.loads(x) for x in read_text(out).splitlines()[:2])
+    for doc, action, phase in ((new, "new", "start"), (destroy, "destroy", "end")):
+        assert doc["event"]["action"] == action and doc["event"]["type"] == ["connection", phase], doc
+        assert doc["observer"] == {"name": "fw7"}
+        assert doc["network"]["transport"] == "udp" and doc["network"]["type"] == "ipv4"
+        assert doc["source"]["ip"] == p.a_ip4 and doc["source"]["port"] == sport
+        assert doc["destination"]["ip"] == "10.9.9.9" and doc["destination"]["port"] == 5555
+        # where the packets really went, and the port the other end saw
+        assert doc["destination"]["nat"] == {"ip": p.b_ip4, "port": 5555}
+        assert doc["source"]["nat"]["ip"] == p.a_ip4 and 61000 <= doc["source"]["nat"]["port"] <= 61010
+        assert doc["netfilter"]["nat_snat"] is True and doc["netfilter"]["nat_dnat"] is True
+    assert "start" in new["event"] and "end" in destroy["event"]
