@@ -482,6 +482,30 @@ def test_datagrams_too_big_are_dropped_and_counted(monkeypatch: pytest.MonkeyPat
         out.stop()
 
 
+def test_stop_wakes_a_write_blocked_on_a_collector_that_reads_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = socket_output("unix")
+    ours, theirs = socket.socketpair()
+    monkeypatch.setattr(out, "_connect", lambda: ours)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            out.write([b"x" * 65535 + b"\n"] * 200)  # far more than the socket buffers hold
+        except OSError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=writer)
+    worker.start()
+    time.sleep(0.3)
+    assert worker.is_alive()  # blocked in send(): the peer reads nothing
+    started = time.monotonic()
+    out.stop()
+    worker.join(5)
+    assert not worker.is_alive() and time.monotonic() - started < 5
+    assert errors and out.sock is None
+    theirs.close()
+
+
 class Collector:
     """A test collector: a listening TCP or unix socket that keeps every line it receives."""
 

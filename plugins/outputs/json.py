@@ -20,7 +20,7 @@ With ``fields=ulogd`` (the default) the line is ulogd 2.0.8's, key for key::
   is valid), else the current time (flows), in local time with its UTC offset:
   ``2026-11-23T00:03:51.628277+0100``.
 * Separators ``", "`` and ``": "``; text is UTF-8 as is, with ``"``, ``\\`` and control
-  characters escaped.
+  characters escaped (``\\u001B``: upper-case hex digits, as jansson writes them).
 
 ``fields=ecs`` writes an Elastic Common Schema document instead, nested, so that Elasticsearch,
 OpenSearch and Filebeat take it without an ingest pipeline::
@@ -53,7 +53,8 @@ written from a worker thread, connected when there is something to send, and rec
 an error or SIGHUP; while the collector is away the lines wait in the stack's backlog and go out,
 each once and in order, when it is back.  A line that was only partly sent when a connection
 broke is sent again whole on the next one.  Before each batch a stream socket is checked for a
-peer that has closed, so a batch is not sent into a dead connection.
+peer that has closed, so a batch is not sent into a dead connection.  SIGUSR1 shows ``connects``
+(connections made) and ``oversized`` (lines too big for a datagram, dropped).
 
 Differences from ulogd 2.0.8
 ----------------------------
@@ -72,6 +73,7 @@ Differences from ulogd 2.0.8
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -828,8 +830,16 @@ class Json(FileOutput):
         if self.mode == "file":
             super().stop()
             return
-        with self._lock:
-            self._close()
+        sock = self.sock
+        if sock is not None:
+            # a worker still blocked in send() on a collector that takes nothing wakes up now
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._lock.acquire(timeout=5):
+            try:
+                self._close()
+            finally:
+                self._lock.release()
 
     def write(self, entries: list) -> None:
         if self.mode == "file":
