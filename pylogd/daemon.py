@@ -13,7 +13,8 @@ import time
 from .log import SINK, Logger
 from .loop import EventLoop
 from .plugin import Input, Kind, Output, PluginError
-from .stack import InputFeed, Stack, Topology
+from .spool import SpoolError
+from .stack import InputFeed, Stack, Topology, spool_for
 
 
 class DaemonError(Exception):
@@ -36,7 +37,11 @@ class Daemon:
         """Open every output, then filters, then inputs, so nothing arrives before it can be written."""
         for kind in (Kind.OUTPUT, Kind.FILTER, Kind.INPUT):
             if kind is Kind.INPUT:  # handlers are built from started plugins, before any event can come
-                self.stacks = [Stack(plan, self.log) for plan in self.topology.stacks]
+                try:
+                    options = self.topology.global_options
+                    self.stacks = [Stack(p, self.log, spool_for(p, options, self.log)) for p in self.topology.stacks]
+                except SpoolError as exc:
+                    raise DaemonError(str(exc)) from None
             for inst in self._ordered(kind):
                 if kind is Kind.INPUT:
                     feed = InputFeed(inst.plugin, [s for s in self.stacks if s.plan.instances[0] is inst])

@@ -5,7 +5,10 @@ happens.  When a write fails (a full disk, a server that went away) what did not
 waits in a backlog, oldest first, and later batches join it without any write being tried;
 the backlog is written again after a back-off (exponential with jitter, capped), in chunks,
 so a retry costs one chunk and not a copy of everything that waits.  The backlog is bounded
-in entries and in bytes: past that, new entries are dropped whole (never a part of one),
+in entries and in bytes.  Past that, with a spool (``[global] spool_dir``), new entries go to
+disk, and every later one after them until the spool is empty again, so the order holds; what
+waits in memory at exit goes to the spool too, ahead of the rest, and a restart writes it first.
+Without a spool, or past its bound, new entries are dropped whole (never a part of one),
 counted, and logged at most every few seconds with their count.
 """
 
@@ -19,6 +22,7 @@ import time
 
 from .log import ERROR, Logger
 from .plugin import Output, RejectedEntries
+from .spool import Spool
 
 #: entries per write while the backlog is worked off: one retry of a full disk costs about this much
 CHUNK = 4096
@@ -48,6 +52,7 @@ class OutputRunner:
         log: Logger,
         max_pending: int = 200_000,
         max_pending_bytes: int = 64 << 20,
+        spool: Spool | None = None,
     ) -> None:
         self.output = output
         self.stack_name = stack_name
@@ -62,6 +67,7 @@ class OutputRunner:
         self._size = output.entry_size
         self._backlog: collections.deque = collections.deque()
         self._backlog_bytes = 0
+        self.spool = spool
         self._lock = threading.Lock()  # the backlog, with a worker thread
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -79,12 +85,18 @@ class OutputRunner:
         return f"stack {self.stack_name} ({self.output.id}:{self.output.spec.name})"
 
     def start(self) -> None:
+        if self.spool is not None and self.spool.entries:
+            self.log.notice(f"{self.name}: {self.spool.entries} entries wait in the spool; they are written first")
+            self._next_try = 0.0
         if self.output.blocking:
             self._thread = threading.Thread(target=self._worker, name=f"output-{self.output.id}", daemon=True)
             self._thread.start()
 
     def pending(self) -> int:
-        return len(self.batch) + len(self._backlog)
+        return len(self.batch) + len(self._backlog) + self._spooled()
+
+    def _spooled(self) -> int:
+        return self.spool.entries if self.spool is not None else 0
 
     def pending_bytes(self) -> int:
         return self._backlog_bytes
@@ -102,7 +114,7 @@ class OutputRunner:
                 self._wake.notify()
             batch.clear()
             return
-        if self._backlog:
+        if self._backlog or self._spooled():
             self._accept(batch)
             batch.clear()
             self.retry()
@@ -123,11 +135,17 @@ class OutputRunner:
 
     def retry(self) -> None:
         """Write what waits if the back-off allows (the daemon's timer calls this)."""
-        if self._thread is None and self._backlog and time.monotonic() >= self._next_try:
+        if self._thread is None and (self._backlog or self._spooled()) and time.monotonic() >= self._next_try:
             self._work_off()
+        if self.spool is not None:
+            with self._lock:
+                self.spool.sync()
 
     def close(self, deadline: float) -> None:
-        """Write everything accepted, trying until ``deadline`` (monotonic); what is left then is dropped."""
+        """Write everything accepted, trying until ``deadline`` (monotonic); what is left then goes to the
+        spool (which needs no long wait: the next start writes it), or without one is dropped."""
+        if self.spool is not None:
+            deadline = min(deadline, time.monotonic() + 2.0)
         self.flush()
         if self._thread is not None:
             with self._wake:
@@ -142,21 +160,35 @@ class OutputRunner:
                 self._thread.join(5)
         else:
             self._next_try = 0.0
-            while self._backlog and not self._work_off() and self._next_try < deadline:
+            while (self._backlog or self._spooled()) and not self._work_off() and self._next_try < deadline:
                 time.sleep(max(0.0, self._next_try - time.monotonic()))
         with self._lock:
-            left = len(self._backlog)
+            left = list(self._backlog)
+            self._backlog.clear()
+            self._backlog_bytes = 0
+            spool = self.spool
+            if spool is not None:
+                spool.commit()  # a record read back in part: what is left of it is in ``left``
+                kept = spool.append(left, first=True)
+                if left and kept:
+                    self.log.notice(
+                        f"{self.name}: {kept} entries kept in the spool for the next start ({spool.entries} in all)"
+                    )
+                left = left[kept:]
+                spool.close()
             if left:
-                self._backlog.clear()
-                self._backlog_bytes = 0
-                self.dropped += left
-                self.log.error(f"{self.name}: {left} entries could not be written at exit ({self._last_error})")
+                self.dropped += len(left)
+                self.log.error(f"{self.name}: {len(left)} entries could not be written at exit ({self._last_error})")
         self._log_drops(force=True)
 
     # -- the backlog --------------------------------------------------------------------------
 
     def _accept(self, entries: list) -> None:
-        """Queue ``entries`` behind the backlog, within its bounds (the lock is held with a worker)."""
+        """Queue ``entries`` behind what waits, within the bounds (the lock is held with a worker)."""
+        spool = self.spool
+        if spool is not None and spool.entries:  # the order: behind what is spooled already
+            self._lost(len(entries) - spool.append(entries))
+            return
         backlog, size = self._backlog, self._size
         room = self.max_pending - len(backlog)
         take = entries if len(entries) <= room else entries[: max(room, 0)]
@@ -174,10 +206,17 @@ class OutputRunner:
             take = take[:count]
         backlog.extend(take)
         self._backlog_bytes += nbytes
-        lost = len(entries) - len(take)
-        if lost:
-            self.dropped += lost
-            self._drops_unlogged += lost
+        rest = len(entries) - len(take)
+        if rest and spool is not None:
+            if not spool.entries:
+                self.log.notice(f"{self.name}: the memory backlog is full; spilling to {spool.directory}")
+            rest -= spool.append(entries[len(take) :])
+        self._lost(rest)
+
+    def _lost(self, n: int) -> None:
+        if n:
+            self.dropped += n
+            self._drops_unlogged += n
             self._log_drops()
 
     def _work_off(self) -> bool:
@@ -185,6 +224,8 @@ class OutputRunner:
         backlog, size, lock = self._backlog, self._size, self._lock
         while True:
             with lock:
+                if not backlog and self.spool is not None and not self._abandon:
+                    self._refill()
                 if not backlog or self._abandon:
                     break
                 chunk = list(itertools.islice(backlog, CHUNK))
@@ -211,6 +252,16 @@ class OutputRunner:
         if not self._abandon:
             self._recovered()
         return True
+
+    def _refill(self) -> None:
+        """The memory backlog is written: mark the spool's last record done, take the next one."""
+        spool = self.spool
+        assert spool is not None
+        spool.commit()
+        entries = spool.read()
+        if entries:
+            self._backlog.extend(entries)
+            self._backlog_bytes += sum(map(self._size, entries)) + ENTRY_OVERHEAD * len(entries)
 
     def _remove(self, n: int) -> None:
         backlog, size = self._backlog, self._size
@@ -251,7 +302,7 @@ class OutputRunner:
             ERROR,
             "write",
             f"{self.name}: write failed ({self._last_error}); {len(self._backlog)} entries "
-            f"({_mib(self._backlog_bytes)}) wait, next try in {wait:.1f} s",
+            f"({_mib(self._backlog_bytes)}) wait in memory{self._spool_state()}, next try in {wait:.1f} s",
         )
 
     def _recovered(self) -> None:
@@ -270,11 +321,17 @@ class OutputRunner:
         self.log.error(
             f"{self.name}: dropped {self._drops_unlogged} new entries: the backlog is full "
             f"({len(self._backlog)} entries, {_mib(self._backlog_bytes)}; limits {self.max_pending} entries, "
-            f"{_mib(self.max_pending_bytes)}) while writes fail ({self._last_error}); "
+            f"{_mib(self.max_pending_bytes)}{self._spool_state()}) while writes fail ({self._last_error}); "
             f"{self.dropped} dropped since start"
         )
         self._drops_unlogged = 0
         self._drop_logged_at = now
+
+    def _spool_state(self) -> str:
+        spool = self.spool
+        if spool is None:
+            return ""
+        return f"; spool {spool.entries} entries, {_mib(spool.bytes)} of {_mib(spool.max_bytes)}"
 
     # -- the worker thread of a blocking output -----------------------------------------------
 
@@ -283,7 +340,7 @@ class OutputRunner:
         while True:
             with wake:
                 while not self._abandon:
-                    if self._backlog:
+                    if self._backlog or self._spooled():
                         wait = self._next_try - time.monotonic()
                         if wait <= 0:
                             break

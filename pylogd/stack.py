@@ -8,7 +8,9 @@ handlers on one preallocated record per stack.
 
 from __future__ import annotations
 
+import os
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,7 @@ from .log import ERROR, Logger
 from .plugin import STOP, Feed, Input, Kind, Output, Plugin, PluginError, Slots, int_option, str_option
 from .registry import Registry
 from .runner import OutputRunner
+from .spool import Spool
 
 _TOKEN = re.compile(r"^([A-Za-z0-9_.\-]+):([A-Za-z0-9_]+)$")
 #: ulogd's 254-character lines hold about 60 plugins; nobody needs more, and the bounds keep a
@@ -108,6 +111,20 @@ GLOBAL_OPTIONS = (
     ),
     str_option("plugin", None, "a plugin to load: a ulogd .so path (selects the built-in), a .py file or a module"),
     str_option("stack", None, "a stack: id:PLUGIN,id:PLUGIN,..."),
+    str_option(
+        "spool_dir",
+        None,
+        "where an output's entries go on disk once its memory backlog is full while writes fail (a directory "
+        "per output and stack is made in it); they are written, in order, once the output works again, also "
+        "after a restart. Unset: past the memory backlog entries are dropped (counted and logged)",
+    ),
+    int_option(
+        "spool_max_bytes",
+        1 << 30,
+        "the most disk each output's spool may take, in bytes; past that new entries are dropped",
+        min=1 << 20,
+        max=1 << 50,
+    ),
 )
 
 
@@ -310,10 +327,19 @@ def _nearest(members: list[Instance], bases: list[int], position: int, name: str
 # runtime
 
 
+def spool_for(plan: StackPlan, options: dict[str, Any], log: Logger) -> Spool | None:
+    """The spool of a stack's output, when ``[global] spool_dir`` is set: its directory is named after
+    the output and the stack's text, so a restart with the same stack finds what it left."""
+    if not options.get("spool_dir"):
+        return None
+    name = f"{plan.instances[-1].id}.{zlib.crc32(plan.decl.text.encode()):08x}"
+    return Spool(os.path.join(options["spool_dir"], name), options["spool_max_bytes"], log)
+
+
 class Stack:
     """A running stack: one preallocated record and the prebuilt handler chain."""
 
-    def __init__(self, plan: StackPlan, log: Logger) -> None:
+    def __init__(self, plan: StackPlan, log: Logger, spool: Spool | None = None) -> None:
         self.plan = plan
         self.name = str(plan.number)
         self.log = log
@@ -328,7 +354,7 @@ class Stack:
         output = members[-1].plugin
         assert isinstance(output, Output)
         self.convert = output.handler(plan.slots[-1])
-        self.runner = OutputRunner(output, self.name, log, *output.backlog_limits())
+        self.runner = OutputRunner(output, self.name, log, *output.backlog_limits(), spool=spool)
         self.run = self._make_run()
 
     def _make_run(self) -> Callable[..., None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -350,3 +351,32 @@ def test_daemon_mode_closes_descriptors_it_inherited(tmp_path, daemons) -> None:
         if pidfile.exists() and pidfile.read_text().strip():
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
     wait_for(lambda: not pidfile.exists(), what="the daemon's exit")
+
+
+@pytest.mark.parametrize("blocking", [0, 1])
+def test_spool_keeps_an_outage_across_a_restart(tmp_path, daemons, blocking) -> None:
+    """The output fails, more arrives than memory may hold, the daemon is stopped and started again:
+    once the output works, every entry is written once, in order, before the new ones."""
+    marker = tmp_path / "server-down"
+    marker.touch()
+    cap = tmp_path / "cap.json"
+    spool = tmp_path / "spool"
+    sections = f'[cap1]\nfile="{cap}"\nfail_while="{marker}"\nblocking={blocking}\nbacklog=100\n'
+    d = Daemon(tmp_path, ["in1:PIPEIN,cap1:CAPTURE"], sections)
+    d.conf.write_text(d.conf.read_text().replace("[global]\n", f'[global]\nspool_dir="{spool}"\n'))
+    daemons.append(d)
+    d.start()
+    d.send(*({"test.n": i} for i in range(1000)))
+    wait_for(lambda: "spilling to" in read(d.log), what="the spill to disk")
+    assert d.stop() == 0
+    log = read(d.log)
+    assert "entries kept in the spool for the next start" in log and "dropped=0" in log
+    marker.unlink()
+    d.start(wait=False)
+    wait_for(lambda: "entries wait in the spool; they are written first" in read(d.log), what="the restart")
+    d.send(*({"test.n": i} for i in range(1000, 1010)))
+    wait_for(lambda: len(lines(cap)) >= 1010, what="every entry written")
+    assert d.stop() == 0
+    got = [json.loads(line)["test.n"] for line in lines(cap)]
+    assert got == list(range(1010))
+    assert not [p for p in spool.rglob("*.seg")]

@@ -152,6 +152,7 @@ class Capture(Output):
             str_option("fail_while", "", "writes fail while this file exists (a full disk, a database down)"),
             int_option("blocking", 0, "write from a worker thread", min=0, max=1),
             str_option("format", "json", "line format", choices=("json", "repr")),
+            int_option("backlog", 200_000, "entries that may wait in memory while writes fail", min=1),
         ),
         wildcard_inputs=True,
         section_required=True,
@@ -159,6 +160,9 @@ class Capture(Output):
 
     def configure(self) -> None:
         self.blocking = bool(self.options["blocking"])
+
+    def backlog_limits(self) -> tuple[int, int]:
+        return self.options["backlog"], 64 << 20
 
     def start(self, loop) -> None:
         self.f = open(self.options["file"], "a")
