@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from pylogd.log import LogSink
+
 # CI runs the property tests on a fixed sequence of examples so that a red run can be reproduced
 settings.register_profile("ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", deadline=None)
@@ -28,6 +30,15 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped under CI=true, which is a failure: {reason}"
+
+
+@pytest.fixture
+def logged() -> tuple[list[str], LogSink]:
+    """A log sink that keeps each message: (messages, sink); give it to a Logger."""
+    sink = LogSink()
+    lines: list[str] = []
+    sink.write = lambda level, origin, message: lines.append(message)  # type: ignore[method-assign]
+    return lines, sink
 
 
 # the namespace rig's fixtures: rig, netns, netns_pair

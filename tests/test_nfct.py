@@ -17,7 +17,7 @@ from rig import Netns, Rig, read_text, start_pylogd, wait_for
 from test_nfct_decode import pyroute2_view
 
 from pylogd.conntrack import FIELDS, CtSocket, dump
-from pylogd.log import Logger, LogSink
+from pylogd.log import Logger
 from pylogd.loop import EventLoop
 from pylogd.plugin import PluginError
 
@@ -323,11 +323,9 @@ def test_sigusr2_dumps_the_table_as_update(ctns: Netns, hash_enable: int) -> Non
 
 
 @pytest.mark.parametrize("hash_enable", [0, 1])
-def test_table_dumps_count_what_the_filter_rejects(ctns: Netns, hash_enable: int) -> None:
+def test_table_dumps_count_what_the_filter_rejects(ctns: Netns, hash_enable: int, logged) -> None:
     ctns.call(udp_from, "127.0.0.1", "127.0.0.3", 4050)  # in the table before the start: hash mode dumps it
-    said: list[str] = []
-    sink = LogSink()
-    sink.write = lambda level, origin, message: said.append(message)  # type: ignore[method-assign]
+    said, sink = logged
     run = Running(ctns, Logger("ct1", sink), hash_enable=hash_enable, accept_src_filter="127.0.0.2/32")
     try:
         ctns.call(udp_from, "127.0.0.1", "127.0.0.3", 4051)

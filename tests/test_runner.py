@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pylogd import files
-from pylogd.log import Logger, LogSink
+from pylogd.log import Logger
 from pylogd.plugin import Kind, Output, PluginSpec, RejectedEntries
 from pylogd.runner import CHUNK, OutputRunner
 
@@ -57,14 +57,6 @@ def disk(tmp_path, monkeypatch):
     yield make
     for out in outputs:
         os.close(out.fd)
-
-
-@pytest.fixture
-def logged():
-    sink = LogSink()
-    lines: list[str] = []
-    sink.write = lambda level, origin, message: lines.append(message)  # type: ignore[method-assign]
-    return lines, sink
 
 
 def line(i: int) -> bytes:

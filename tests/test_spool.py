@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from test_runner import drain, logged  # noqa: F401  (logged: a fixture)
+from test_runner import drain
 
 from pylogd.log import Logger
 from pylogd.plugin import Kind, Output, PluginSpec
