@@ -86,7 +86,7 @@ def test_new_file_header_records_scapy_and_tcpdump(tmp_path: Path) -> None:
     run.write(
         run.entry(**packet(TCP4, 2, 0, ip__totlen=len(TCP4))),
         run.entry(**packet(UDP6, 10, 1, ip6__payloadlen=len(UDP6) - 40)),
-        run.entry(**packet(PING6, 10, 2)),  # no BASE: the length comes from the packet's header
+        run.entry(**packet(PING6, 10, 2)),  # no length key (BASE could not parse it): the packet's header
     )
     run.out.stop()
     data = path.read_bytes()
@@ -112,11 +112,13 @@ def test_lengths_a_cut_packet_and_other_families(tmp_path: Path) -> None:
     cut = TCP4[:28]  # copy_range cut it: the original length is the IP header's
     entries = [
         run.entry(**packet(cut, 2, ip__totlen=len(TCP4))),
-        run.entry(**packet(cut, 2)),  # BASE not in the stack: read from the header
+        run.entry(**packet(cut, 2)),  # BASE could not parse it: read from the header
+        run.entry(**packet(TCP4, 2, raw__pktlen=20)),  # raw.pktlen is the captured length
         run.entry(**packet(b"\x00\x01\x08\x00", 7)),  # bridge/ARP: the captured length
     ]
     lengths = [struct.unpack_from("<IIII", e)[2:] for e in entries]
-    assert lengths == [(28, len(TCP4)), (28, len(TCP4)), (4, 4)]
+    assert lengths == [(28, len(TCP4)), (28, len(TCP4)), (20, len(TCP4)), (4, 4)]
+    assert entries[2][16:] == TCP4[:20]
     assert run.entry(oob__family=2) is None  # no packet, no record
     before = time.time()
     sec, usec = struct.unpack_from("<II", run.entry(raw__pkt=TCP4, oob__family=2))

@@ -8,8 +8,7 @@ delivered it (``copy_range`` may have cut it: the original length says how long 
 
 * The time is the packet's (``oob.time.sec``/``.usec``), else the current time.
 * The original length is ``ip.totlen`` for IPv4 and ``ip6.payloadlen`` + 40 for IPv6 (BASE's
-  keys), read from the packet's own header when BASE is not in the stack, and the captured length
-  otherwise (bridge, ARP).
+  keys, so the stack needs BASE, as in ulogd), and the captured length otherwise (bridge, ARP).
 * A new or empty file gets the global header first; a file that is not empty is appended to.
   SIGHUP reopens the file (logrotate); a file emptied under pylogd (``copytruncate``) gets a new
   header before the next packets.
@@ -27,11 +26,9 @@ Differences from ulogd 2.0.8
 * The header's ``thiszone`` is 0, as libpcap writes it (ulogd wrote the C library's ``timezone``,
   which readers that honour it would add to the UTC times).
 * No torn record after a failed write (above); ulogd's stdio buffer could leave half a record.
-* An IPv4 or IPv6 packet whose length key is missing (BASE did not parse it, or is not in the
-  stack) gets the length from its own header; ulogd wrote 0.  The captured length is the number
-  of bytes written (ulogd took ``raw.pktlen``).
-* ``raw.pktlen`` is not read; ``ip.totlen``, ``ip6.payloadlen`` and the times are optional keys,
-  so PCAP also runs without BASE.
+* An IPv4 or IPv6 packet whose length key is not valid (BASE could not parse it) gets the length
+  from its own header; ulogd wrote 0.  The captured length is ``raw.pktlen`` but never more than
+  the bytes there are (ulogd wrote ``raw.pktlen`` bytes whatever the packet's length).
 """
 
 from __future__ import annotations
@@ -101,13 +98,15 @@ class Pcap(FileOutput):
             str_option("file", "/var/log/ulogd.pcap", "the pcap file to append to"),
             sync_option("packets"),
         ),
+        # ulogd's input keys, in its order; ulogd declares raw.pkt as an integer, pylogd as what it is
         inputs=(
             key("raw.pkt", KeyType.RAW, "the packet from its IP header on"),
-            key("ip.totlen", KeyType.UINT16, "IPv4 total length (BASE)", optional=True),
-            key("oob.time.sec", KeyType.UINT32, "packet time; the current time when absent", optional=True),
-            key("oob.time.usec", KeyType.UINT32, "packet time, microseconds", optional=True),
+            key("raw.pktlen", KeyType.UINT32, "length of raw.pkt: the captured length"),
+            key("ip.totlen", KeyType.UINT16, "IPv4 total length (BASE)"),
+            key("oob.time.sec", KeyType.UINT32, "packet time; the current time when not valid"),
+            key("oob.time.usec", KeyType.UINT32, "packet time, microseconds"),
             key("oob.family", KeyType.UINT8, "protocol family: 2 IPv4, 10 IPv6"),
-            key("ip6.payloadlen", KeyType.UINT16, "IPv6 payload length (BASE)", optional=True),
+            key("ip6.payloadlen", KeyType.UINT16, "IPv6 payload length (BASE)"),
         ),
         section_required=True,
     )
@@ -150,7 +149,7 @@ class Pcap(FileOutput):
         self.log.notice(f"reopened {self.options['file']}")
 
     def handler(self, slots: Slots) -> Callable[[list], Any]:
-        i_pkt, i_family = slots.inp("raw.pkt"), slots.inp("oob.family")
+        i_pkt, i_pktlen, i_family = slots.inp("raw.pkt"), slots.inp("raw.pktlen"), slots.inp("oob.family")
         i_totlen, i_payloadlen = slots.inp("ip.totlen"), slots.inp("ip6.payloadlen")
         i_sec, i_usec = slots.inp("oob.time.sec"), slots.inp("oob.time.usec")
         pack, now = RECORD_HEADER.pack, time.time
@@ -159,15 +158,17 @@ class Pcap(FileOutput):
             pkt = v[i_pkt]
             if pkt is None:
                 return None
-            sec = v[i_sec] if i_sec is not None else None
-            usec = v[i_usec] if i_usec is not None else None
+            caplen = v[i_pktlen]
+            if caplen is not None and caplen < len(pkt):
+                pkt = pkt[:caplen]
+            sec, usec = v[i_sec], v[i_usec]
             if sec is None or usec is None:
                 t = now()
                 sec, usec = int(t), int(t % 1 * 1e6)
             family = v[i_family]
-            if family == 2 and i_totlen is not None and v[i_totlen] is not None:
+            if family == 2 and v[i_totlen] is not None:
                 length = v[i_totlen]
-            elif family == 10 and i_payloadlen is not None and v[i_payloadlen] is not None:
+            elif family == 10 and v[i_payloadlen] is not None:
                 length = v[i_payloadlen] + 40
             else:
                 length = header_length(pkt, family)
