@@ -12,6 +12,7 @@ import time
 
 from .log import SINK, Logger
 from .loop import EventLoop
+from .notify import Notifier
 from .plugin import Input, Kind, Output, PluginError
 from .spool import SpoolError
 from .stack import InputFeed, Stack, Topology, spool_for
@@ -29,6 +30,7 @@ class Daemon:
         self.stacks: list[Stack] = []
         self.feeds: list[InputFeed] = []
         self._started: list = []
+        self.notifier: Notifier | None = None
 
     def _ordered(self, kind: Kind) -> list:
         return [inst for inst in self.topology.instances.values() if inst.spec.kind is kind]
@@ -66,7 +68,14 @@ class Daemon:
         loop.add_signal(signal.SIGUSR1, self._statistics)
         loop.add_signal(signal.SIGUSR2, self._to_inputs)
         loop.call_every(0.25, self._retry_writes)  # each runner backs off on its own
+        # made here, after daemonizing: the watchdog is meant for the process that runs the loop
+        notifier = self.notifier = Notifier()
+        if notifier.watchdog_interval:
+            loop.call_every(notifier.watchdog_interval, notifier.watchdog)
+        if notifier.enabled:
+            loop.call_every(10.0, lambda: notifier.status(self.status_line()))
         self.log.info("initialization finished, entering main loop")
+        notifier.ready(self.status_line())
         try:
             self.loop.run()
         finally:
@@ -78,9 +87,13 @@ class Daemon:
 
     def _hangup(self, signum: int) -> None:
         self.log.notice("SIGHUP received: reopening files and connections")
+        if self.notifier:
+            self.notifier.reloading()
         SINK.reopen()
         for inst in self._started:
             self._deliver(inst, signum)
+        if self.notifier:
+            self.notifier.ready(self.status_line())
 
     def _to_inputs(self, signum: int) -> None:
         self.log.notice(f"{signal.Signals(signum).name} received: passing it to the inputs")
@@ -106,6 +119,15 @@ class Daemon:
                 lines.append(f"{inst.spec.kind.value} {inst.id} ({inst.spec.name}): {counters}")
         return lines
 
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what came in and what went out, over all stacks."""
+        totals = dict.fromkeys(("events", "written", "pending", "dropped"), 0)
+        for stack in self.stacks:
+            counters = stack.statistics()
+            for name in totals:
+                totals[name] += counters[name]
+        return f"{len(self.stacks)} stacks; " + ", ".join(f"{k} {v}" for k, v in totals.items())
+
     def _statistics(self, _signum: int) -> None:
         for line in self.statistics_lines():
             self.log.notice(line)
@@ -117,6 +139,8 @@ class Daemon:
     def shutdown(self, write_for: float = 30.0) -> None:
         """Stop reading, write everything accepted (a failing output gets ``write_for`` seconds), close
         every plugin."""
+        if self.notifier:
+            self.notifier.stopping()
         for inst in reversed(self._started):
             if isinstance(inst.plugin, Input):
                 self._stop(inst)  # an input's last drain happens here: count after it

@@ -44,10 +44,11 @@ class Daemon:
         self.args = args or []
         self.proc: subprocess.Popen | None = None
 
-    def start(self, wait: bool = True) -> Daemon:
+    def start(self, wait: bool = True, env: dict[str, str] | None = None) -> Daemon:
         self.proc = subprocess.Popen(
             [*PYLOGD, "-c", str(self.conf), *self.args],
             cwd=ROOT,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

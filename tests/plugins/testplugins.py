@@ -1,6 +1,7 @@
 """Plugins that the tests load through plugin= from this file, proving third-party loading.
 
-PIPEIN reads JSON objects, one per line, from a FIFO and emits each as an event;
+PIPEIN reads JSON objects, one per line, from a FIFO and emits each as an event (an object
+with "block_loop_for" instead blocks the event loop that many seconds);
 ODDSTOP stops events whose test.n is odd; CAPTURE writes every valid key of its
 stack as a JSON line and fails its writes while a marker file exists.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from pylogd.keys import KeyType
 from pylogd.plugin import (
@@ -73,6 +75,9 @@ class PipeIn(Input):
             if not line.strip():
                 continue
             obj = json.loads(line)
+            if "block_loop_for" in obj:  # a stuck event loop, on purpose (the watchdog test)
+                time.sleep(obj["block_loop_for"])
+                continue
             for name, slot in self.slots:
                 values[slot] = obj.get(name)
             self.received += 1
