@@ -80,9 +80,7 @@ def test_ready_status_watchdog_reloading_stopping(tmp_path, notified) -> None:
         time.sleep(0.3)
         mark = len(notified.pump(2.5))
         dogs = [t for t, lines in notified.got[again:mark] if "WATCHDOG=1" in lines]
-        assert max(b - a for a, b in zip(dogs, dogs[1:], strict=False)) > 1.2, (
-            "WATCHDOG=1 sent while the loop was stuck"
-        )
+        assert max(b - a for a, b in itertools.pairwise(dogs)) > 1.2, "WATCHDOG=1 sent while the loop was stuck"
         assert dogs[-1] > time.monotonic() - 0.6, "the watchdog did not come back"
 
         d.signal(signal.SIGTERM)
