@@ -410,6 +410,18 @@ def test_bad_options_are_refused(tmp_path: Path, options: str, message: str) -> 
     assert res.returncode == 1 and message in res.stderr, res.stderr
 
 
+def test_ulogd_conf_with_the_so_passes_check(tmp_path: Path) -> None:
+    conf = tmp_path / "ulogd.conf"
+    conf.write_text(
+        "[global]\nplugin=/usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_JSON.so\n"
+        f"stack={PACKET_STACK}\nstack=ct1:NFCT,ip2str2:IP2STR,json2:JSON\n[ct1]\n"
+        f'[json1]\nfile="{tmp_path}/p.json"\nsync=1\nmode=TCP\nhost=localhost\nport=5140\n[json2]\nfields=ecs\n'
+    )
+    res = subprocess.run([*PYLOGD, "--check", "-c", str(conf)], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert 'mode="tcp" host="localhost" port="5140"' in res.stdout and 'fields="ecs"' in res.stdout
+
+
 def test_info_by_name_and_by_ulogd_so() -> None:
     by_name = subprocess.run([*PYLOGD, "-i", "JSON"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     so = "/usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_JSON.so"
