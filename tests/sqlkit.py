@@ -1,0 +1,359 @@
+"""Shared by the SQL output tests: stacks built in-process, throwaway PostgreSQL schemas and MariaDB
+databases (unique per test, dropped after), ulogd's shipped schemas, and the packets and flows that
+ulogd 2.0.8 and pylogd log side by side."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import IN_CI, PYLOGD, ROOT, TEST_PLUGINS
+from rig import read_text, wait_for
+
+from pylogd.config import parse_ini
+from pylogd.log import Logger
+from pylogd.plugin import RejectedEntries
+from pylogd.registry import Registry
+from pylogd.stack import build
+
+ULOGD = "/usr/sbin/ulogd"
+ULOGD_DOC = Path("/usr/share/doc/ulogd2")
+PG_SOCKET_DIR = "/var/run/postgresql"
+MYSQL_SOCKET = "/run/mysqld/mysqld.sock"
+
+
+def shipped(name: str) -> str:
+    """One of the schemas ulogd ships (pgsql-ulogd2.sql, ...), as text."""
+    path = ULOGD_DOC / name
+    if path.exists():
+        return path.read_text()
+    gz = ULOGD_DOC / (name + ".gz")
+    if not gz.exists():
+        pytest.skip(f"{gz} is missing (apt-get install ulogd2)")
+    return gzip.decompress(gz.read_bytes()).decode()
+
+
+def need_ulogd(plugin: str) -> None:
+    so = Path(f"/usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_{plugin}.so")
+    if not Path(ULOGD).exists() or not so.exists():
+        pytest.skip(f"ulogd 2.0.8 with its {plugin} output is not installed (apt-get install ulogd2-{plugin.lower()})")
+
+
+# ------------------------------------------------------------------------------------------------
+# a stack built as the daemon builds it, its output driven by hand
+
+
+class SqlStack:
+    """``stack=`` built from a config; ``entry(keys)`` is the output's entry for an event whose valid
+    keys are ``keys``; ``write(entries)`` calls the output's write() as the runner does."""
+
+    def __init__(self, stack: str, sections: str, start: bool = True) -> None:
+        raw = parse_ini("test.conf", f"[global]\nstack={stack}\n{sections}\n")
+        self.plan = build(raw, Registry(), Logger).stacks[0]
+        self.plugin: Any = self.plan.instances[-1].plugin
+        self.slots = {k.name: slot for k, slot in self.plan.slots[-1].wildcard}
+        self.convert: Callable[[list], Any] | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        self.plugin.start(None)
+        self.convert = self.plugin.handler(self.plan.slots[-1])
+
+    def entry(self, keys: dict[str, Any]) -> Any:
+        values: list = [None] * self.plan.size
+        for name, value in keys.items():
+            values[self.slots[name]] = value
+        assert self.convert is not None
+        return self.convert(values)
+
+    def write(self, entries: list) -> tuple[list, list]:
+        """Write like the runner: returns (rejected entries, entries left after a failure)."""
+        batch = list(entries)
+        try:
+            self.plugin.write(batch)
+        except RejectedEntries as exc:
+            return [e for e, _ in exc.rejected], []
+        except Exception:
+            return [], batch
+        return [], []
+
+    def stop(self) -> None:
+        self.plugin.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def _absent(what: str, exc: BaseException) -> None:
+    reason = f"{what} is not reachable: {exc}"
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pg_admin() -> Any:
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        return psycopg.connect(host=PG_SOCKET_DIR, user="postgres", dbname="test", autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        _absent("PostgreSQL (unix socket, user postgres, database test)", exc)
+
+
+class PgSchema:
+    """A schema of its own in the database ``test``, for one test."""
+
+    def __init__(self, admin: Any, name: str) -> None:
+        self.admin = admin
+        self.name = name
+
+    def load(self, sql: str) -> None:
+        """Run a script (ulogd's shipped schema) with this schema first in the search path."""
+        self.admin.execute(f"SET search_path = {self.name}")
+        try:
+            self.admin.execute(sql)
+        finally:
+            self.admin.execute("SET search_path = public")
+
+    def rows(self, query: str, params: tuple = ()) -> list[tuple]:
+        self.admin.execute(f"SET search_path = {self.name}")
+        try:
+            return self.admin.execute(query, params).fetchall()
+        finally:
+            self.admin.execute("SET search_path = public")
+
+    def section(self, iid: str, **options: Any) -> str:
+        opts = {"db": "test", "user": "postgres", "schema": self.name, **options}
+        return f"[{iid}]\n" + "".join(f'{k}="{v}"\n' for k, v in opts.items())
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[PgSchema]:
+    admin = pg_admin()
+    name = f"pylogd_t{os.getpid()}_{int(time.monotonic() * 1000) % 100000}"
+    admin.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield PgSchema(admin, name)
+    finally:
+        admin.execute(f"DROP SCHEMA {name} CASCADE")
+        admin.close()
+
+
+def pg_kill(admin: Any, application_name: str) -> int:
+    """Terminate every connection pylogd's instance opened; the number terminated."""
+    rows = admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+    ).fetchall()
+    return len(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# MariaDB
+
+
+def mysql_admin(database: str | None = None) -> Any:
+    pymysql = pytest.importorskip("pymysql")
+    try:
+        return pymysql.connect(
+            unix_socket=MYSQL_SOCKET, user="root", password="", database=database, autocommit=True, connect_timeout=5
+        )
+    except pymysql.err.MySQLError as exc:
+        _absent("MariaDB (unix socket, user root, empty password)", exc)
+
+
+class MyDb:
+    """A database of its own on the MariaDB server, for one test."""
+
+    def __init__(self, admin: Any, name: str) -> None:
+        self.admin = admin
+        self.name = name
+
+    def load(self, sql: str) -> None:
+        """Run a script with the mariadb client (ulogd's schemas use its DELIMITER command)."""
+        client = shutil.which("mariadb") or shutil.which("mysql")
+        if client is None:
+            pytest.skip("the mariadb client is not installed")
+        res = subprocess.run(
+            [client, f"--socket={MYSQL_SOCKET}", "-uroot", self.name], input=sql, text=True, capture_output=True
+        )
+        assert res.returncode == 0, res.stderr
+
+    def rows(self, query: str, params: tuple = ()) -> list[tuple]:
+        with self.admin.cursor() as cur:
+            cur.execute(f"USE {self.name}")
+            cur.execute(query, params)
+            return list(cur.fetchall())
+
+    def execute(self, query: str, params: tuple = ()) -> None:
+        with self.admin.cursor() as cur:
+            cur.execute(f"USE {self.name}")
+            cur.execute(query, params)
+
+    def section(self, iid: str, **options: Any) -> str:
+        opts = {"db": self.name, "host": "localhost", "user": "root", "pass": "", **options}
+        return f"[{iid}]\n" + "".join(f'{k}="{v}"\n' for k, v in opts.items())
+
+
+@pytest.fixture
+def my_db() -> Iterator[MyDb]:
+    admin = mysql_admin()
+    name = f"pylogd_t{os.getpid()}_{int(time.monotonic() * 1000) % 100000}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield MyDb(admin, name)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE {name}")
+        admin.close()
+
+
+def my_kill(admin: Any, database: str) -> int:
+    """KILL every connection to ``database`` but the admin's own."""
+    with admin.cursor() as cur:
+        cur.execute(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()", (database,)
+        )
+        ids = [r[0] for r in cur.fetchall()]
+        for i in ids:
+            with contextlib.suppress(Exception):
+                cur.execute(f"KILL {int(i)}")
+    return len(ids)
+
+
+# ------------------------------------------------------------------------------------------------
+# a daemon fed by the PIPEIN test input (test.n, test.text, ...), for outages and rejected rows
+
+
+class PipeDaemon:
+    """pylogd with ``in1:PIPEIN`` feeding the given output section; ``send(n)`` sends test.n values."""
+
+    def __init__(self, tmp: Path, out: str, section: str, filters: str = "") -> None:
+        self.tmp = tmp
+        self.log = tmp / "pylogd.log"
+        self.fifo = tmp / "fifo"
+        self.conf = tmp / "pylogd.conf"
+        self.conf.write_text(
+            f'[global]\nlogfile="{self.log}"\nloglevel=3\nplugin="{TEST_PLUGINS}"\n'
+            f"stack=in1:PIPEIN,{filters}{out}\n"
+            f'[in1]\npath="{self.fifo}"\n{section}'
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> PipeDaemon:
+        self.proc = subprocess.Popen(
+            [*PYLOGD, "-c", str(self.conf)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        if wait:
+            wait_for(
+                lambda: "entering main loop" in read_text(self.log) or self.proc.poll() is not None,
+                timeout=30,
+                what="pylogd start-up",
+            )
+            assert self.proc.poll() is None, (self.proc.communicate(), read_text(self.log))
+        return self
+
+    def send(self, numbers: range | list[int], text: str = "t") -> None:
+        fd = os.open(self.fifo, os.O_WRONLY)
+        try:
+            data = "".join(
+                json.dumps({"test.n": n, "test.text": f"{text}{n}", "oob.family": 2}) + "\n" for n in numbers
+            )
+            view = memoryview(data.encode())
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Repeater:
+    """Calls ``func`` every ``interval`` seconds in a thread until stopped; counts what it returned."""
+
+    def __init__(self, func: Callable[[], int], interval: float) -> None:
+        self.func, self.interval = func, interval
+        self.total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                self.total += self.func()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Repeater:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def run_outage(
+    daemon: PipeDaemon, kill: Callable[[], int], count: Callable[[], int], seconds: float = 10.0, rate: int = 50
+) -> int:
+    """Steady traffic (``rate`` events per 0.1 s) before, during and after ``seconds`` of killed
+    connections; returns how many events were sent (numbered from 1)."""
+    sent = 0
+
+    def burst() -> None:
+        nonlocal sent
+        daemon.send(range(sent + 1, sent + rate + 1))
+        sent += rate
+
+    for _ in range(10):
+        burst()
+        time.sleep(0.1)
+    wait_for(lambda: count() > 0, timeout=20, what="the first rows")
+    with Repeater(kill, 0.05) as killer:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            burst()
+            time.sleep(0.1)
+    assert killer.total > 0, "no connection was killed: the outage did not happen"
+    for _ in range(10):
+        burst()
+        time.sleep(0.1)
+    return sent
+
+
+__all__ = [
+    "MYSQL_SOCKET",
+    "PG_SOCKET_DIR",
+    "ULOGD",
+    "MyDb",
+    "PgSchema",
+    "PipeDaemon",
+    "Repeater",
+    "SqlStack",
+    "my_db",
+    "my_kill",
+    "need_ulogd",
+    "pg_kill",
+    "pg_schema",
+    "run_outage",
+    "shipped",
+]
