@@ -316,6 +316,7 @@ def test_ecs_packet(tz) -> None:
     assert doc["network"] == {"type": "ipv4", "transport": "tcp", "iana_number": "6", "direction": "ingress"}
     assert doc["source"] == {"ip": "10.77.0.2", "port": 34358, "mac": "42-69-33-72-3A-73"}
     assert doc["destination"] == {"ip": "10.77.0.1", "port": 2222, "mac": "A6-0C-A2-BF-78-26"}
+    assert doc["related"] == {"ip": ["10.77.0.2", "10.77.0.1"]}
     nf = doc["netfilter"]
     assert nf["ip_ttl"] == 64 and nf["tcp_seq"] == 3537804397 and nf["oob_prefix"] == "TCPIN: "
     assert nf["tcp_syn"] is True and nf["tcp_fin"] is False
@@ -343,6 +344,7 @@ def test_ecs_without_ip2str_and_egress(tz) -> None:
     )
     assert doc["network"] == {"type": "ipv6", "transport": "ipv6-icmp", "iana_number": "58", "direction": "egress"}
     assert doc["source"] == {"ip": "fd77::1"}
+    assert doc["related"] == {"ip": ["fd77::1"]}
     assert doc["user"] == {"id": "0"}
     assert "action" not in doc["event"]  # a prefix of blanks names no action
 
@@ -381,6 +383,7 @@ def test_ecs_flow_with_nat(tz) -> None:
     }
     assert doc["destination"] == {"ip": "10.77.0.1", "port": 2222, "bytes": 1000, "packets": 4}
     assert doc["network"]["bytes"] == 1300 and doc["network"]["packets"] == 9
+    assert doc["related"]["ip"] == ["10.77.0.2", "10.77.0.1", "198.51.100.7"]  # each once, the NAT one too
     assert doc["netfilter"]["ct_id"] == 89636028 and doc["netfilter"]["reply_ip_daddr_str"] == "198.51.100.7"
     assert "reply_ip_daddr" not in doc["netfilter"]  # the text twin is enough
     # without NFCT's flags the tuples tell: the reply goes to the original source, no NAT
@@ -847,4 +850,5 @@ def test_ecs_flows_from_the_kernel_with_nat(rig: Rig, tmp_path: Path) -> None:
         assert doc["destination"]["nat"] == {"ip": p.b_ip4, "port": 5555}
         assert doc["source"]["nat"]["ip"] == p.a_ip4 and 61000 <= doc["source"]["nat"]["port"] <= 61010
         assert doc["netfilter"]["nat_snat"] is True and doc["netfilter"]["nat_dnat"] is True
+        assert doc["related"]["ip"] == [p.a_ip4, "10.9.9.9", p.b_ip4]
     assert "start" in new["event"] and "end" in destroy["event"]

@@ -43,6 +43,7 @@ counters as ``source.bytes``/``.packets`` and the reply's as ``destination.*`` (
 end saw) when the flow was source-translated, ``destination.nat.*`` when destination-translated;
 ``event.action`` new/update/destroy, ``event.type`` connection + start/end, ``event.start``,
 ``event.end``, ``event.duration`` (ns); ``@timestamp`` is the flow's end, else its start.
+``related.ip`` lists every address of the event once (a flow's translated ones too).
 With ``boolean_label=1`` ``event.type`` also holds allowed or denied.  Every other valid key goes
 in ``netfilter`` under ulogd's SQL column name (dots become underscores): ``netfilter.ip_ttl``.
 There booleans are true/false and addresses text.
@@ -589,6 +590,22 @@ def ecs_tree(fields: list[tuple[Key, int]], options: dict[str, Any]) -> Obj:
             network = root.obj(["network"])
             total = _total(get("orig.raw.pktcount"), get("reply.raw.pktcount"))
             network.members.append(Leaf("packets", [(None, total)]))
+    addresses = [
+        [(keys[name][1], how) for name, how in candidates if name in keys]
+        for path, candidates in ECS_KEYS
+        if path in ("source.ip", "destination.ip")
+    ]
+    if flows:  # the translated ends too
+        addresses += [
+            [
+                (keys[n][1], how)
+                for n, how in ((f"reply.ip.{end}.str", "str"), (f"reply.ip.{end}", _address_text))
+                if n in keys
+            ]
+            for end in ("saddr", "daddr")
+        ]
+    if any(addresses):
+        root.obj(["related"]).members.append(Leaf("ip", [(None, _related([a for a in addresses if a]))]))
     netfilter = root.obj(["netfilter"])
     twins = {name[: -len(".str")] for name in keys if name.endswith(".str")}
     seen: set[str] = set()
@@ -602,6 +619,24 @@ def ecs_tree(fields: list[tuple[Key, int]], options: dict[str, Any]) -> Obj:
         seen.add(column)
         netfilter.members.append(Leaf(column, [(slot, how)], part=k.name.partition(".")[0]))
     return root
+
+
+def _related(addresses: list[list[tuple[int, Any]]]) -> Callable[[list], str | None]:
+    """ECS related.ip: every address of the event once, each from the first of its keys that is valid."""
+
+    def related(v: list) -> str | None:
+        seen: list[str] = []
+        for candidates in addresses:
+            for slot, how in candidates:
+                x = v[slot]
+                if x is not None:
+                    text = jstr(x) if how == "str" else how(x)
+                    if text is not None and text not in seen:
+                        seen.append(text)
+                    break
+        return "[" + ", ".join(seen) + "]" if seen else None
+
+    return related
 
 
 def _ecs_value(t: KeyType) -> Any:
