@@ -54,16 +54,18 @@ written from a worker thread, connected when there is something to send, and rec
 an error or SIGHUP; while the collector is away the lines wait in the stack's backlog and go out,
 each once and in order, when it is back.  A line that was only partly sent when a connection
 broke is sent again whole on the next one.  Before each batch a stream socket is checked for a
-peer that has closed, so a batch is not sent into a dead connection.  SIGUSR1 shows ``connects``
+peer that has closed, so a batch is not sent into a dead connection.  What the kernel had already
+taken for a collector that then dies without reading it is lost: a stream socket does not tell the
+sender what the other end read.  SIGUSR1 shows ``connects``
 (connections made) and ``oversized`` (lines too big for a datagram, dropped).
 
 Differences from ulogd 2.0.8
 ----------------------------
 * The timestamp always carries its UTC offset; ulogd left it out when the offset was 0
   (``+0000`` under UTC), and got the sign wrong for offsets between -1 and 0 hours.
-* A collector that is down at start does not stop the stack (ulogd failed it), and lines are
-  not lost when it goes away: they wait and are sent after reconnecting, with back-off.  ulogd
-  lost a line per failed send.  A datagram too big for UDP is dropped, counted
+* A collector that is down at start does not stop the stack (ulogd failed it), and lines
+  written while it is away are not lost: they wait and are sent after reconnecting, with
+  back-off.  ulogd lost a line per failed send.  A datagram too big for UDP is dropped, counted
   (``oversized``) and logged, instead of failing every later write.
 * A string that is not valid UTF-8 (a log prefix) is written with U+FFFD in place of the bad
   bytes; ulogd left the key out.
