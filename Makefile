@@ -1,11 +1,23 @@
 # `make run`: build .venv and run the daemon in the foreground on etc/pylogd.conf (needs root for netlink).
 # `make test`: the whole suite (lint, format check, pytest). CI runs it through .ci/run with CI=true.
+# `make install`: pylogd in its own virtual environment (PREFIX), the systemd unit, /etc/pylogd.conf unless
+#   one exists, logrotate, the service user; DESTDIR stages it all elsewhere (packaging, tests).
+# `make uninstall`: removes what install added; logs, state and /etc/pylogd.conf stay.
 VENV    ?= .venv
 CONF    ?= etc/pylogd.conf
 PYTHON  ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: run test check lint bench clean
+PREFIX  ?= /opt/pylogd
+SBINDIR ?= /usr/sbin
+UNITDIR ?= /lib/systemd/system
+SYSUSERSDIR ?= /usr/lib/sysusers.d
+SYSCONFDIR ?= /etc
+DESTDIR ?=
+# the system's interpreter: a service outlives any per-user Python
+INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
+
+.PHONY: run test test-deps check lint bench clean install uninstall
 
 $(VENV)/.base: pyproject.toml
 	scripts/ensure-venv $(PYTHON) $(VENV)
@@ -27,7 +39,10 @@ lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+test-deps:
+	scripts/test-deps
+
+test: test-deps lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev
@@ -35,3 +50,32 @@ bench: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+
+install:
+	scripts/ensure-venv $(INSTALL_PYTHON) $(DESTDIR)$(PREFIX)
+	$(DESTDIR)$(PREFIX)/bin/pip install -q '.[pgsql,mysql]'
+	# sd_notify through systemd-python where it builds (libsystemd-dev); pylogd falls back to a plain socket
+	-pkg-config --exists libsystemd && $(DESTDIR)$(PREFIX)/bin/pip install -q '.[systemd]'
+	# the environment was made where DESTDIR puts it: its scripts must name where it will run
+	grep -rlI -- '$(DESTDIR)$(PREFIX)' $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/pyvenv.cfg 2>/dev/null \
+		| xargs -r sed -i 's#$(DESTDIR)$(PREFIX)#$(PREFIX)#g'
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(SYSCONFDIR)/logrotate.d
+	ln -sfn $(PREFIX)/bin/pylogd $(DESTDIR)$(SBINDIR)/pylogd
+	sed 's#@SBINDIR@#$(SBINDIR)#g' systemd/pylogd.service > $(DESTDIR)$(UNITDIR)/pylogd.service
+	install -m 0644 systemd/pylogd.sysusers $(DESTDIR)$(SYSUSERSDIR)/pylogd.conf
+	install -m 0644 etc/logrotate.d/pylogd $(DESTDIR)$(SYSCONFDIR)/logrotate.d/pylogd
+	[ -e $(DESTDIR)$(SYSCONFDIR)/pylogd.conf ] || install -m 0644 etc/pylogd.conf $(DESTDIR)$(SYSCONFDIR)/pylogd.conf
+	# the service user, on a real install only
+	if [ -z "$(DESTDIR)" ]; then \
+		if command -v systemd-sysusers >/dev/null; then systemd-sysusers $(SYSUSERSDIR)/pylogd.conf; \
+		elif ! getent passwd pylogd >/dev/null; then \
+			useradd --system --home-dir /var/lib/pylogd --no-create-home --shell /usr/sbin/nologin pylogd; fi; \
+		if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	fi
+
+uninstall:
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now pylogd.service || true; fi
+	rm -rf $(DESTDIR)$(PREFIX)
+	rm -f $(DESTDIR)$(SBINDIR)/pylogd $(DESTDIR)$(UNITDIR)/pylogd.service $(DESTDIR)$(SYSUSERSDIR)/pylogd.conf \
+		$(DESTDIR)$(SYSCONFDIR)/logrotate.d/pylogd
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

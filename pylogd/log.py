@@ -5,6 +5,7 @@ Until a logfile is opened, messages go to stderr: ulogd hides early errors in sy
 
 from __future__ import annotations
 
+import os
 import sys
 import syslog
 import time
@@ -55,7 +56,8 @@ class LogSink:
         A file that cannot be opened raises OSError and leaves the current destination as it was."""
         stream: TextIO | None = None
         if target not in ("stdout", "stderr", "syslog"):
-            stream = open(target, "a", encoding="utf-8", errors="replace")
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            stream = open(fd, "a", encoding="utf-8", errors="replace")
         self.close()
         if target == "stdout":
             self.stream = sys.stdout

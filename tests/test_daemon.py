@@ -380,3 +380,16 @@ def test_spool_keeps_an_outage_across_a_restart(tmp_path, daemons, blocking) -> 
     got = [json.loads(line)["test.n"] for line in lines(cap)]
     assert got == list(range(1010))
     assert not [p for p in spool.rglob("*.seg")]
+
+
+def test_new_files_are_created_0640(tmp_path, daemons) -> None:
+    old = os.umask(0o022)  # the usual umask: would give 0644
+    try:
+        d = emu_daemon(tmp_path, daemons).start()
+    finally:
+        os.umask(old)
+    d.send({"print": "x\n"})
+    wait_for(lambda: read(tmp_path / "emu.log"), what="a line")
+    assert d.stop() == 0
+    assert (tmp_path / "emu.log").stat().st_mode & 0o777 == 0o640
+    assert d.log.stat().st_mode & 0o777 == 0o640

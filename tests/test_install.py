@@ -1,0 +1,86 @@
+"""`make install` into a DESTDIR: the virtual environment runs from where it will live, the unit verifies and
+is hardened, nothing a user changed is overwritten, `make uninstall` removes what install added."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI, ROOT
+
+
+def need(tool: str) -> None:
+    if shutil.which(tool) is None:
+        if IN_CI:
+            pytest.fail(f"CI=true but {tool} is missing", pytrace=False)
+        pytest.skip(f"needs {tool}")
+
+
+@pytest.fixture(scope="module")
+def dest(tmp_path_factory) -> Path:
+    need("make")
+    dest = tmp_path_factory.mktemp("dest")
+    (dest / "etc").mkdir()
+    (dest / "etc/pylogd.conf").write_text("# the operator's own config\n")
+    done = subprocess.run(
+        ["make", "-C", str(ROOT), "install", f"DESTDIR={dest}"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return dest
+
+
+def test_the_environment_runs_and_names_its_final_place(dest: Path) -> None:
+    venv = dest / "opt/pylogd"
+    assert (dest / "usr/sbin/pylogd").is_symlink() and os.readlink(dest / "usr/sbin/pylogd") == "/opt/pylogd/bin/pylogd"
+    assert (venv / "bin/pylogd").read_text().splitlines()[0] == "#!/opt/pylogd/bin/python3"
+    assert str(dest) not in (venv / "pyvenv.cfg").read_text()
+    conf = ROOT / "etc/pylogd.conf"
+    out = subprocess.run(
+        [str(venv / "bin/python"), "-m", "pylogd", "--check", "-c", str(conf)],
+        cwd=dest,  # not the source tree: the installed package must be complete
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "configuration OK" in out.stdout, out.stderr
+    for module in ("psycopg", "pymysql", "pylogd.plugins.outputs.json"):
+        subprocess.run([str(venv / "bin/python"), "-c", f"import {module}"], cwd=dest, check=True, timeout=60)
+
+
+def test_an_existing_config_is_kept_and_the_rest_is_in_place(dest: Path) -> None:
+    assert (dest / "etc/pylogd.conf").read_text() == "# the operator's own config\n"
+    assert (dest / "etc/logrotate.d/pylogd").read_text() == (ROOT / "etc/logrotate.d/pylogd").read_text()
+    assert "u pylogd " in (dest / "usr/lib/sysusers.d/pylogd.conf").read_text()
+    unit = (dest / "lib/systemd/system/pylogd.service").read_text()
+    assert "ExecStart=/usr/sbin/pylogd -c /etc/pylogd.conf" in unit and "@SBINDIR@" not in unit
+
+
+def test_the_unit_verifies_and_is_hardened(dest: Path, tmp_path: Path) -> None:
+    need("systemd-analyze")
+    unit = (dest / "lib/systemd/system/pylogd.service").read_text()
+    local = tmp_path / "pylogd.service"  # the same unit, its ExecStart where DESTDIR put the program
+    local.write_text(unit.replace("ExecStart=/usr/sbin/pylogd", f"ExecStart={dest}/opt/pylogd/bin/pylogd"))
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(local)], capture_output=True, text=True, timeout=60
+    )
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(local)], capture_output=True, text=True, timeout=60
+    )
+    score = float(re.search(r"Overall exposure level for pylogd.service: ([\d.]+)", security.stdout).group(1))
+    assert score <= 2.5, security.stdout[-3000:]
+
+
+def test_uninstall_removes_what_install_added(dest: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "dest"
+    shutil.copytree(dest, copy, symlinks=True)
+    done = subprocess.run(
+        ["make", "-C", str(ROOT), "uninstall", f"DESTDIR={copy}"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    left = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file() or p.is_symlink())
+    assert left == ["etc/pylogd.conf"]
