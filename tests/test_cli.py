@@ -60,6 +60,8 @@ INFO_DIFFERENCES = {
     # ulogd declares PRINTFLOW's orig/reply.ip.*.str inputs as IP addresses, yet they are IP2STR's strings;
     # pylogd checks types when it resolves keys, so it declares what they are
     "PRINTFLOW": _string_not_address,
+    # ulogd declares PCAP's packet (a pointer) as an integer; pylogd declares the raw data it is
+    "PCAP": lambda line: line.replace("raw.pkt (unsigned int 32)", "raw.pkt (raw data)"),
 }
 
 
