@@ -9,7 +9,9 @@ import gzip
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -138,8 +140,8 @@ class PgSchema:
         return f"[{iid}]\n" + "".join(f'{k}="{v}"\n' for k, v in opts.items())
 
 
-@pytest.fixture
-def pg_schema() -> Iterator[PgSchema]:
+@pytest.fixture(name="pg_schema")
+def pg_schema_fixture() -> Iterator[PgSchema]:
     admin = pg_admin()
     name = f"pylogd_t{os.getpid()}_{int(time.monotonic() * 1000) % 100000}"
     admin.execute(f"CREATE SCHEMA {name}")
@@ -205,8 +207,8 @@ class MyDb:
         return f"[{iid}]\n" + "".join(f'{k}="{v}"\n' for k, v in opts.items())
 
 
-@pytest.fixture
-def my_db() -> Iterator[MyDb]:
+@pytest.fixture(name="my_db")
+def my_db_fixture() -> Iterator[MyDb]:
     admin = mysql_admin()
     name = f"pylogd_t{os.getpid()}_{int(time.monotonic() * 1000) % 100000}"
     with admin.cursor() as cur:
@@ -340,20 +342,132 @@ def run_outage(
     return sent
 
 
-__all__ = [
-    "MYSQL_SOCKET",
-    "PG_SOCKET_DIR",
-    "ULOGD",
-    "MyDb",
-    "PgSchema",
-    "PipeDaemon",
-    "Repeater",
-    "SqlStack",
-    "my_db",
-    "my_kill",
-    "need_ulogd",
-    "pg_kill",
-    "pg_schema",
-    "run_outage",
-    "shipped",
-]
+class TcpForwarder:
+    """A TCP port that forwards to a database server while ``up``; ``down()`` closes the port and every
+    connection through it (a server that is away), ``up()`` opens the same port again."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._conns += [client, server]
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+# ------------------------------------------------------------------------------------------------
+# ulogd 2.0.8 and pylogd side by side on the same packets and flows
+
+
+def side_by_side_packets(
+    pair: tuple, tmp: Path, stack: str, sections: dict[str, str], count: Callable[[str], int]
+) -> None:
+    """Both daemons in namespace A, ulogd on NFLOG group 5 and pylogd on group 6, each with ``stack``
+    and its own ``sections[name]``; the compat corpus is sent from B.  Returns once both wrote the
+    same number of rows (``count(name)``) and nothing more came for a second."""
+    from test_compat_ulogd import CORPUS, NFT_RULES
+
+    a, b, procs = pair
+    subprocess.run(["ip", "netns", "exec", a, "nft", "-f", "-"], input=NFT_RULES, text=True, check=True)
+    for name, group in (("ulogd", 5), ("pylogd", 6)):
+        (tmp / f"{name}.conf").write_text(
+            f'[global]\nlogfile="{tmp}/{name}.daemon.log"\nloglevel=3\nstack={stack}\n'
+            f"[log1]\ngroup={group}\n{sections[name]}"
+        )
+    procs.append(subprocess.Popen(["ip", "netns", "exec", a, ULOGD, "-c", str(tmp / "ulogd.conf")]))
+    procs.append(subprocess.Popen(["ip", "netns", "exec", a, *PYLOGD, "-c", str(tmp / "pylogd.conf")], cwd=ROOT))
+    for name in ("ulogd", "pylogd"):
+        wait_for(
+            lambda n=name: "entering main loop" in read_text(tmp / f"{n}.daemon.log"), timeout=20, what=f"{name} start"
+        )
+    mac = subprocess.run(["ip", "-n", a, "-j", "link", "show", "va"], capture_output=True, text=True, check=True)
+    dst_mac = json.loads(mac.stdout)[0]["address"]
+    subprocess.run(
+        ["ip", "netns", "exec", b, sys.executable, "-c", f"import time\nDST_MAC = {dst_mac!r}\n" + CORPUS],
+        check=True,
+        timeout=60,
+    )
+    settled: dict[str, Any] = {"counts": None, "since": time.monotonic()}
+
+    def settled_and_equal() -> bool:  # neighbour discovery may still add packets, to both alike
+        counts = [count("ulogd"), count("pylogd")]
+        if counts != settled["counts"]:
+            settled.update(counts=counts, since=time.monotonic())
+        return counts[0] >= 20 and len(set(counts)) == 1 and time.monotonic() - settled["since"] > 1.0
+
+    wait_for(settled_and_equal, timeout=40, what=f"both daemons to write the same number of rows ({settled})")
+
+
+def side_by_side_flows(rig: Any, tmp: Path, stack: str, sections: dict[str, str], count: Callable[[str], int]) -> None:
+    """Both daemons in one namespace on its conntrack events (NFCT event mode); the compat flows
+    (TCP, UDP, UDP over IPv6, ICMP), then a flush.  Returns once both wrote 8 rows."""
+    from test_nfct_compat import CT_RULES, traffic
+
+    ns = rig.netns("cq")
+    ns.nft(CT_RULES)
+    ns.run("sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_timestamp=1")
+    for name in ("ulogd", "pylogd"):
+        (tmp / f"{name}.conf").write_text(
+            f'[global]\nlogfile="{tmp}/{name}.daemon.log"\nloglevel=3\nstack={stack}\n'
+            f"[ct1]\nhash_enable=0\n{sections[name]}"
+        )
+    ns.spawn([ULOGD, "-c", str(tmp / "ulogd.conf")], name="ulogd")
+    ns.spawn([*PYLOGD, "-c", str(tmp / "pylogd.conf")], name="pylogd", cwd=ROOT)
+    wait_for(lambda: "entering main loop" in read_text(tmp / "pylogd.daemon.log"), timeout=20, what="pylogd start")
+    wait_for(lambda: "working in event mode" in read_text(tmp / "ulogd.daemon.log"), what="ulogd start")
+    ns.call(traffic)
+    ns.run(["conntrack", "-F"])
+    wait_for(lambda: count("ulogd") >= 8 and count("pylogd") >= 8, timeout=20, what="8 flow rows each")
+    time.sleep(0.5)

@@ -1,0 +1,255 @@
+"""PGSQL: every event one row in PostgreSQL, through ulogd's table, view or function, with psycopg 3.
+
+ulogd's options and its model (:mod:`pylogd.sql`): the columns of ``table`` in ``schema`` name the
+keys (``_`` for ``.``; a first column starting with ``_`` is left to the database), and
+``procedure`` says what a row runs: ``INSERT`` (into the table), ``INSERT INTO t``, ``CALL p``, or a
+function's name, called as ``SELECT f(...)`` with the columns in order.  The schemas ulogd ships work
+unchanged::
+
+    [pgsql1]                         # stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,
+    db="ulog2"                       #       mac2str1:HWHDR,pgsql1:PGSQL
+    host=""                          # "": the server's unix socket (also from a network namespace)
+    user="ulog"
+    table="ulog"                     # the view of pgsql-ulogd2.sql
+    procedure="INSERT_PACKET_FULL"
+
+    [pgsql2]                         # stack=ct1:NFCT,ip2str1:IP2STR,pgsql2:PGSQL
+    table="ulog2_ct"
+    procedure="INSERT_OR_REPLACE_CT" # NEW rows completed by their DESTROY (NFCT hash_enable=0)
+
+``host`` empty or a directory is the server's unix socket (libpq's rule), anything else a host
+name or address; ``port`` 0 is 5432; ``connstring`` replaces db, host, port and user as ulogd does.
+The password is ``pass``, else the first line of the file ``pass_file``, else the environment
+variable ``PYLOGD_<ID>_PASS`` (the instance id in capitals, other characters as ``_``:
+``PYLOGD_PGSQL1_PASS``), else libpq's own (``PGPASSWORD``, ``~/.pgpass``).
+
+Rows are written from a worker thread in batches, one transaction each, the values bound as
+parameters (pipelined by psycopg).  The server need not be up at start; while it is away (stopped,
+restarted, connections killed) rows wait in the stack's backlog (``backlog_memcap`` bytes, if set)
+and are written once, in order, after reconnecting with back-off.  A transaction whose COMMIT was cut
+off is looked up by its id after reconnecting (``txid_status``), so it is neither lost nor written
+twice.  A row the server refuses (a constraint, a value out of range) is logged and set aside and
+the others are written.  When the server is up at start, a missing table, schema or function, or a
+column no key of the stack fills, refuses the start naming it.  SIGHUP reconnects.
+
+Differences from ulogd 2.0.8
+----------------------------
+* The server may be down at start (ulogd failed the stack); rows are not lost while it is away
+  (ulogd dropped them, or kept formatted statements in ``backlog_memcap`` only), and each is
+  written once.  ``reconnect``, ``ring_buffer_size`` and ``backlog_oneshot_requests`` are accepted
+  and have no effect: pylogd always writes from a worker thread and backs off by itself (up to 30 s).
+* Values are bound as parameters, never spliced into the SQL text; rows go in batches, one
+  transaction each (ulogd ran one autocommitted statement per row).
+* ``CALL p`` calls ``p`` (ulogd wrote ``CALL CALL p(``).  ``connect_timeout`` 0 waits 10 s
+  (ulogd: forever).
+* Raw address keys (``ip.saddr``) are written in host order into integer columns and as text into
+  inet/text columns (ulogd wrote the network-order bytes read as a little-endian number); IPv6
+  addresses and IP2BIN's literals (as bytea) are written (ulogd wrote malformed SQL for them).
+* A column also matches a key whose name holds ``_``.  ``pass_file`` and ``PYLOGD_<ID>_PASS`` are new.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, str_option
+from pylogd.sql import (
+    DEFAULT_CONNECT_TIMEOUT,
+    Column,
+    SchemaError,
+    SqlOutput,
+    Transient,
+    build_statement,
+    check_identifier,
+    column_kind,
+    db_options,
+    procedure_form,
+    read_password,
+    require_module,
+)
+
+#: SQLSTATEs that concern the table or the session, not a row: the rows wait for the cause to pass
+_TRANSIENT_STATES = frozenset(
+    {
+        "42P01",  # undefined table
+        "42703",  # undefined column
+        "42501",  # insufficient privilege
+        "3F000",  # invalid schema
+        "3D000",  # invalid catalog (database)
+        "25006",  # read-only transaction (a standby after a failover)
+        "25P02",  # in failed transaction
+    }
+)
+
+
+class Pgsql(SqlOutput):
+    spec = PluginSpec(
+        name="PGSQL",
+        kind=Kind.OUTPUT,
+        help="Writes each event as a row into PostgreSQL: a table or view whose columns name the keys, "
+        "through INSERT or a function such as ulogd's INSERT_PACKET_FULL.",
+        options=(
+            *db_options(),
+            str_option("db", None, "the database", mandatory=True),
+            str_option("host", "", 'server host; "" or a directory: its unix socket'),
+            str_option("user", None, "user name", mandatory=True),
+            str_option("pass", "", "password (see also pass_file)"),
+            int_option("port", 0, "server port (0: 5432)", min=0, max=65535),
+            str_option("schema", "public", "the schema of the table"),
+            str_option("connstring", "", "a libpq connection string, used instead of db, host, port and user"),
+            str_option("pass_file", "", "a file whose first line is the password"),
+        ),
+        wildcard_inputs=True,
+        section_required=True,
+    )
+
+    first_inactive: ClassVar[str] = "underscore"
+    dialect: ClassVar[str] = "pgsql"
+    mark: ClassVar[str] = "%s"
+
+    def __init__(self, instance_id: str, options: dict[str, Any], log: Any) -> None:
+        super().__init__(instance_id, options, log)
+        self.psycopg: Any = None
+        self._in_doubt: tuple[int, Any, int] | None = None  # (txid, first entry, rows) of a cut-off COMMIT
+        self._xid: int | None = None
+
+    def configure(self) -> None:
+        super().configure()
+        check_identifier(self.options["schema"], "schema")
+        if self.options["pass"] and self.options["pass_file"]:
+            raise PluginError("pass and pass_file both set; keep one", option="pass_file")
+        self.psycopg = require_module("psycopg", "psycopg", "pgsql", "PGSQL")
+
+    def target(self) -> str:
+        return f"table {self.options['schema']}.{self.options['table']}"
+
+    # -- the connection -----------------------------------------------------------------------------
+
+    def connect(self) -> Any:
+        o = self.options
+        timeout = o["connect_timeout"] or DEFAULT_CONNECT_TIMEOUT
+        kw: dict[str, Any] = {
+            "connect_timeout": timeout,
+            "autocommit": False,
+            "application_name": f"pylogd {self.id}",
+            # a server that vanishes without a word (a cable, a firewall) is found within ~30 s
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        password = read_password(o, self.id)
+        if password is not None:
+            kw["password"] = password
+        if o["connstring"]:
+            conn = self.psycopg.connect(o["connstring"], **kw)
+        else:
+            kw.update(dbname=o["db"], user=o["user"])
+            if o["host"]:
+                kw["host"] = o["host"]
+            if o["port"]:
+                kw["port"] = o["port"]
+            conn = self.psycopg.connect(**kw)
+        try:
+            self._session(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _session(self, conn: Any) -> None:
+        schema = self.options["schema"]
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+            if cur.fetchone() is None:
+                raise SchemaError(f"schema {schema} not found", option="schema")
+            if schema != "public":
+                # the names were checked to be plain identifiers: ulogd's search path, as text
+                cur.execute(f'SET search_path = {schema}, "$user", public')
+            form, name = procedure_form(self.options["procedure"])
+            if form in ("select", "call"):
+                cur.execute(
+                    "SELECT count(*) FROM pg_proc WHERE proname = %s AND pg_function_is_visible(oid)",
+                    (name.lower() if name == name.strip('"') else name,),
+                )
+                if cur.fetchone()[0] == 0:
+                    kind = "procedure" if form == "call" else "function"
+                    raise SchemaError(f"{kind} {name} not found in schema {schema}", option="procedure")
+        conn.commit()
+
+    def read_columns(self, conn: Any) -> list[Column]:
+        table, schema = self.options["table"], self.options["schema"]
+        rows: list = []
+        with conn.cursor() as cur:
+            # an unquoted name in SQL is folded to lower case: ulogd's "ulog" and "ULOG" are one table
+            for name in dict.fromkeys((table, table.lower())):
+                cur.execute(
+                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                    "JOIN pg_class c ON a.attrelid = c.oid JOIN pg_namespace n ON c.relnamespace = n.oid "
+                    "WHERE c.relname = %s AND n.nspname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+                    "ORDER BY a.attnum",
+                    (name, schema),
+                )
+                rows = cur.fetchall()
+                if rows:
+                    break
+        conn.commit()
+        if not rows:
+            raise SchemaError(f"table {schema}.{table} is empty or missing", option="table")
+        return [Column(name, column_kind(decl)) for name, decl in rows]
+
+    def statement_for(self, columns: list[Column]) -> str:
+        return build_statement(
+            self.options["procedure"], self.options["table"], self.options["schema"], [c.name for c in columns], "%s"
+        )
+
+    def transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, Transient | OSError):
+            return True
+        pg = self.psycopg
+        if pg is None:
+            return False
+        if isinstance(exc, pg.InterfaceError | pg.OperationalError):
+            return True
+        state = getattr(exc, "sqlstate", None) or ""
+        return state in _TRANSIENT_STATES or state.startswith("XX") or state.startswith("08")
+
+    # -- exactly once across a cut-off COMMIT ----------------------------------------------------------
+
+    def begin(self, conn: Any) -> None:
+        # until the id is known the transaction holds nothing: a failure before then leaves nothing in doubt
+        self._xid = None
+        with conn.cursor() as cur:
+            cur.execute("SELECT txid_current()")
+            self._xid = cur.fetchone()[0]
+
+    def commit(self, conn: Any, cur: Any) -> None:
+        conn.commit()
+        self._xid = None
+
+    def _write_chunk(self, conn: Any, chunk: list, rows: list[tuple]) -> list:
+        try:
+            return super()._write_chunk(conn, chunk, rows)
+        except Exception as exc:
+            if self.transient(exc) and self._xid is not None:
+                self._in_doubt = (self._xid, chunk[0], len(chunk))
+            raise
+
+    def _write(self, entries: list) -> None:
+        if self._in_doubt is not None:
+            self._settle(entries)
+        super()._write(entries)
+
+    def _settle(self, entries: list) -> None:
+        """The last transaction failed on its way: if the server committed it after all, its rows
+        are written and leave ``entries``."""
+        xid, first, n = self._in_doubt  # type: ignore[misc]
+        conn = self._ensure()
+        with conn.cursor() as cur:
+            cur.execute("SELECT txid_status(%s)", (xid,))
+            status = cur.fetchone()[0]
+        conn.commit()
+        self._in_doubt = None
+        if status == "committed" and entries and entries[0] == first:
+            self.log.notice(f"the {n} rows whose commit was cut off were committed; not writing them again")
+            del entries[:n]
