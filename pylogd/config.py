@@ -20,6 +20,10 @@ GLOBAL = "global"
 
 #: a config file larger than this is refused (ulogd's own are a few KiB); it bounds what is read
 MAX_CONFIG_BYTES = 4 << 20
+#: the same for YAML, whose parser takes about 6 s and 120 MB per MiB
+MAX_YAML_BYTES = 512 << 10
+#: warnings of one kind shown before the rest are only counted
+MAX_WARNINGS = 20
 #: the most characters of a word, value or line that a message quotes
 ECHO_LIMIT = 80
 #: the most characters of a message after its file:line, hints included
@@ -70,7 +74,7 @@ class ConfigError(Exception):
 
 def closest(word: str, choices: list[str] | tuple[str, ...]) -> str | None:
     """The choice ``word`` is most likely a misspelling of, if one is close (case aside)."""
-    if len(word) > 2 * ECHO_LIMIT:  # nothing is that long; matching it would only cost time
+    if len(word) > 2 * ECHO_LIMIT or len(choices) > 1000:  # a guess would cost more than it is worth
         return None
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     if close:
@@ -149,6 +153,7 @@ def parse_ini(path: str, text: str) -> RawConfig:
     sections: dict[str, Section] = {}
     config = RawConfig(path, sections)
     current: Section | None = None
+    ignored: list[Loc] = []  # lines with text after their value
     for lineno, raw in enumerate(text.splitlines(), 1):
         loc = Loc(path, lineno)
         line = raw.strip()
@@ -189,8 +194,13 @@ def parse_ini(path: str, text: str) -> RawConfig:
             raise ConfigError(loc, f'option "{clip(key)}" has no value', f'write {clip(key)}=VALUE or {clip(key)}=""')
         trailing = trailing.strip()
         if trailing and not trailing.startswith("#"):
-            config.warnings.append((loc, f"text after the value of {clip(key)} is ignored: '{clip(trailing)}'"))
+            ignored.append(loc)
+            if len(ignored) <= MAX_WARNINGS:
+                config.warnings.append((loc, f"text after the value of {clip(key)} is ignored: '{clip(trailing)}'"))
         current.entries.append(Entry(key, value, loc))
+    if len(ignored) > MAX_WARNINGS:
+        more = len(ignored) - MAX_WARNINGS
+        config.warnings.append((ignored[MAX_WARNINGS], f"and {more} more lines with text after their value"))
     return config
 
 
@@ -258,22 +268,28 @@ _FILE_KINDS = (
 )
 
 
-def _not_a_file(path: str, st: os.stat_result) -> ConfigError | None:
+def is_yaml(path: str) -> bool:
+    return path.endswith((".yaml", ".yml"))
+
+
+def _not_a_file(path: str, st: os.stat_result, limit: int) -> ConfigError | None:
     """Why ``st`` cannot be a config file (not a regular file, too large), or None."""
     if not stat.S_ISREG(st.st_mode):
         kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "not a regular file")
         return ConfigError(None, f"config file {path} is {kind}", "name a regular file")
-    if st.st_size > MAX_CONFIG_BYTES:
-        return ConfigError(None, f"config file {path} is {st.st_size} bytes", f"at most {MAX_CONFIG_BYTES} are read")
+    if st.st_size > limit:
+        return ConfigError(None, f"config file {path} is {st.st_size} bytes", f"at most {limit} are read")
     return None
 
 
 def read_text(path: str) -> str:
-    """A config file's text: a regular UTF-8 file of at most MAX_CONFIG_BYTES.  Anything else
-    (a device, a FIFO, a huge file) is refused before it is read, and a FIFO is never waited on."""
+    """A config file's text: a regular UTF-8 file of at most MAX_CONFIG_BYTES (YAML: MAX_YAML_BYTES).
+    Anything else (a device, a FIFO, a huge file) is refused before it is read, and a FIFO is
+    never waited on."""
     shown = clip(path, 200)
+    limit = MAX_YAML_BYTES if is_yaml(path) else MAX_CONFIG_BYTES
     try:
-        problem = _not_a_file(shown, os.stat(path))
+        problem = _not_a_file(shown, os.stat(path), limit)
         if problem:
             raise problem
         # O_NONBLOCK: had a FIFO replaced the file since stat, open would wait for a writer
@@ -283,12 +299,12 @@ def read_text(path: str) -> str:
     except ValueError as exc:  # a NUL byte in the path
         raise ConfigError(None, f"cannot read config file {shown}: {exc}") from None
     try:
-        problem = _not_a_file(shown, os.fstat(fd))
+        problem = _not_a_file(shown, os.fstat(fd), limit)
         if problem:
             raise problem
         chunks, size = [], 0
-        while size <= MAX_CONFIG_BYTES:  # a file may grow after fstat: read one byte past the limit at most
-            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+        while size <= limit:  # a file may grow after fstat: read one byte past the limit at most
+            chunk = os.read(fd, limit + 1 - size)
             if not chunk:
                 break
             chunks.append(chunk)
@@ -297,8 +313,8 @@ def read_text(path: str) -> str:
         raise ConfigError(None, f"cannot read config file {shown}: {exc.strerror}") from None
     finally:
         os.close(fd)
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigError(None, f"config file {shown} is larger than {MAX_CONFIG_BYTES} bytes")
+    if size > limit:
+        raise ConfigError(None, f"config file {shown} is larger than {limit} bytes")
     try:
         return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -310,7 +326,7 @@ def load(path: str) -> RawConfig:
     failure is a ConfigError: a config must end in one line, never a traceback."""
     text = read_text(path)
     try:
-        if path.endswith((".yaml", ".yml")):
+        if is_yaml(path):
             return parse_yaml(path, text)
         return parse_ini(path, text)
     except ConfigError:
@@ -418,7 +434,10 @@ def section_options(
                 choices_hint(entry.key, list(index), "valid options"),
             )
         if entry.key in multi:
-            values[entry.key] = [*(values[entry.key] or []), typed_value(opt, entry, where)]
+            if entry.key not in seen:  # a list of its own, appended to: a copy per entry is quadratic
+                seen[entry.key] = entry
+                values[entry.key] = list(values[entry.key] or [])
+            values[entry.key].append(typed_value(opt, entry, where))
             continue
         if entry.key in seen:
             raise ConfigError(

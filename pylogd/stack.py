@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import (
     GLOBAL,
+    MAX_WARNINGS,
     ConfigError,
     Loc,
     RawConfig,
@@ -147,13 +148,18 @@ def _unused_sections(raw: RawConfig, topology: Topology) -> list[tuple[Loc, str]
     """A warning for each section no stack uses, naming the used id it may be a misspelling of.
     Not an error: ulogd's sample configs keep sections for stacks left commented out."""
     used = list(topology.instances)
+    unused = [
+        section
+        for name, section in raw.sections.items()
+        if name != GLOBAL and name not in topology.instances and name not in raw.commented_ids
+    ]
     warnings = []
-    for name, section in raw.sections.items():
-        if name == GLOBAL or name in topology.instances or name in raw.commented_ids:
-            continue
-        close = closest(name, used)
+    for section in unused[:MAX_WARNINGS]:
+        close = closest(section.name, used)
         mean = f"; did you mean [{close}]?" if close else ""
-        warnings.append((section.loc, f"section [{clip(name)}] is used by no stack{mean}"))
+        warnings.append((section.loc, f"section [{clip(section.name)}] is used by no stack{mean}"))
+    if len(unused) > MAX_WARNINGS:
+        warnings.append((unused[MAX_WARNINGS].loc, f"and {len(unused) - MAX_WARNINGS} more sections no stack uses"))
     return warnings
 
 
@@ -252,9 +258,15 @@ def _kind_hint(registry: Registry, kind: Kind) -> str:
 def _resolve(number: int, decl: StackDecl, members: list[Instance], registry: Registry) -> StackPlan:
     bases = []
     size = 0
-    for inst in members:
+    # key name -> (member, index of its first output of that name), in stack order
+    providers: dict[str, list[tuple[int, int]]] = {}
+    for j, inst in enumerate(members):
         bases.append(size)
         size += len(inst.spec.outputs)
+        for i, k in enumerate(inst.spec.outputs):
+            found = providers.setdefault(k.name, [])
+            if not found or found[-1][0] != j:
+                found.append((j, i))
     all_slots: list[Slots] = []
     sources: list[dict[str, str]] = []
     for position, inst in enumerate(members):
@@ -269,7 +281,7 @@ def _resolve(number: int, decl: StackDecl, members: list[Instance], registry: Re
         for k in wanted:
             if k.inactive or k.name in inputs:
                 continue
-            found = _nearest(members, bases, position, k.name)
+            found = _nearest(members, bases, providers, position, k.name)
             if found is None:
                 if k.optional:
                     inputs[k.name] = None
@@ -315,11 +327,13 @@ def _provider_hint(registry: Registry, key_name: str) -> str:
     return ""
 
 
-def _nearest(members: list[Instance], bases: list[int], position: int, name: str) -> tuple[Instance, Key, int] | None:
-    for j in range(position - 1, -1, -1):
-        for i, k in enumerate(members[j].spec.outputs):
-            if k.name == name:
-                return members[j], k, bases[j] + i
+def _nearest(
+    members: list[Instance], bases: list[int], providers: dict[str, list[tuple[int, int]]], position: int, name: str
+) -> tuple[Instance, Key, int] | None:
+    """The output named ``name`` of the nearest plugin before ``position``: its instance, key and slot."""
+    for j, i in reversed(providers.get(name, ())):
+        if j < position:
+            return members[j], members[j].spec.outputs[i], bases[j] + i
     return None
 
 
