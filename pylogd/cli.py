@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 
 from . import __version__
 from .config import ConfigError, load
+from .control import DEFAULT_PATH as DEFAULT_CONTROL_PATH
 from .daemon import Daemon, DaemonError, PidFile, daemonize, drop_privileges, lookup_user
 from .log import SINK, Logger
 from .plugin import Kind, OptType, Plugin, PluginSpec
@@ -24,6 +26,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pylogd",
         description="Netfilter userspace logging daemon (NFLOG packets, conntrack flows), ulogd.conf compatible.",
+        epilog="other commands: "
+        + "; ".join(f"pylogd {name} ({what})" for name, (_, what) in COMMANDS.items())
+        + "; each takes --help",
     )
     p.add_argument(
         "-c",
@@ -39,11 +44,28 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--info", metavar="PLUGIN", help="describe a plugin: a name, a ulogd .so path or a .py file")
     p.add_argument("--json", action="store_true", help="with -i: print the description as JSON")
     p.add_argument("--check", action="store_true", help="validate the config, print the resolved stacks, open nothing")
+    p.add_argument(
+        "--control-socket",
+        default=DEFAULT_CONTROL_PATH,
+        metavar="PATH",
+        help=f"where `pylogd stats` reads the live counters (default {DEFAULT_CONTROL_PATH}; '' for none)",
+    )
     p.add_argument("-V", "--version", action="version", version=f"pylogd {__version__}")
     return p
 
 
+#: ``pylogd COMMAND ...``: the tools that are not the daemon, each a module with its own main(argv)
+COMMANDS = {
+    "doctor": ("pylogd.doctor", "check the kernel side: modules, sysctls, nf_log bindings, NFLOG groups, rules"),
+    "stats": ("pylogd.stats", "a running daemon's live counters (table, --json, --prometheus)"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        return module.main(argv[1:])
     args = make_parser().parse_args(argv)
     registry = Registry()
     if args.info:
@@ -73,7 +95,7 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
     SINK.echo_stderr = args.verbose and not args.daemon
     SINK.hold()
     pidfile = PidFile(args.pidfile) if args.pidfile else None
-    daemon = Daemon(topology, log)
+    daemon = Daemon(topology, log, args.control_socket or None)
     log.info(f"pylogd {__version__} starting with {args.configfile}")
     try:
         user = lookup_user(args.uid) if args.uid else None

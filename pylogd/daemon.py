@@ -10,6 +10,8 @@ import pwd
 import signal
 import time
 
+from . import __version__
+from .control import ControlServer
 from .log import SINK, Logger
 from .loop import EventLoop
 from .notify import Notifier
@@ -23,9 +25,11 @@ class DaemonError(Exception):
 
 
 class Daemon:
-    def __init__(self, topology: Topology, log: Logger) -> None:
+    def __init__(self, topology: Topology, log: Logger, control_path: str | None = None) -> None:
         self.topology = topology
         self.log = log
+        self.control = ControlServer(control_path, self.snapshot, log) if control_path else None
+        self.started_at = time.time()
         self.loop = EventLoop()
         self.stacks: list[Stack] = []
         self.feeds: list[InputFeed] = []
@@ -74,6 +78,8 @@ class Daemon:
             loop.call_every(notifier.watchdog_interval, notifier.watchdog)
         if notifier.enabled:
             loop.call_every(10.0, lambda: notifier.status(self.status_line()))
+        if self.control:
+            self.control.start(loop)
         self.log.info("initialization finished, entering main loop")
         notifier.ready(self.status_line())
         try:
@@ -128,6 +134,37 @@ class Daemon:
                 totals[name] += counters[name]
         return f"{len(self.stacks)} stacks; " + ", ".join(f"{k} {v}" for k, v in totals.items())
 
+    def snapshot(self) -> dict:
+        """Every counter, for ``pylogd stats``: the daemon, each stack with its output's backlog, each plugin."""
+        stacks = []
+        for stack in self.stacks:
+            runner = stack.runner
+            stacks.append(
+                {
+                    "stack": stack.name,
+                    "text": stack.plan.decl.text,
+                    "output": runner.output.id,
+                    **stack.statistics(),
+                    "pending_bytes": runner.pending_bytes(),
+                    "spooled": runner.spool.entries if runner.spool is not None else 0,
+                    "failing_seconds": round(runner.failing_seconds(), 3),
+                    "error": runner.current_error(),
+                }
+            )
+        plugins = [
+            {"id": inst.id, "plugin": inst.spec.name, "kind": inst.spec.kind.value, **inst.plugin.statistics()}
+            for inst in self._started
+        ]
+        return {
+            "pylogd": {
+                "version": __version__,
+                "pid": os.getpid(),
+                "uptime_seconds": round(time.time() - self.started_at),
+            },
+            "stacks": stacks,
+            "plugins": plugins,
+        }
+
     def _statistics(self, _signum: int) -> None:
         for line in self.statistics_lines():
             self.log.notice(line)
@@ -136,11 +173,13 @@ class Daemon:
         for stack in self.stacks:
             stack.runner.retry()
 
-    def shutdown(self, write_for: float = 30.0) -> None:
+    def shutdown(self, write_for: float = 10.0) -> None:
         """Stop reading, write everything accepted (a failing output gets ``write_for`` seconds), close
         every plugin."""
         if self.notifier:
             self.notifier.stopping()
+        if self.control:
+            self.control.close()
         for inst in reversed(self._started):
             if isinstance(inst.plugin, Input):
                 self._stop(inst)  # an input's last drain happens here: count after it

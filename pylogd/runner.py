@@ -101,6 +101,15 @@ class OutputRunner:
     def pending_bytes(self) -> int:
         return self._backlog_bytes
 
+    def failing_seconds(self) -> float:
+        """How long writes have been failing (0 while they work): the output's lag."""
+        since = self._failing_since
+        return time.monotonic() - since if since is not None else 0.0
+
+    def current_error(self) -> str:
+        """Why writes fail now ("" while they work)."""
+        return self._last_error if self._failing_since is not None else ""
+
     # -- the event loop's side ----------------------------------------------------------------
 
     def flush(self) -> None:

@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_PLUGINS = ROOT / "tests" / "plugins" / "testplugins.py"
 PYLOGD = [sys.executable, "-m", "pylogd"]
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# the daemons the tests start have no control socket unless a test gives them one (tests/test_stats.py)
+os.environ["PYLOGD_CONTROL_SOCKET"] = ""
 settings.load_profile("ci" if IN_CI else "dev")
 
 
