@@ -180,6 +180,8 @@ def spec_text(spec: PluginSpec) -> str:
             default = "" if o.default is None else o.default
             mandatory = ", Mandatory" if o.mandatory else ""
             out.append(f"\tVar: {o.name} ({o.type.value}, Default: {default}{mandatory})\n")
+            if o.help:  # beyond ulogd's layout: what the option does
+                out.append(f"\t\t{o.help}\n")
     out.append("Input keys:\n")
     if spec.kind is Kind.INPUT:
         out.append("\tInput plugin, No keys\n")

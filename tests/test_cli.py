@@ -163,3 +163,10 @@ def test_readme_plugin_example_loads_and_runs(tmp_path):
         assert d.proc.stdout.read() == "hi there\n"
     finally:
         d.kill()
+
+
+def test_info_text_gives_each_options_help(capsys):
+    assert main(["-i", "LOGEMU"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("\tVar: file (String, Default: /var/log/ulogd_syslogemu.log)")
+    assert lines[at + 1] == "\t\tfile to append the lines to"
