@@ -533,13 +533,23 @@ def _is_pylogd(pid: int) -> bool:
 
 
 def _unit_of(pid: int) -> str | None:
-    """The systemd service a process runs in, from its cgroup."""
+    """The systemd service whose main process this is (its cgroup names the unit; systemd
+    confirms the pid), so the fix stops the service instead of a process systemd restarts."""
+    unit = None
     with contextlib.suppress(OSError), open(f"/proc/{pid}/cgroup") as f:
         for line in f:
             m = re.search(r"/([^/]+\.service)(/|$)", line.strip())
             if m:
-                return m.group(1)
-    return None
+                unit = m.group(1)
+    if unit is None or not shutil.which("systemctl"):
+        return None
+    try:
+        res = subprocess.run(
+            ["systemctl", "show", "--property=MainPID", "--value", unit], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return unit if res.stdout.strip() == str(pid) else None
 
 
 def check_groups(nflog: list[NflogUse], netns: str | None) -> list[Finding]:
