@@ -13,6 +13,7 @@ SBINDIR ?= /usr/sbin
 UNITDIR ?= /lib/systemd/system
 SYSUSERSDIR ?= /usr/lib/sysusers.d
 SYSCONFDIR ?= /etc
+MANDIR  ?= /usr/share/man
 DESTDIR ?=
 # the system's interpreter: a service outlives any per-user Python
 INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
@@ -63,6 +64,8 @@ install:
 	ln -sfn $(PREFIX)/bin/pylogd $(DESTDIR)$(SBINDIR)/pylogd
 	sed 's#@SBINDIR@#$(SBINDIR)#g' systemd/pylogd.service > $(DESTDIR)$(UNITDIR)/pylogd.service
 	install -m 0644 systemd/pylogd.sysusers $(DESTDIR)$(SYSUSERSDIR)/pylogd.conf
+	# man pages made from the installed command line and plugin specs (-P: not from the source tree)
+	$(DESTDIR)$(PREFIX)/bin/python -P -m pylogd.manpage $(DESTDIR)$(MANDIR) >/dev/null
 	install -m 0644 etc/logrotate.d/pylogd $(DESTDIR)$(SYSCONFDIR)/logrotate.d/pylogd
 	[ -e $(DESTDIR)$(SYSCONFDIR)/pylogd.conf ] || install -m 0644 etc/pylogd.conf $(DESTDIR)$(SYSCONFDIR)/pylogd.conf
 	# the service user, on a real install only
@@ -77,5 +80,5 @@ uninstall:
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now pylogd.service || true; fi
 	rm -rf $(DESTDIR)$(PREFIX)
 	rm -f $(DESTDIR)$(SBINDIR)/pylogd $(DESTDIR)$(UNITDIR)/pylogd.service $(DESTDIR)$(SYSUSERSDIR)/pylogd.conf \
-		$(DESTDIR)$(SYSCONFDIR)/logrotate.d/pylogd
+		$(DESTDIR)$(SYSCONFDIR)/logrotate.d/pylogd $(DESTDIR)$(MANDIR)/man8/pylogd.8 $(DESTDIR)$(MANDIR)/man5/pylogd.conf.5
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

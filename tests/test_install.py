@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import IN_CI, ROOT
 
+from pylogd.manpage import roff
+from pylogd.registry import Registry
+
 
 def need(tool: str) -> None:
     if shutil.which(tool) is None:
@@ -64,8 +67,10 @@ def test_the_unit_verifies_and_is_hardened(dest: Path, tmp_path: Path) -> None:
     unit = (dest / "lib/systemd/system/pylogd.service").read_text()
     local = tmp_path / "pylogd.service"  # the same unit, its ExecStart where DESTDIR put the program
     local.write_text(unit.replace("ExecStart=/usr/sbin/pylogd", f"ExecStart={dest}/opt/pylogd/bin/pylogd"))
+    # Documentation= names man pages: man finds them where DESTDIR put them
+    env = os.environ | {"MANPATH": str(dest / "usr/share/man")}
     verify = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(local)], capture_output=True, text=True, timeout=60
+        ["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60, env=env
     )
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
     security = subprocess.run(
@@ -84,3 +89,22 @@ def test_uninstall_removes_what_install_added(dest: Path, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     left = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file() or p.is_symlink())
     assert left == ["etc/pylogd.conf"]
+
+
+def test_man_pages_are_made_from_the_specs_and_render_cleanly(dest: Path) -> None:
+    need("groff")
+    page5 = dest / "usr/share/man/man5/pylogd.conf.5"
+    for page in (dest / "usr/share/man/man8/pylogd.8", page5):
+        out = subprocess.run(
+            ["groff", "-man", "-Tutf8", "-ww", "-z", str(page)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=os.environ | {"LC_ALL": "C.UTF-8"},
+        )
+        assert out.returncode == 0 and not out.stderr, out.stderr
+    text = page5.read_text()
+    for name, cls in Registry().builtins().items():
+        assert f".SS {name}\n" in text
+        for option in cls.spec.options:
+            assert "\\fB" + roff(option.name) + "\\fR=" in text, (name, option.name)
