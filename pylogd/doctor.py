@@ -270,7 +270,7 @@ def check_nf_log_all_netns() -> Finding:
     name = "net.netfilter.nf_log_all_netns"
     value = read_sysctl(name)
     if value is None:
-        return Finding(OK, name, "not present (nf_log not built)")
+        return Finding(OK, name, "not visible here: it exists in the host namespace only")
     if value == "0":
         what = "kernel-log (syslog) loggers stay silent outside the host namespace"
     else:
@@ -552,10 +552,15 @@ def _unit_of(pid: int) -> str | None:
     return unit if res.stdout.strip() == str(pid) else None
 
 
-def check_groups(nflog: list[NflogUse], netns: str | None) -> list[Finding]:
-    """Each configured group against /proc/net/netfilter/nfnetlink_log: a group has one listener."""
+def check_groups(nflog: list[NflogUse], config: bool, netns: str | None) -> list[Finding]:
+    """Each configured group against /proc/net/netfilter/nfnetlink_log: a group has one listener.
+    Without a config, who holds which group (what a migration from ulogd must stop first)."""
     bound = bound_groups(None)
     out = []
+    if not config:
+        for group, port in sorted(bound.items()):
+            owner = find_netlink_owner(port, None) or "process not found"
+            out.append(Finding(OK, f"NFLOG group {group}", f"bound by netlink port id {port}, {owner}", netns=netns))
     for use in nflog:
         check = f"NFLOG group {use.group} [{use.id}]"
         port = bound.get(use.group)
@@ -653,8 +658,11 @@ def read_ruleset() -> Ruleset:
                 rules.errors.append(f"nft -j list ruleset: {res.stderr.strip() or res.returncode}")
         except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
             rules.errors.append(f"nft -j list ruleset: {exc}")
-    # legacy tables only when the kernel has them: listing them would otherwise load ip_tables
-    saves = ["iptables-nft-save", "ip6tables-nft-save"]
+    # iptables-nft's rules are nf_tables rules, NFLOG among them a `log group` nft shows: ask
+    # iptables-nft-save only without nft.  Legacy tables only when the kernel has them: listing
+    # them would otherwise load ip_tables.
+    nft_only = "nft" in rules.sources and not rules.xt_nflog  # xt: a target nft could not translate
+    saves = [] if nft_only else ["iptables-nft-save", "ip6tables-nft-save"]
     if os.path.exists("/proc/thread-self/net/ip_tables_names"):
         saves.append("iptables-legacy-save")
     if os.path.exists("/proc/thread-self/net/ip6_tables_names"):
@@ -693,7 +701,7 @@ def check_rules(nflog: list[NflogUse], config: bool, netns: str | None) -> list[
         why = "; ".join(rules.errors) or "neither nft nor iptables is installed"
         return [Finding(WARN, "ruleset", f"cannot read the rules: {why}", "apt-get install nftables", netns)]
     unseen = ""
-    if rules.xt_nflog and not any(s.startswith("iptables") for s in rules.sources):
+    if rules.xt_nflog and not any(s.endswith("-nft-save") for s in rules.sources):
         unseen = f"; {rules.xt_nflog} iptables-nft NFLOG rule(s) whose group nft does not show (install iptables)"
     for use in nflog:
         check = f"rules for NFLOG group {use.group} [{use.id}]"
@@ -756,7 +764,7 @@ def run_checks(uses: Uses, netns: str | None) -> list[Finding]:
             if general or nfct:
                 findings += check_conntrack_sysctls(nfct, uses.config, scope)
             if general or nflog:
-                findings += check_groups(nflog, scope)
+                findings += check_groups(nflog, uses.config, scope)
                 findings += check_rules(nflog, uses.config, scope)
     return findings
 

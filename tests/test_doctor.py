@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -225,6 +226,27 @@ def test_a_configured_group_no_rule_feeds_warns_until_a_rule_does(
     assert f["state"] == "ok" and "nft inet t input" in f["detail"]
 
 
+def test_iptables_nflog_rules_feed_groups_too(netns: Netns, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not shutil.which("iptables-legacy"):
+        pytest.skip("iptables is not installed (scripts/test-deps installs it)")
+    conf = write_conf(tmp_path, nflog="group=22")
+    args = ("-c", str(conf), "--netns", netns.name)
+    _code, doc = run(capsys, *args)
+    assert only(doc, "rules for NFLOG group 22")["state"] == "warn"
+    # legacy tables are invisible to nft: iptables-legacy-save tells
+    netns.run(["iptables-legacy", "-A", "INPUT", "-p", "tcp", "-j", "NFLOG", "--nflog-group", "22"])
+    netns.run(["ip6tables-legacy", "-A", "FORWARD", "-j", "NFLOG"])
+    _code, doc = run(capsys, *args)
+    f = only(doc, "rules for NFLOG group 22")
+    assert f["state"] == "ok" and "iptables-legacy-save -t filter INPUT" in f["detail"]
+    unread = only(doc, "rules for NFLOG group 0")
+    assert unread["state"] == "warn" and "ip6tables-legacy-save -t filter FORWARD" in unread["detail"]
+    # iptables-nft's NFLOG is an nft `log group`: counted once, as the nft rule
+    netns.run(["iptables-nft", "-A", "INPUT", "-j", "NFLOG", "--nflog-group", "24"])
+    _code, doc = run(capsys, "-c", str(write_conf(tmp_path, nflog="group=24")), "--netns", netns.name)
+    assert only(doc, "rules for NFLOG group 24")["detail"] == "fed by 1 rule(s): nft ip filter INPUT (handle 2)"
+
+
 # ---------------------------------------------------------------------------------------------
 # nf_log bindings
 
@@ -292,8 +314,13 @@ def test_fix_turns_warnings_and_failures_into_ok_inside_the_namespace_only(netns
 
 
 def test_no_config_runs_only_the_general_checks(netns: Netns, capsys: pytest.CaptureFixture[str]) -> None:
+    from pylogd.nflog import NflogSocket
+
     sysctl(netns, "net.netfilter.nf_conntrack_acct", "0")
-    code, doc = run(capsys, "--no-config", "--netns", netns.name)
+    with NflogSocket(group=5, netns=netns.name):
+        code, doc = run(capsys, "--no-config", "--netns", netns.name)
+    held = only(doc, "NFLOG group 5")  # who holds what: told, not judged, without a config
+    assert held["state"] == "ok" and f"pid {os.getpid()} (" in held["detail"]
     checks = [f["check"] for f in doc["findings"]]
     assert "module nfnetlink_log" in checks and "module nf_conntrack_netlink" in checks
     assert "net.core.rmem_max" in checks and any(c.startswith("nf_log IPv4") for c in checks)
@@ -336,6 +363,11 @@ def test_socket_buffers_against_rmem_max(netns: Netns, tmp_path: Path, capsys: p
 
 # ---------------------------------------------------------------------------------------------
 # pieces that need no kernel
+
+
+def test_ctnetlink_answers_in_a_namespace(netns: Netns) -> None:
+    # the probe used where no module can be loaded: ctnetlink is in every kernel NFCT runs on
+    assert netns.call(doctor.ctnetlink_answers) is True
 
 
 def test_module_state_reads_proc_modules_sys_module_and_modules_builtin(tmp_path: Path) -> None:
