@@ -209,7 +209,7 @@ def _sysctl_finding(name: str, want: str, netns: str | None, bad: str, state: st
 
 def check_conntrack_sysctls(nfct: list[NfctUse], config: bool, netns: str | None) -> list[Finding]:
     """nf_conntrack_acct, _timestamp, _events in one namespace (each is per namespace)."""
-    used = f" ({_ids(nfct)})" if nfct else ""
+    flows = f"the flows of {_ids(nfct)}" if nfct else "flows"
     if config and not nfct:
         return []
     out = []
@@ -227,9 +227,7 @@ def check_conntrack_sysctls(nfct: list[NfctUse], config: bool, netns: str | None
         ]
     name = "net.netfilter.nf_conntrack_acct"
     if acct == "0":
-        why = (
-            f"flows carry no packet or byte counters (PKTS=0 BYTES=0){used}; applies to connections tracked from now on"
-        )
+        why = f"{flows} carry no packet or byte counters (PKTS=0 BYTES=0); applies to connections tracked from now on"
         out.append(_sysctl_finding(name, "1", netns, "0", WARN, why))
     else:
         out.append(Finding(OK, name, f"{acct}: flows carry packet and byte counters", netns=netns))
@@ -237,8 +235,8 @@ def check_conntrack_sysctls(nfct: list[NfctUse], config: bool, netns: str | None
     stamp = read_sysctl(name)
     if stamp == "0":
         why = (
-            "flow.start and flow.end are when pylogd received the events, not the kernel's stamps "
-            f"(a flow older than the daemon has no true start){used}; applies to new connections"
+            f"{flows} carry no kernel start and stop stamps: flow.start and flow.end are when pylogd received "
+            "the events (a flow older than the daemon has no true start); applies to new connections"
         )
         out.append(_sysctl_finding(name, "1", netns, "0", WARN, why))
     else:
@@ -246,8 +244,8 @@ def check_conntrack_sysctls(nfct: list[NfctUse], config: bool, netns: str | None
     name = "net.netfilter.nf_conntrack_events"
     events = read_sysctl(name)
     listeners = [u for u in nfct if u.events] if config else nfct
+    who = f" {_ids(listeners)}" if listeners else ""
     if events == "0" and (listeners or not config):
-        who = f" {_ids(listeners)}" if listeners else ""
         why = f"the kernel sends no conntrack events: NFCT in event mode{who} receives nothing"
         out.append(_sysctl_finding(name, "1", netns, "0", FAIL, why))
     elif events == "0":
@@ -256,7 +254,7 @@ def check_conntrack_sysctls(nfct: list[NfctUse], config: bool, netns: str | None
         # since Linux 5.19, 2 gives a connection events only if a listener exists when it starts
         why = (
             "a connection gets events only if a listener exists when it starts: flows begun while "
-            f"pylogd was not running (a restart, an upgrade) never send DESTROY{used}"
+            f"pylogd{who} was not running (a restart, an upgrade) never send DESTROY"
         )
         out.append(_sysctl_finding(name, "1", netns, "2", WARN, why))
     else:
@@ -729,7 +727,7 @@ def check_rules(nflog: list[NflogUse], config: bool, netns: str | None) -> list[
                 f"rules for NFLOG group {group}",
                 f"{len(where)} rule(s) log to group {group} ({', '.join(where[:3])}), which nothing reads: "
                 "those packets are logged nowhere",
-                f"add an input reading it to the config: [logN] group={group} in a stack with NFLOG",
+                f"add an NFLOG input with group={group} to the config",
                 netns,
             )
         )
