@@ -369,7 +369,7 @@ def module_state(name: str, root: str = "/") -> str:
         if any(os.path.basename(line.strip()) == f"{name}.ko" for line in f):
             return "built in"
     if name == "nfnetlink_log" and os.path.exists(path("/proc/net/netfilter/nfnetlink_log")):
-        return "built in" if not os.path.exists(path("/proc/modules")) else "loaded"
+        return "built in"  # in the kernel, and not among the loaded modules read above
     symbol = MODULES.get(name, ("", ""))[0]
     config = kernel_config() if root == "/" else {}
     if config.get(symbol) == "y":
@@ -423,6 +423,10 @@ def check_modules(uses: Uses) -> list[Finding]:
             out.append(Finding(OK, check, state))
         elif state == "unknown":
             out.append(Finding(WARN, check, f"cannot tell whether the kernel has it ({symbol})"))
+        elif not shutil.which("modprobe"):
+            out.append(
+                Finding(WARN, check, "not loaded, and without modprobe no module can be found", "apt-get install kmod")
+            )
         elif loadable(name):
             out.append(
                 Finding(
@@ -570,7 +574,9 @@ def check_groups(nflog: list[NflogUse], config: bool, netns: str | None) -> list
         if pid is not None and _is_pylogd(pid):
             out.append(Finding(OK, check, f"bound by {owner}: a running pylogd reads it", netns=netns))
             continue
-        who = f"netlink port id {port}" + (f", {owner}" if owner else ", process not found (another PID namespace?)")
+        who = f"netlink port id {port}" + (
+            f", {owner}" if owner else ", process not found (another PID namespace, or not root?)"
+        )
         unit = _unit_of(pid) if pid is not None else None
         if unit:
             fix = f"systemctl disable --now {unit}"
