@@ -32,6 +32,7 @@ from .plugin import Option, int_option
 __all__ = [
     "BACKLOG_SIZE",
     "CLONE_NEWNET",
+    "DEFAULT_RCVBUF",
     "NETLINK_NETFILTER",
     "DatagramRing",
     "NetlinkError",
@@ -388,12 +389,23 @@ class NetlinkSocket:
         self.close()
 
 
+#: the receive buffer the netlink inputs ask for when the config names none (ulogd leaves the kernel's
+#: ~208 KiB, which a burst of a few hundred packets or conntrack events overruns).  It is a bound on what
+#: the kernel may queue for pylogd, not memory taken: it costs only while pylogd is behind.
+DEFAULT_RCVBUF = 16 << 20
+
+
 def rcvbuf_options() -> tuple[Option, Option]:
     """The receive-buffer options of ulogd's netlink inputs (NFLOG, NFCT), declared once.
     SO_RCVBUF takes a C int."""
     return (
         int_option(
-            "netlink_socket_buffer_size", 0, "socket receive buffer in bytes (0: system default)", min=0, max=INT_MAX
+            "netlink_socket_buffer_size",
+            0,
+            f"socket receive buffer in bytes (0: pylogd's default, {DEFAULT_RCVBUF >> 20} MiB, set with "
+            "SO_RCVBUFFORCE; ulogd's 0 left the kernel's ~208 KiB)",
+            min=0,
+            max=INT_MAX,
         ),
         int_option(
             "netlink_socket_buffer_maxsize", 0, "on losses, double the buffer up to this (0: never)", min=0, max=INT_MAX

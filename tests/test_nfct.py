@@ -19,6 +19,7 @@ from test_nfct_decode import pyroute2_view
 from pylogd.conntrack import FIELDS, CtSocket, dump
 from pylogd.log import Logger
 from pylogd.loop import EventLoop
+from pylogd.netlink import DEFAULT_RCVBUF
 from pylogd.plugin import PluginError
 
 TEST_PLUGINS = Path(__file__).resolve().parent / "plugins" / "testplugins.py"
@@ -344,6 +345,14 @@ def test_table_dumps_count_what_the_filter_rejects(ctns: Netns, hash_enable: int
     mode = "hash mode" if hash_enable else "event mode"
     assert any(m.startswith(f"NFCT plugin working in {mode}") for m in said), said
     assert said[-1].startswith("SIGUSR2: 1 flows of the conntrack table written (2 filtered)"), said
+
+
+def test_receive_buffer_defaults_to_pylogds_not_the_kernels(ctns: Netns) -> None:
+    run = Running(ctns, hash_enable=0)
+    try:
+        assert run.plugin.sock is not None and run.plugin.sock.rcvbuf == 2 * DEFAULT_RCVBUF
+    finally:
+        run.close()
 
 
 def test_reliable_and_buffer_options(ctns: Netns) -> None:

@@ -44,6 +44,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 
 from pylogd.log import Logger
 from pylogd.loop import EventLoop
+from pylogd.netlink import DEFAULT_RCVBUF
 from pylogd.nflog import (
     F_GID,
     F_HWLEN,
@@ -984,3 +985,16 @@ def test_daemon_refused_start_leaves_the_running_daemons_files_alone(logged: Pai
     assert logfile.read_bytes() == before
     assert not (tmp_path / "second.json").exists()
     assert first.alive()
+
+
+@pytest.mark.parametrize(("option", "expected"), [(0, DEFAULT_RCVBUF), (1 << 20, 1 << 20)])
+def test_plugin_receive_buffer_defaults_to_pylogds_not_the_kernels(logged: Pair, option: int, expected: int) -> None:
+    plugin = nflog_plugin(group=G, netns=logged.a.name, netlink_socket_buffer_size=option)
+    plugin.feed = RecordingFeed(Nflog.spec.outputs)
+    loop = EventLoop()
+    try:
+        plugin.start(loop)
+        assert plugin.statistics()["rcvbuf"] == 2 * expected  # the kernel reports twice what was set
+    finally:
+        plugin.stop()
+        loop.close()

@@ -112,7 +112,7 @@ from pylogd.conntrack import (
 from pylogd.keys import KeyType
 from pylogd.log import NOTICE
 from pylogd.loop import BacklogReader, EventLoop
-from pylogd.netlink import NetlinkError, backlog_option, rcvbuf_options
+from pylogd.netlink import DEFAULT_RCVBUF, NetlinkError, backlog_option, rcvbuf_options
 from pylogd.plugin import Input, Kind, PluginError, PluginSpec, int_option, key, str_option
 
 #: the longest timer, in seconds: the loop's epoll timeout is a C int of milliseconds (24.8 days)
@@ -335,7 +335,7 @@ class Nfct(Input):
             self.sock = CtSocket(
                 o["event_mask"],
                 netns=self.netns,
-                rcvbuf=o["netlink_socket_buffer_size"],
+                rcvbuf=o["netlink_socket_buffer_size"] or DEFAULT_RCVBUF,
                 rcvbuf_max=o["netlink_socket_buffer_maxsize"],
                 reliable=bool(o["reliable"]),
                 backlog_size=o["netlink_backlog_size"],

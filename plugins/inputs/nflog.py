@@ -44,7 +44,7 @@ from pylogd.config import INT_MAX, U16_MAX, U32_MAX
 from pylogd.keys import KeyType
 from pylogd.log import ERROR, NOTICE
 from pylogd.loop import BacklogReader, EventLoop
-from pylogd.netlink import backlog_option, rcvbuf_options
+from pylogd.netlink import DEFAULT_RCVBUF, backlog_option, rcvbuf_options
 from pylogd.nflog import (
     COPY_MODES,
     F_CT,
@@ -220,7 +220,7 @@ class Nflog(Input):
                 qthreshold=qthreshold,
                 qtimeout=o["netlink_qtimeout"],
                 flags=self.flags,
-                rcvbuf=o["netlink_socket_buffer_size"],
+                rcvbuf=o["netlink_socket_buffer_size"] or DEFAULT_RCVBUF,
                 rcvbuf_max=o["netlink_socket_buffer_maxsize"],
                 bufsize=o["bufsize"],
                 nlbufsiz=nlbufsiz,
