@@ -33,6 +33,7 @@ from typing import Any
 from .config import ConfigError, load
 from .log import Logger
 from .netlink import (
+    DEFAULT_RCVBUF,
     NETLINK_NETFILTER,
     NLM_F_ACK,
     NLM_F_REQUEST,
@@ -296,34 +297,20 @@ def check_rmem(uses: Uses) -> list[Finding]:
     limit = int(rmem_max)
     for use in (*uses.nflog, *uses.nfct):
         kind = "NFLOG" if isinstance(use, NflogUse) else "NFCT"
-        sizes = {"netlink_socket_buffer_size": use.rcvbuf, "netlink_socket_buffer_maxsize": use.rcvbuf_max}
+        sizes = {"netlink_socket_buffer_size": use.rcvbuf or DEFAULT_RCVBUF}
+        if use.rcvbuf_max:
+            sizes["netlink_socket_buffer_maxsize"] = use.rcvbuf_max
         for option, size in sizes.items():
+            check = f"{kind} [{use.id}] {option}"
+            told = f"{size}" if option.endswith("maxsize") or use.rcvbuf else f"unset: pylogd asks for {size}"
             if size > RCVBUF_CEILING:
-                out.append(
-                    Finding(
-                        WARN,
-                        f"{kind} [{use.id}] {option}",
-                        f"{size}: the kernel caps a socket buffer at {RCVBUF_CEILING} bytes whatever is asked",
-                        f"set {option}={RCVBUF_CEILING} in [{use.id}]",
-                    )
-                )
+                why = f"{told}: the kernel caps a socket buffer at {RCVBUF_CEILING} bytes whatever is asked"
+                out.append(Finding(WARN, check, why, f"set {option}={RCVBUF_CEILING} in [{use.id}]"))
             elif size > limit:
-                out.append(
-                    Finding(
-                        OK,
-                        f"{kind} [{use.id}] {option}",
-                        f"{size} > {name} {limit}: applies all the same (SO_RCVBUFFORCE with CAP_NET_ADMIN)",
-                    )
-                )
-        if not use.rcvbuf:
-            out.append(
-                Finding(
-                    OK,
-                    f"{kind} [{use.id}] netlink_socket_buffer_size",
-                    f"unset: the socket gets net.core.rmem_default ({default} bytes)"
-                    + ("" if use.rcvbuf_max else " and never grows (netlink_socket_buffer_maxsize unset)"),
-                )
-            )
+                why = f"{told} > {name} {limit}: applies all the same (SO_RCVBUFFORCE with CAP_NET_ADMIN)"
+                out.append(Finding(OK, check, why))
+            else:
+                out.append(Finding(OK, check, f"{told}, within {name} {limit}: applies"))
     return out
 
 

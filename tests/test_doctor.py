@@ -347,18 +347,29 @@ def test_an_unknown_namespace_is_an_error(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_socket_buffers_against_rmem_max(netns: Netns, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pylogd.netlink import DEFAULT_RCVBUF
+
     rmem_max = int(host_sysctl("net.core.rmem_max"))
-    big, huge = rmem_max + 4096, doctor.RCVBUF_CEILING + 1
+    big, huge, small = rmem_max + 4096, doctor.RCVBUF_CEILING + 1, min(rmem_max, 65536)
     conf = write_conf(
         tmp_path,
-        nflog=f"group=7\nnetlink_socket_buffer_size={big}",
-        nfct=f"hash_enable=0\nnetlink_socket_buffer_size={big}\nnetlink_socket_buffer_maxsize={huge}",
+        nflog="group=7",  # no size: pylogd's default
+        nfct=f"hash_enable=0\nnetlink_socket_buffer_size={small}\nnetlink_socket_buffer_maxsize={huge}",
     )
     _code, doc = run(capsys, "-c", str(conf), "--netns", netns.name)
     f = only(doc, "NFLOG [log1] netlink_socket_buffer_size")
-    assert f["state"] == "ok" and "applies all the same (SO_RCVBUFFORCE" in f["detail"]
+    assert f["state"] == "ok" and f["detail"].startswith(f"unset: pylogd asks for {DEFAULT_RCVBUF}")
+    applies = "applies all the same (SO_RCVBUFFORCE" if rmem_max < DEFAULT_RCVBUF else "within net.core.rmem_max"
+    assert applies in f["detail"]
+    f = only(doc, "NFCT [ct1] netlink_socket_buffer_size")
+    assert f["state"] == "ok" and f["detail"] == f"{small}, within net.core.rmem_max {rmem_max}: applies"
     f = only(doc, "NFCT [ct1] netlink_socket_buffer_maxsize")
     assert f["state"] == "warn" and f["fix"] == f"set netlink_socket_buffer_maxsize={doctor.RCVBUF_CEILING} in [ct1]"
+
+    conf = write_conf(tmp_path, nflog=f"group=7\nnetlink_socket_buffer_size={big}")
+    _code, doc = run(capsys, "-c", str(conf), "--netns", netns.name)
+    f = only(doc, "NFLOG [log1] netlink_socket_buffer_size")
+    assert f["state"] == "ok" and f["detail"].startswith(f"{big} > net.core.rmem_max {rmem_max}: applies all the same")
 
 
 # ---------------------------------------------------------------------------------------------
