@@ -583,6 +583,10 @@ def check_groups(nflog: list[NflogUse], config: bool, netns: str | None) -> list
     return out
 
 
+#: nft statements and expressions that make the kernel track connections in their namespace
+CT_USERS = frozenset(("ct", "snat", "dnat", "masquerade", "redirect", "flow", "synproxy", "ct helper", "ct timeout"))
+
+
 @dataclass
 class Ruleset:
     """What the rules of one namespace log: group -> where, and what nft cannot say."""
@@ -591,6 +595,7 @@ class Ruleset:
     to_kernel_log: int = 0  # `log` statements without a group
     xt_nflog: int = 0  # iptables-nft NFLOG targets, whose group nft does not show
     base_chains: list[tuple[str, str, str, str]] = field(default_factory=list)  # family, table, chain, hook
+    conntrack: list[str] = field(default_factory=list)  # rules and chains that make the kernel track connections
     errors: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
 
@@ -608,6 +613,8 @@ def parse_nft_json(doc: dict[str, Any], rules: Ruleset) -> None:
             xt = node.get("xt")
             if isinstance(xt, dict) and xt.get("name") == "NFLOG":
                 rules.xt_nflog += 1
+            if CT_USERS & node.keys() and (not rules.conntrack or rules.conntrack[-1] != where):
+                rules.conntrack.append(where)
             for value in node.values():
                 walk(value, where)
         elif isinstance(node, list):
@@ -622,6 +629,8 @@ def parse_nft_json(doc: dict[str, Any], rules: Ruleset) -> None:
         chain = item.get("chain")
         if chain and chain.get("hook") and chain.get("type", "filter") == "filter":
             rules.base_chains.append((chain["family"], chain["table"], chain["name"], chain["hook"]))
+        if chain and chain.get("type") == "nat":
+            rules.conntrack.append(f"nft {chain['family']} {chain['table']} {chain['name']} (a nat chain)")
 
 
 def parse_iptables_save(text: str, command: str, rules: Ruleset) -> None:
@@ -630,6 +639,12 @@ def parse_iptables_save(text: str, command: str, rules: Ruleset) -> None:
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
+            if table == "nat":  # a legacy nat table registers conntrack as it is created
+                rules.conntrack.append(f"{command} -t nat")
+        elif line.startswith("-A ") and re.search(
+            r" -m (state|conntrack) | -j (CT|SNAT|DNAT|MASQUERADE|REDIRECT)\b", line
+        ):
+            rules.conntrack.append(f"{command} -t {table} {line.split()[1]}")
         if not line.startswith("-A ") or not re.search(r"(^|\s)-j NFLOG(\s|$)", line):
             continue
         m = re.search(r"--nflog-group (\d+)", line)
@@ -684,9 +699,8 @@ def _rule_example(group: int, rules: Ruleset, netns: str | None) -> str:
     return in_netns(netns, f"nft '{script}'")
 
 
-def check_rules(nflog: list[NflogUse], config: bool, netns: str | None) -> list[Finding]:
+def check_rules(rules: Ruleset, nflog: list[NflogUse], netns: str | None) -> list[Finding]:
     """Which configured group no rule feeds, and which group rules feed that nothing reads."""
-    rules = read_ruleset()
     out = []
     if not rules.sources:
         why = "; ".join(rules.errors) or "neither nft nor iptables is installed"
@@ -740,6 +754,33 @@ def check_rules(nflog: list[NflogUse], config: bool, netns: str | None) -> list[
 # running
 
 
+def check_conntrack_on(rules: Ruleset, nfct: list[NfctUse], netns: str | None) -> Finding:
+    """A namespace tracks connections only once something needs it (a ct match, NAT; since Linux
+    4.10 conntrack hooks in per namespace on demand): until then NFCT receives nothing."""
+    check = "conntrack in use"
+    if rules.conntrack:
+        shown = ", ".join(rules.conntrack[:3]) + (" ..." if len(rules.conntrack) > 3 else "")
+        return Finding(OK, check, f"rules make the kernel track connections: {shown}", netns=netns)
+    count = read_sysctl("net.netfilter.nf_conntrack_count")
+    if count not in (None, "0"):
+        return Finding(
+            OK, check, f"{count} connections tracked (something other than these rules needs conntrack)", netns=netns
+        )
+    who = f"NFCT {_ids(nfct)} receives" if nfct else "NFCT would receive"
+    script = (
+        "add table inet pylogd; add chain inet pylogd conntrack { type filter hook prerouting priority -150; }; "
+        "add rule inet pylogd conntrack ct state new counter"
+    )
+    return Finding(
+        WARN,
+        check,
+        "no rule needs conntrack and it tracks no connection: the kernel tracks connections only once a rule "
+        f"needs it (a ct match, NAT), so {who} nothing",
+        in_netns(netns, f"nft '{script}'"),
+        netns,
+    )
+
+
 def run_checks(uses: Uses, netns: str | None) -> list[Finding]:
     """Every check: global ones in the caller's namespace, the rest in each namespace in scope."""
     findings = check_modules(uses)
@@ -752,11 +793,14 @@ def run_checks(uses: Uses, netns: str | None) -> list[Finding]:
         general = not uses.config and scope == netns
         with netns_context(scope):
             findings += check_nf_log(nflog, scope)
+            rules = read_ruleset() if general or nflog or nfct else Ruleset()
             if general or nfct:
                 findings += check_conntrack_sysctls(nfct, uses.config, scope)
+                if rules.sources:
+                    findings.append(check_conntrack_on(rules, nfct, scope))
             if general or nflog:
                 findings += check_groups(nflog, uses.config, scope)
-                findings += check_rules(nflog, uses.config, scope)
+                findings += check_rules(rules, nflog, scope)
     return findings
 
 

@@ -125,6 +125,37 @@ def test_a_config_without_nfct_skips_the_conntrack_switches(
     assert only(doc, "net.netfilter.nf_conntrack_acct")["state"] == "warn"
 
 
+def test_conntrack_off_until_a_rule_needs_it_and_the_fix_turns_it_on(
+    netns: Netns, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ("-c", str(write_conf(tmp_path, nfct="hash_enable=0")), "--netns", netns.name)
+    count = "net.netfilter.nf_conntrack_count"
+    netns.send_udp("127.0.0.1", 9)
+    assert sysctl(netns, count) == "0"  # the premise: a fresh namespace tracks nothing
+    _code, doc = run(capsys, *args)
+    f = only(doc, "conntrack in use")
+    assert f["state"] == "warn" and "NFCT [ct1] receives nothing" in f["detail"]
+    assert f["fix"].startswith(f"ip netns exec {netns.name} nft '")
+
+    subprocess.run(f["fix"], shell=True, check=True)
+    netns.send_udp("127.0.0.1", 9)
+    assert int(sysctl(netns, count)) > 0  # the suggested rule does turn tracking on
+    _code, doc = run(capsys, *args)
+    f = only(doc, "conntrack in use")
+    assert f["state"] == "ok" and "nft inet pylogd conntrack" in f["detail"]
+
+
+def test_nat_chains_and_iptables_state_matches_count_as_conntrack_users() -> None:
+    rules = doctor.Ruleset()
+    doc = {
+        "nftables": [{"chain": {"family": "ip", "table": "nat", "name": "post", "type": "nat", "hook": "postrouting"}}]
+    }
+    doctor.parse_nft_json(doc, rules)
+    doctor.parse_iptables_save("*filter\n-A INPUT -m conntrack --ctstate NEW -j ACCEPT\nCOMMIT\n", "ipt", rules)
+    doctor.parse_iptables_save("*filter\n-A INPUT -p tcp -j ACCEPT\nCOMMIT\n", "ipt6", rules)
+    assert rules.conntrack == ["nft ip nat post (a nat chain)", "ipt -t filter INPUT"]
+
+
 # ---------------------------------------------------------------------------------------------
 # NFLOG groups held by another listener
 
@@ -275,6 +306,34 @@ def test_nf_log_binding_none_vs_nfnetlink_log(netns: Netns, tmp_path: Path, caps
     netns.run("echo NONE > /proc/sys/net/netfilter/nf_log/2")
     _code, doc = run(capsys, "-c", str(write_conf(tmp_path, nflog="group=7")), "--netns", netns.name)
     assert only(doc, "nf_log IPv4")["state"] == "ok"
+
+
+INVALID_AND_PLAIN_LOG = """
+import socket, struct
+from pylogd.nflog import NflogSocket
+with NflogSocket(group=0) as sock:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.sendto(b"x", ("127.0.0.1", 9))  # the plain `log` rule's packet
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    raw.sendto(struct.pack("!HHIIBBHHH", 1234, 80, 1, 0, 0x50, 0x3F, 1024, 0, 0), ("127.0.0.1", 0))  # every flag
+    print(sorted(p.prefix for p in sock.packets(timeout=1)))
+"""
+
+
+def test_what_the_nf_log_binding_sends_to_group_0(netns: Netns) -> None:
+    """The doctor's account of the binding, checked on the kernel: bound to nfnetlink_log, conntrack's
+    invalid-packet messages reach group 0; a plain `log` rule names its own (kernel-log) logger and never does."""
+    netns.run("echo nfnetlink_log > /proc/sys/net/netfilter/nf_log/2")
+    sysctl(netns, "net.netfilter.nf_conntrack_log_invalid", "255")
+    netns.nft(
+        "table ip t {\n chain out {\n type filter hook output priority 0;\n"
+        ' udp dport 9 log prefix "plain"\n ct state invalid counter\n }\n}\n'
+    )
+    seen = netns.python(INVALID_AND_PLAIN_LOG).stdout
+    assert "nf_ct_proto_6: invalid tcp flag combination" in seen
+    assert "plain" not in seen
+    netns.run("echo NONE > /proc/sys/net/netfilter/nf_log/2")
+    assert netns.python(INVALID_AND_PLAIN_LOG).stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------------------------
