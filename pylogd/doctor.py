@@ -750,10 +750,6 @@ def check_rules(rules: Ruleset, nflog: list[NflogUse], netns: str | None) -> lis
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# running
-
-
 def check_conntrack_on(rules: Ruleset, nfct: list[NfctUse], netns: str | None) -> Finding:
     """A namespace tracks connections only once something needs it (a ct match, NAT; since Linux
     4.10 conntrack hooks in per namespace on demand): until then NFCT receives nothing."""
@@ -779,6 +775,10 @@ def check_conntrack_on(rules: Ruleset, nfct: list[NfctUse], netns: str | None) -
         in_netns(netns, f"nft '{script}'"),
         netns,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# running
 
 
 def run_checks(uses: Uses, netns: str | None) -> list[Finding]:
@@ -844,7 +844,11 @@ def main(argv: list[str]) -> int:
             uses = read_uses(args.configfile)
         except ConfigError as exc:
             uses = Uses()
-            head.append(Finding(FAIL, f"config {args.configfile}", str(exc), "pylogd --check -c " + args.configfile))
+            if os.path.exists(args.configfile):
+                fix = f"pylogd --check -c {args.configfile} shows every error"
+            else:
+                fix = "name the config with -c FILE, or --no-config for the general checks"
+            head.append(Finding(FAIL, f"config {args.configfile}", str(exc), fix))
         else:
             head.append(
                 Finding(OK, f"config {args.configfile}", f"{len(uses.nflog)} NFLOG and {len(uses.nfct)} NFCT input(s)")

@@ -395,6 +395,10 @@ def test_a_config_that_does_not_load_is_a_failure(
     code, doc = run(capsys, "-c", str(bad), "--netns", netns.name)
     f = only(doc, f"config {bad}")
     assert f["state"] == "fail" and "NFLOGG" in f["detail"]
+    assert f["fix"] == f"pylogd --check -c {bad} shows every error"
+    assert code == 1
+    code, doc = run(capsys, "-c", str(tmp_path / "missing.conf"), "--netns", netns.name)
+    assert only(doc, "config")["fix"] == "name the config with -c FILE, or --no-config for the general checks"
     assert code == 1
     code, doc = run(capsys, "-c", str(write_conf(tmp_path, nflog="group=7")), "--netns", netns.name)
     assert only(doc, "config")["state"] == "ok"
