@@ -476,3 +476,24 @@ def test_fix_commands_name_the_namespace() -> None:
     assert doctor.in_netns(None, "sysctl -w a=1") == "sysctl -w a=1"
     assert doctor.in_netns("fw", "sysctl -w a=1") == "ip netns exec fw sysctl -w a=1"
     assert doctor.in_netns("/proc/1/ns/net", "nft list ruleset") == "nsenter --net=/proc/1/ns/net nft list ruleset"
+
+
+def test_module_findings_and_what_fix_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    states = {"nfnetlink_log": "missing", "nf_conntrack_netlink": "loaded"}
+    monkeypatch.setattr(doctor, "module_state", lambda name: states[name])
+    monkeypatch.setattr(doctor, "loadable", lambda name: True)
+    loaded: list[str] = []
+    monkeypatch.setattr(doctor, "_modprobe", loaded.append)
+    findings = {f.check: f for f in doctor.check_modules(doctor.Uses())}
+    missing, present = findings["module nfnetlink_log"], findings["module nf_conntrack_netlink"]
+    assert (missing.state, missing.fix) == ("warn", "modprobe nfnetlink_log")
+    assert (present.state, present.detail, present.fix) == ("ok", "loaded", None)
+    assert doctor.apply_fixes(list(findings.values())) == [
+        {"fix": "modprobe nfnetlink_log", "netns": None, "done": True, "error": None}
+    ]
+    assert loaded == ["nfnetlink_log"]
+
+    monkeypatch.setattr(doctor, "loadable", lambda name: False)
+    uses = doctor.Uses(config=True, nflog=[doctor.NflogUse("log1", 0, None, True, 0, 0)])
+    (only_nflog,) = doctor.check_modules(uses)  # a config without NFCT does not need ctnetlink
+    assert only_nflog.state == "fail" and "NFLOG ([log1]) cannot work" in only_nflog.detail
