@@ -781,6 +781,24 @@ def check_conntrack_on(rules: Ruleset, nfct: list[NfctUse], netns: str | None) -
 # running
 
 
+def check_scope(
+    nflog: list[NflogUse], nfct: list[NfctUse], general: bool, config: bool, scope: str | None
+) -> list[Finding]:
+    """The checks of one namespace, from inside it."""
+    findings = []
+    with netns_context(scope):
+        findings += check_nf_log(nflog, scope)
+        rules = read_ruleset() if general or nflog or nfct else Ruleset()
+        if general or nfct:
+            findings += check_conntrack_sysctls(nfct, config, scope)
+            if rules.sources:
+                findings.append(check_conntrack_on(rules, nfct, scope))
+        if general or nflog:
+            findings += check_groups(nflog, config, scope)
+            findings += check_rules(rules, nflog, scope)
+    return findings
+
+
 def run_checks(uses: Uses, netns: str | None) -> list[Finding]:
     """Every check: global ones in the caller's namespace, the rest in each namespace in scope."""
     findings = check_modules(uses)
@@ -790,17 +808,15 @@ def run_checks(uses: Uses, netns: str | None) -> list[Finding]:
     for scope in uses.scopes(netns):
         nflog = [u for u in uses.nflog if (u.netns if u.netns is not None else netns) == scope]
         nfct = [u for u in uses.nfct if (u.netns if u.netns is not None else netns) == scope]
-        general = not uses.config and scope == netns
-        with netns_context(scope):
-            findings += check_nf_log(nflog, scope)
-            rules = read_ruleset() if general or nflog or nfct else Ruleset()
-            if general or nfct:
-                findings += check_conntrack_sysctls(nfct, uses.config, scope)
-                if rules.sources:
-                    findings.append(check_conntrack_on(rules, nfct, scope))
-            if general or nflog:
-                findings += check_groups(nflog, uses.config, scope)
-                findings += check_rules(rules, nflog, scope)
+        try:
+            findings += check_scope(nflog, nfct, not uses.config and scope == netns, uses.config, scope)
+        except NetlinkError as exc:
+            if scope == netns:
+                raise  # --netns itself: nothing to check
+            # an input's own namespace (a container not started yet): the rest is still worth telling
+            fix = f"ip netns add {scope}" if "/" not in scope else f"create {scope} before pylogd starts"
+            why = f"{exc.strerror}: {_ids([*nflog, *nfct])} cannot open their sockets"
+            findings.append(Finding(FAIL, f"netns {scope}", why, fix))
     return findings
 
 

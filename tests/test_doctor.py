@@ -384,6 +384,9 @@ def test_no_config_runs_only_the_general_checks(netns: Netns, capsys: pytest.Cap
     assert "module nfnetlink_log" in checks and "module nf_conntrack_netlink" in checks
     assert "net.core.rmem_max" in checks and any(c.startswith("nf_log IPv4") for c in checks)
     assert not [c for c in checks if c.startswith("config") or "[" in c]
+    # a host-only switch: read from the host whatever --netns says
+    all_netns = host_sysctl("net.netfilter.nf_log_all_netns")
+    assert only(doc, "net.netfilter.nf_log_all_netns")["detail"].startswith(f"{all_netns}: ")
     assert code == 0 and doc["ok"] is True  # the acct warning alone does not fail
 
 
@@ -407,6 +410,19 @@ def test_a_config_that_does_not_load_is_a_failure(
 def test_an_unknown_namespace_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert doctor.main(["--no-config", "--netns", f"pylogd-no-such-ns-{os.getpid()}"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_an_inputs_missing_namespace_fails_and_the_rest_is_checked(
+    netns: Netns, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = f"pylogd-no-such-ns-{os.getpid()}"
+    conf = write_conf(tmp_path, nflog=f"group=7\nnetns={missing}", nfct="hash_enable=0")
+    code, doc = run(capsys, "-c", str(conf), "--netns", netns.name)
+    f = only(doc, f"netns {missing}")
+    assert f["state"] == "fail" and "not found" in f["detail"] and "[log1]" in f["detail"]
+    assert f["fix"] == f"ip netns add {missing}"
+    assert only(doc, "net.netfilter.nf_conntrack_acct")["netns"] == netns.name  # [ct1] is still checked
+    assert code == 1
 
 
 def test_socket_buffers_against_rmem_max(netns: Netns, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
