@@ -221,13 +221,13 @@ def my_db_fixture() -> Iterator[MyDb]:
         admin.close()
 
 
-def my_kill(admin: Any, database: str) -> int:
-    """KILL every connection to ``database`` but the admin's own."""
+def my_kill(admin: Any, database: str, spare: tuple[int, ...] = ()) -> int:
+    """KILL every connection to ``database`` but this one and those in ``spare`` (the test's own)."""
     with admin.cursor() as cur:
         cur.execute(
             "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()", (database,)
         )
-        ids = [r[0] for r in cur.fetchall()]
+        ids = [r[0] for r in cur.fetchall() if r[0] not in spare]
         for i in ids:
             with contextlib.suppress(Exception):
                 cur.execute(f"KILL {int(i)}")
@@ -412,7 +412,7 @@ class TcpForwarder:
 
 
 def side_by_side_packets(
-    pair: tuple, tmp: Path, stack: str, sections: dict[str, str], count: Callable[[str], int]
+    pair: tuple, tmp: Path, stack: str, sections: dict[str, str], count: Callable[[str], int], min_rows: int = 20
 ) -> None:
     """Both daemons in namespace A, ulogd on NFLOG group 5 and pylogd on group 6, each with ``stack``
     and its own ``sections[name]``; the compat corpus is sent from B.  Returns once both wrote the
@@ -445,9 +445,12 @@ def side_by_side_packets(
         counts = [count("ulogd"), count("pylogd")]
         if counts != settled["counts"]:
             settled.update(counts=counts, since=time.monotonic())
-        return counts[0] >= 20 and len(set(counts)) == 1 and time.monotonic() - settled["since"] > 1.0
+        return counts[0] >= min_rows and len(set(counts)) == 1 and time.monotonic() - settled["since"] > 1.0
 
-    wait_for(settled_and_equal, timeout=40, what=f"both daemons to write the same number of rows ({settled})")
+    try:
+        wait_for(settled_and_equal, timeout=40, what="both daemons to write the same number of rows")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: ulogd and pylogd wrote {settled['counts']}") from None
 
 
 def side_by_side_flows(rig: Any, tmp: Path, stack: str, sections: dict[str, str], count: Callable[[str], int]) -> None:

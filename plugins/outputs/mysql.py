@@ -1,0 +1,326 @@
+"""MYSQL: every event one row in MariaDB or MySQL, through ulogd's table, view or function, with PyMySQL.
+
+ulogd's options and its model (:mod:`pylogd.sql`): the columns of ``table`` name the keys (``_`` for
+``.``; the first column, an auto-increment id, is always left to the server), and ``procedure`` says
+what a row runs: ``INSERT`` (into the table), ``INSERT INTO t``, ``CALL p``, or a function's name,
+called as ``SELECT f(...)`` with the columns in order.  The schemas ulogd ships work unchanged::
+
+    [mysql1]                         # stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2bin1:IP2BIN,
+    db="ulog2"                       #       mac2str1:HWHDR,mysql1:MYSQL
+    host="localhost"                 # the server's unix socket, as the MySQL client library reads it
+    user="ulog"
+    pass="secret"
+    table="ulog"                     # the view of mysql-ulogd2.sql
+    procedure="INSERT_PACKET_FULL"
+
+    [mysql2]                         # stack=ct1:NFCT,ip2bin1:IP2BIN,mysql2:MYSQL
+    table="conntrack"
+    procedure="INSERT_CT"
+
+``host="localhost"`` means the server's unix socket, as in the MySQL client library: the path in
+``socket``, else ``$MYSQL_UNIX_PORT``, else /run/mysqld/mysqld.sock.  So a daemon in a network
+namespace, whose 127.0.0.1 is not the server's, still reaches it.  A host starting with ``/`` is a
+socket path; any other host is reached over TCP (``port`` 0 is 3306).  The password is ``pass``,
+else the first line of the file ``pass_file``, else the environment variable ``PYLOGD_<ID>_PASS``
+(the instance id in capitals, other characters as ``_``: ``PYLOGD_MYSQL1_PASS``).
+
+Rows are written from a worker thread in batches, one transaction each, the values bound as
+parameters (a table takes each batch as one multi-row INSERT).  The server need not be up at start;
+while it is away (stopped, restarted, connections killed) rows wait in the stack's backlog
+(``backlog_memcap`` bytes, if set) and are written once, in order, after reconnecting with back-off.
+A row the server refuses (a CHECK constraint, a value out of range in strict mode) is logged and set
+aside and the others are written.  When the server is up at start, a missing table or a column no key
+of the stack fills refuses the start naming it.  SIGHUP reconnects.
+
+Differences from ulogd 2.0.8
+----------------------------
+* The server may be down at start (ulogd failed the stack); rows are not lost while it is away
+  (ulogd dropped them, or kept formatted statements in ``backlog_memcap`` only).  ``reconnect``,
+  ``ring_buffer_size`` and ``backlog_oneshot_requests`` are accepted and have no effect: pylogd
+  always writes from a worker thread and backs off by itself (up to 30 s).
+* Values are bound as parameters, never spliced into the SQL text; rows go in batches, one
+  transaction each (ulogd ran one autocommitted statement per row).
+* ``CALL p`` calls ``p`` (ulogd wrote ``CALL CALL p(``).  ``connect_timeout`` 0 waits 10 s.
+  ``pass`` is optional (``pass_file``, ``PYLOGD_<ID>_PASS``); ``socket`` is new.
+* IP2BIN's binary literals are bound as bytes, so ``binary(16)`` columns hold the same 16 bytes;
+  raw address keys (``ip.saddr``) go into integer columns in host order (ulogd: the network-order
+  bytes read as a little-endian number) and IPv6 addresses are written (ulogd wrote malformed SQL).
+* IP2BIN also gives ``reply.ip.daddr.bin`` (ulogd never set it), so the ``conntrack`` view's
+  reply_ip_daddr_bin is filled where ulogd left it NULL.
+* A column also matches a key whose name holds ``_``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, ClassVar
+
+from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, str_option
+from pylogd.sql import (
+    DEFAULT_CONNECT_TIMEOUT,
+    Column,
+    SchemaError,
+    SqlOutput,
+    Transient,
+    column_kind,
+    db_options,
+    procedure_form,
+    read_password,
+    require_module,
+)
+
+DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
+#: a server that stops answering mid-batch is given up after this long (the rows wait and go again)
+IO_TIMEOUT = 60
+
+#: server errors that concern the server, the session or the schema rather than a row
+_TRANSIENT_CODES = frozenset(
+    {
+        1040,  # too many connections
+        1044,  # access denied to the database
+        1045,  # access denied
+        1049,  # unknown database
+        1053,  # server shutdown in progress
+        1054,  # unknown column (the table changed)
+        1142,  # command denied
+        1146,  # table does not exist
+        1205,  # lock wait timeout
+        1213,  # deadlock
+        1290,  # read-only (--read-only)
+        1305,  # function does not exist
+        1317,  # query interrupted
+        1792,  # read-only transaction
+        1927,  # connection killed (MariaDB)
+        4031,  # disconnected by the server for inactivity
+    }
+)
+
+
+class Mysql(SqlOutput):
+    spec = PluginSpec(
+        name="MYSQL",
+        kind=Kind.OUTPUT,
+        help="Writes each event as a row into MariaDB or MySQL: a table or view whose columns name the keys, "
+        "through INSERT or a function such as ulogd's INSERT_PACKET_FULL.",
+        options=(
+            *db_options(),
+            str_option("db", None, "the database", mandatory=True),
+            str_option("host", None, 'server host; "localhost" or a path: its unix socket', mandatory=True),
+            str_option("user", None, "user name", mandatory=True),
+            str_option("pass", "", "password (see also pass_file)"),
+            int_option("port", 0, "server port (0: 3306)", min=0, max=65535),
+            str_option("socket", "", f"the unix socket for host=localhost (default {DEFAULT_SOCKET})"),
+            str_option("pass_file", "", "a file whose first line is the password"),
+        ),
+        wildcard_inputs=True,
+        section_required=True,
+    )
+
+    first_inactive: ClassVar[str] = "always"
+    dialect: ClassVar[str] = "mysql"
+    mark: ClassVar[str] = "%s"
+
+    def __init__(self, instance_id: str, options: dict[str, Any], log: Any) -> None:
+        super().__init__(instance_id, options, log)
+        self.pymysql: Any = None
+        self._serial = 0
+        self._xa: list | None = None  # [xid, prepared] of the open batch
+        self._in_doubt: tuple[str, bool, Any, int] | None = None
+
+    def configure(self) -> None:
+        super().configure()
+        if self.options["pass"] and self.options["pass_file"]:
+            raise PluginError("pass and pass_file both set; keep one", option="pass_file")
+        if not self.options["host"]:
+            raise PluginError('host is empty; "localhost" is the server\'s unix socket', option="host")
+        self.pymysql = require_module("pymysql", "PyMySQL", "mysql", "MYSQL")
+
+    def target(self) -> str:
+        return f"table {self.options['db']}.{self.options['table']}"
+
+    def socket_path(self) -> str | None:
+        host = self.options["host"]
+        if host.startswith("/"):
+            return host
+        if host == "localhost":
+            return self.options["socket"] or os.environ.get("MYSQL_UNIX_PORT") or DEFAULT_SOCKET
+        return None
+
+    # -- the connection -----------------------------------------------------------------------------
+
+    def connect(self) -> Any:
+        o = self.options
+        kw: dict[str, Any] = {
+            "user": o["user"],
+            "password": read_password(o, self.id) or "",
+            "database": o["db"],
+            "connect_timeout": o["connect_timeout"] or DEFAULT_CONNECT_TIMEOUT,
+            "read_timeout": IO_TIMEOUT,
+            "write_timeout": IO_TIMEOUT,
+            "autocommit": False,
+            "charset": "utf8mb4",
+        }
+        path = self.socket_path()
+        if path:
+            kw["unix_socket"] = path
+        else:
+            kw["host"] = o["host"]
+            kw["port"] = o["port"] or 3306
+        conn = self.pymysql.connect(**kw)
+        try:
+            self._check_procedure(conn)
+            if not self.connects:
+                self._commit_orphans(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_procedure(self, conn: Any) -> None:
+        form, name = procedure_form(self.options["procedure"])
+        if form not in ("select", "call"):
+            return
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE() "
+                "AND ROUTINE_NAME = %s AND ROUTINE_TYPE = %s",
+                (name, "PROCEDURE" if form == "call" else "FUNCTION"),
+            )
+            if cur.fetchone()[0] == 0:
+                kind = "procedure" if form == "call" else "function"
+                raise SchemaError(f"{kind} {name} not found in database {self.options['db']}", option="procedure")
+        conn.commit()
+
+    def _commit_orphans(self, conn: Any) -> None:
+        """Batches an earlier pylogd of this instance prepared and never committed (it was killed in
+        between) hold rows nobody else has and locks: commit them."""
+        prefix = f"pylogd-{self.id[:20]}-"
+        mine = f"{prefix}{os.getpid()}-"
+        conn.autocommit(True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("XA RECOVER")
+                for row in cur.fetchall():
+                    xid = row[3].decode() if isinstance(row[3], bytes) else row[3]
+                    if xid.startswith(prefix) and not xid.startswith(mine):
+                        cur.execute("XA COMMIT %s", (xid,))
+                        self.log.notice(f"committed batch {xid}, prepared by an earlier pylogd that stopped before")
+        except Exception as exc:
+            if not _denied(exc):
+                raise
+        finally:
+            conn.autocommit(False)
+
+    def read_columns(self, conn: Any) -> list[Column]:
+        table = self.options["table"]
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+                (table,),
+            )
+            rows = cur.fetchall()
+        conn.commit()
+        if not rows:
+            raise SchemaError(f"table {self.options['db']}.{table} is empty or missing", option="table")
+        return [Column(name, column_kind(decl)) for name, decl in rows]
+
+    # -- exactly once across a cut-off COMMIT: each batch is an XA transaction ------------------------
+    #
+    # After a lost connection, XA RECOVER tells whether the batch was prepared (then it is committed
+    # from the new connection) and PREPARE's answer whether it may have been committed already.
+
+    def begin(self, conn: Any) -> None:
+        self._serial += 1
+        xid = f"pylogd-{self.id[:20]}-{os.getpid()}-{self._serial}"
+        self._xa = None
+        with conn.cursor() as cur:
+            cur.execute("XA START %s", (xid,))
+        self._xa = [xid, False]
+
+    def commit(self, conn: Any, cur: Any) -> None:
+        assert self._xa is not None
+        xid = self._xa[0]
+        cur.execute("XA END %s", (xid,))
+        cur.execute("XA PREPARE %s", (xid,))
+        self._xa[1] = True
+        cur.execute("XA COMMIT %s", (xid,))
+        self._xa = None
+
+    def _rollback(self, conn: Any) -> None:
+        if self._xa is None:
+            return
+        xid = self._xa[0]
+        try:
+            with conn.cursor() as cur:
+                if not self._xa[1]:
+                    with contextlib.suppress(Exception):
+                        cur.execute("XA END %s", (xid,))
+                cur.execute("XA ROLLBACK %s", (xid,))
+        except Exception:
+            return  # the connection is gone: the batch stays in doubt until XA RECOVER says
+        self._xa = None
+
+    def _write_chunk(self, conn: Any, chunk: list, rows: list[tuple]) -> list:
+        try:
+            return super()._write_chunk(conn, chunk, rows)
+        except Exception as exc:
+            if self.transient(exc) and self._xa is not None:
+                self._in_doubt = (self._xa[0], self._xa[1], chunk[0], len(chunk))
+            self._xa = None
+            raise
+
+    def _write(self, entries: list) -> None:
+        if self._in_doubt is not None:
+            self._settle(entries)
+        super()._write(entries)
+
+    def _settle(self, entries: list) -> None:
+        xid, prepared, first, n = self._in_doubt  # type: ignore[misc]
+        conn = self._ensure()
+        try:
+            # XA COMMIT of a branch another session prepared is refused inside a local transaction,
+            # which autocommit=0 opens with any statement
+            conn.autocommit(True)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("XA RECOVER")
+                    pending = {row[3].decode() if isinstance(row[3], bytes) else row[3] for row in cur.fetchall()}
+                    if xid in pending:
+                        cur.execute("XA COMMIT %s", (xid,))
+                        committed = True
+                    else:
+                        committed = prepared  # prepared and gone: committed; never prepared: rolled back
+            finally:
+                conn.autocommit(False)
+        except Exception as exc:
+            if self.transient(exc) and not _denied(exc):
+                self._close()
+                raise Transient(f"cannot settle the batch cut off before: {exc}") from None
+            self.log.error(f"cannot tell whether {n} rows cut off at COMMIT were written ({exc}); writing them again")
+            committed = False
+        self._in_doubt = None
+        if committed and entries and entries[0] == first:
+            self.log.notice(f"the {n} rows whose commit was cut off were committed; not writing them again")
+            del entries[:n]
+
+    def transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, Transient | OSError):
+            return True
+        err = self.pymysql.err if self.pymysql is not None else None
+        if err is None:
+            return False
+        if isinstance(exc, err.InterfaceError):
+            return True
+        if isinstance(exc, err.MySQLError):
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+            # 2000 to 2999 are the client library's own errors: a lost or refused connection
+            return code in _TRANSIENT_CODES or 2000 <= code < 3000 or code == 0
+        return False
+
+
+def _denied(exc: BaseException) -> bool:
+    """XA RECOVER needs a privilege a plain logging user may lack."""
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    return code in (1044, 1045, 1142, 1227)

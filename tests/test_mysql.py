@@ -1,0 +1,377 @@
+"""MYSQL against the real MariaDB server: ulogd's shipped schemas and functions over TCP and the unix
+socket (host="localhost"), start-up checks, refused rows, a password from a file, a server down at
+start, killed connections during steady traffic, and ulogd 2.0.8 beside pylogd on the same packets
+and flows.
+
+Every test works in a database of its own, dropped after it.  Where pylogd's rows deliberately differ
+from ulogd's is named once, in the block below.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PYLOGD, ROOT, TEST_PLUGINS
+from pylogd.plugins.outputs.mysql import Mysql
+from rig import Rig, read_text, wait_for
+from sqlkit import (
+    MYSQL_SOCKET,
+    MyDb,
+    PipeDaemon,
+    SqlStack,
+    TcpForwarder,
+    my_db_fixture,  # noqa: F401  (the fixture my_db)
+    my_kill,
+    mysql_admin,
+    need_ulogd,
+    run_outage,
+    shipped,
+    side_by_side_flows,
+    side_by_side_packets,
+)
+from test_compat_ulogd import DIFFERENCES, pair  # noqa: F401  (pair: a fixture)
+
+from pylogd.plugin import PluginError
+
+pymysql = pytest.importorskip("pymysql")
+
+# ------------------------------------------------------------------------------------------------
+# Where pylogd's rows deliberately differ from ulogd 2.0.8's, in one place: BASE's fixes
+# (test_compat_ulogd.DIFFERENCES, by key), a later fragment's transport columns (ulogd filled them
+# from the payload, pylogd leaves them NULL), and IP2BIN's reply.ip.daddr.bin, which ulogd never set.
+
+TRANSPORT = ("tcp_", "udp_", "icmp_", "sctp_")
+
+
+def expected_row(ulogd_row: dict[str, Any], pylogd_row: dict[str, Any]) -> dict[str, Any]:
+    want = dict(ulogd_row)
+    later_fragment = (ulogd_row.get("ip_fragoff") or 0) & 0x1FFF
+    for column, value in ulogd_row.items():
+        key = column.replace("_", ".")
+        if later_fragment and column.startswith(TRANSPORT):
+            want[column] = None
+        elif column == "reply_ip_daddr" and value is None:
+            want[column] = pylogd_row[column]  # checked against the address itself by the flow test
+        elif key in DIFFERENCES and value is not None:
+            want[column] = DIFFERENCES[key](value, {k.replace("_", "."): v for k, v in pylogd_row.items()})
+    return want
+
+
+CLOCK = ("oob_time_sec", "oob_time_usec", "flow_start_sec", "flow_start_usec")
+IDS = ("_id", "_ct_id", "timestamp")
+
+PACKET_STACK = "log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2bin1:IP2BIN,mac2str1:HWHDR,my1:MYSQL"
+FLOW_STACK = "ct1:NFCT,ip2bin1:IP2BIN,my2:MYSQL"
+
+V4_MAPPED = bytes(10) + b"\xff\xff"
+SYN = {
+    "oob.time.sec": 1795388587,
+    "oob.time.usec": 721317,
+    "oob.hook": 1,
+    "oob.prefix": "TCPIN: ",
+    "oob.mark": 0,
+    "oob.in": "rsva",
+    "oob.out": "",
+    "oob.family": 2,
+    "oob.protocol": 2048,
+    "ip.saddr.bin": "0x00000000000000000000ffff0a4d0002",
+    "ip.daddr.bin": "0x00000000000000000000ffff0a4d0001",
+    "ip.protocol": 6,
+    "ip.ttl": 64,
+    "tcp.sport": 34358,
+    "tcp.dport": 2222,
+    "tcp.seq": 3537804397,
+    "tcp.syn": 1,
+    "tcp.ack": 0,
+    "raw.type": 1,
+    "mac.saddr.str": "42:69:33:72:3a:73",
+    "mac.daddr.str": "a6:0c:a2:bf:78:26",
+    "mac.str": "a6:0c:a2:bf:78:26:42:69:33:72:3a:73:08:00",
+    "raw.label": 0,
+}
+UDP6 = {
+    "oob.prefix": "X6 ",
+    "oob.family": 10,
+    "ip.saddr.bin": "0xfd770000000000000000000000000002",
+    "ip.protocol": 17,
+    "udp.sport": 40001,
+    "udp.dport": 7777,
+    "udp.len": 11,
+}
+
+
+@pytest.mark.parametrize(
+    "where",
+    [{"host": "127.0.0.1", "port": 3306}, {"host": "localhost"}, {"host": MYSQL_SOCKET}],
+    ids=["tcp", "localhost-socket", "socket-path"],
+)
+def test_shipped_schema_takes_packets_through_insert_packet_full(my_db: MyDb, where: dict) -> None:
+    my_db.load(shipped("mysql-ulogd2.sql"))
+    s = SqlStack(PACKET_STACK, my_db.section("my1", table="ulog", procedure="INSERT_PACKET_FULL", **where))
+    assert s.write([s.entry(SYN), s.entry(UDP6)]) == ([], [])
+    got = my_db.rows(
+        "SELECT oob_prefix, oob_in, ip_saddr_bin, ip_daddr_bin, tcp_seq, tcp_syn, udp_dport, mac_saddr_str, "
+        "oob_time_sec FROM ulog ORDER BY _id"
+    )
+    assert got == [
+        ("TCPIN: ", "rsva", V4_MAPPED + bytes([10, 77, 0, 2]), V4_MAPPED + bytes([10, 77, 0, 1]), 3537804397, 1, None,
+         "42:69:33:72:3a:73", 1795388587),
+        ("X6 ", None, bytes.fromhex("fd770000000000000000000000000002"), None, None, None, 7777, None, None),
+    ]  # fmt: skip
+    s.stop()
+
+
+def test_flat_schema_takes_rows_through_insert(my_db: MyDb) -> None:
+    my_db.load(shipped("mysql-ulogd2-flat.sql"))
+    s = SqlStack(PACKET_STACK, my_db.section("my1", table="ulog2", procedure="INSERT"))
+    assert s.write([s.entry(SYN), s.entry(UDP6)]) == ([], [])
+    assert s.plugin.statement.startswith("INSERT INTO ulog2 (oob_time_sec, ")  # _id is the server's
+    got = my_db.rows("SELECT _id, oob_prefix, ip_saddr_bin, tcp_syn, raw_label, mac_str, udp_len FROM ulog2")
+    assert got == [
+        (1, "TCPIN: ", V4_MAPPED + bytes([10, 77, 0, 2]), 1, 0, "a6:0c:a2:bf:78:26:42:69:33:72:3a:73:08:00", None),
+        (2, "X6 ", bytes.fromhex("fd770000000000000000000000000002"), None, None, None, 11),
+    ]
+    s.stop()
+
+
+def test_start_refuses_a_table_that_does_not_fit(my_db: MyDb, tmp_path: Path) -> None:
+    my_db.execute("CREATE TABLE t (id serial, test_n integer, test_bogus text)")
+    for options, message in (
+        ({"table": "t"}, "cannot find key `test.bogus' in stack for column test_bogus"),
+        ({"table": "nothere"}, f"table {my_db.name}.nothere is empty or missing"),
+        ({"table": "t", "procedure": "NO_SUCH_FN"}, f"function NO_SUCH_FN not found in database {my_db.name}"),
+    ):
+        conf = tmp_path / "refused.conf"
+        conf.write_text(
+            f'[global]\nlogfile="{tmp_path}/refused.log"\nplugin="{TEST_PLUGINS}"\n'
+            f'stack=in1:PIPEIN,my1:MYSQL\n[in1]\npath="{tmp_path}/fifo"\n'
+            + my_db.section("my1", **{"procedure": "INSERT", **options})
+        )
+        res = subprocess.run([*PYLOGD, "-c", str(conf)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1 and message in res.stderr, (options, res.stderr)
+        assert "Traceback" not in res.stderr
+
+
+def count(db: MyDb) -> int:
+    return db.rows("SELECT count(*) FROM t")[0][0]
+
+
+def exactly_once(db: MyDb, sent: int) -> None:
+    numbers = [r[0] for r in db.rows("SELECT test_n FROM t ORDER BY id")]
+    assert sorted(numbers) == list(range(1, sent + 1)), (
+        f"{len(numbers)} rows for {sent} events; missing {sorted(set(range(1, sent + 1)) - set(numbers))[:10]}, "
+        f"twice {sorted(n for n in set(numbers) if numbers.count(n) > 1)[:10]}"
+    )
+    assert numbers == sorted(numbers)  # in order
+
+
+def test_a_refused_row_is_set_aside_and_the_rows_behind_it_written(my_db: MyDb, tmp_path: Path) -> None:
+    my_db.execute("CREATE TABLE t (id serial, test_n integer CHECK (test_n <> 13), test_text text)")
+    d = PipeDaemon(tmp_path, "my1:MYSQL", my_db.section("my1", table="t", procedure="INSERT")).start()
+    try:
+        d.send(range(1, 31))
+        wait_for(lambda: count(my_db) == 29, what="29 rows")
+        wait_for(lambda: "rejected and set aside" in read_text(d.log), what="the rejected row in the log")
+        d.send(range(31, 41))
+        wait_for(lambda: count(my_db) == 39, what="the rows after it")
+    finally:
+        assert d.stop() == 0
+    assert [r[0] for r in my_db.rows("SELECT test_n FROM t ORDER BY id")] == [n for n in range(1, 41) if n != 13]
+    assert "CONSTRAINT `t_test_n_check` failed" in read_text(d.log) or "test_n" in read_text(d.log)
+    assert "rejected=1" in read_text(d.log)
+
+
+def test_password_from_a_file_or_the_environment(my_db: MyDb, tmp_path: Path) -> None:
+    user = my_db.name[-30:]
+    admin = my_db.admin
+    with admin.cursor() as cur:
+        for host in ("localhost", "127.0.0.1"):
+            cur.execute(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY 'pyl0gd-secret'")
+            cur.execute(f"GRANT ALL ON {my_db.name}.* TO '{user}'@'{host}'")
+    try:
+        my_db.execute("CREATE TABLE t (id serial, test_n integer, test_text text)")
+        secret = tmp_path / "my.pass"
+        secret.write_text("pyl0gd-secret\n")
+        for extra, env in (
+            ({"pass_file": secret}, {}),
+            ({}, {"PYLOGD_MY1_PASS": "pyl0gd-secret"}),
+        ):
+            section = my_db.section("my1", user=user, host="127.0.0.1", table="t", procedure="INSERT", **extra)
+            section = section.replace('pass=""\n', "")
+            conf = tmp_path / "pw.conf"
+            log = tmp_path / "pw.log"
+            conf.write_text(
+                f'[global]\nlogfile="{log}"\nloglevel=3\nplugin="{TEST_PLUGINS}"\nstack=in1:PIPEIN,my1:MYSQL\n'
+                f'[in1]\npath="{tmp_path}/fifo"\n{section}'
+            )
+            proc = subprocess.Popen(
+                [*PYLOGD, "-c", str(conf)], cwd=ROOT, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True
+            )
+            try:
+                wait_for(lambda p=proc, f=log: "entering main loop" in read_text(f) or p.poll() is not None)
+                assert proc.poll() is None, proc.communicate()
+                assert "connected" in read_text(log) and "not reachable" not in read_text(log)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            log.unlink()
+        # a wrong password is a server that refuses: the start goes on, rows wait
+        (tmp_path / "bad.pass").write_text("wrong\n")
+        section = my_db.section(
+            "my1", user=user, host="127.0.0.1", table="t", procedure="INSERT", pass_file=tmp_path / "bad.pass"
+        ).replace('pass=""\n', "")
+        d = PipeDaemon(tmp_path, "my1:MYSQL", section).start()
+        try:
+            assert "Access denied" in read_text(d.log)
+        finally:
+            d.stop()
+    finally:
+        with admin.cursor() as cur:
+            for host in ("localhost", "127.0.0.1"):
+                cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
+
+
+def test_server_down_at_start_then_up(my_db: MyDb, tmp_path: Path) -> None:
+    my_db.execute("CREATE TABLE t (id serial, test_n integer, test_text text)")
+    fwd = TcpForwarder(("127.0.0.1", 3306))
+    section = my_db.section("my1", host="127.0.0.1", port=fwd.port, table="t", procedure="INSERT")
+    d = PipeDaemon(tmp_path, "my1:MYSQL", section).start()
+    try:
+        assert "database not reachable at start" in read_text(d.log)
+        d.send(range(1, 501))
+        time.sleep(1.0)
+        assert count(my_db) == 0
+        fwd.up()
+        wait_for(lambda: count(my_db) == 500, timeout=40, what="500 rows")
+        d.send(range(501, 601))
+        wait_for(lambda: count(my_db) == 600, timeout=20, what="600 rows")
+    finally:
+        assert d.stop() == 0
+        fwd.down()
+    exactly_once(my_db, 600)
+
+
+def test_killed_connections_for_ten_seconds_lose_no_row_and_write_none_twice(my_db: MyDb, tmp_path: Path) -> None:
+    my_db.execute("CREATE TABLE t (id serial, test_n integer, test_text text)")
+    d = PipeDaemon(tmp_path, "my1:MYSQL", my_db.section("my1", host="127.0.0.1", table="t", procedure="INSERT"))
+    d.start()
+    killer = mysql_admin()
+    try:
+        spare = (my_db.admin.thread_id(),)
+        sent = run_outage(d, kill=lambda: my_kill(killer, my_db.name, spare), count=lambda: count(my_db))
+        wait_for(lambda: count(my_db) >= sent, timeout=60, what=f"{sent} rows")
+        time.sleep(0.5)
+    finally:
+        killer.close()
+        assert d.stop() == 0
+    exactly_once(my_db, sent)
+    log = read_text(d.log)
+    assert "write failed" in log and "writing again after" in log
+
+
+def test_sighup_reconnects(my_db: MyDb, tmp_path: Path) -> None:
+    my_db.execute("CREATE TABLE t (id serial, test_n integer, test_text text)")
+    d = PipeDaemon(tmp_path, "my1:MYSQL", my_db.section("my1", table="t", procedure="INSERT")).start()
+    try:
+        d.send(range(1, 11))
+        wait_for(lambda: count(my_db) == 10, what="10 rows")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reconnecting to the database" in read_text(d.log), what="SIGHUP")
+        d.send(range(11, 21))
+        wait_for(lambda: count(my_db) == 20, what="20 rows")
+        wait_for(lambda: "connected to the database again" in read_text(d.log), what="the new connection")
+    finally:
+        assert d.stop() == 0
+    exactly_once(my_db, 20)
+
+
+def test_a_missing_driver_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pylogd.log import Logger
+
+    monkeypatch.setitem(sys.modules, "pymysql", None)  # an import of it fails
+    opts = {o.name: o.default for o in Mysql.spec.options}
+    opts |= {"db": "x", "host": "localhost", "user": "u", "table": "t", "procedure": "INSERT"}
+    with pytest.raises(PluginError, match="needs the Python package PyMySQL"):
+        Mysql("my1", opts, Logger("my1")).configure()
+
+
+# ------------------------------------------------------------------------------------------------
+# ulogd 2.0.8 beside pylogd
+
+
+def compare(u_rows: list[tuple], p_rows: list[tuple], names: list[str]) -> int:
+    assert len(u_rows) == len(p_rows) > 0
+    fixed = 0
+    for u, p in zip(u_rows, p_rows, strict=True):
+        ud, pd = dict(zip(names, u, strict=True)), dict(zip(names, p, strict=True))
+        for name in IDS:
+            ud.pop(name, None)
+            pd.pop(name, None)
+        want = expected_row(ud, pd)
+        fixed += want != ud
+        for name in CLOCK:
+            if name in ud:
+                assert (ud[name] is None) == (pd[name] is None)
+                want[name] = pd[name]
+        assert pd == want, f"\nulogd:  {ud}\npylogd: {pd}"
+    return fixed
+
+
+@pytest.fixture
+def two_dbs(my_db: MyDb) -> Any:
+    names = {"ulogd": my_db.name + "_u", "pylogd": my_db.name + "_p"}
+    with my_db.admin.cursor() as cur:
+        for name in names.values():
+            cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield {n: MyDb(my_db.admin, db) for n, db in names.items()}
+    finally:
+        with my_db.admin.cursor() as cur:
+            for name in names.values():
+                cur.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+def test_ulogd_and_pylogd_write_the_same_packet_rows(pair, two_dbs: dict[str, MyDb], tmp_path: Path) -> None:  # noqa: F811
+    need_ulogd("MYSQL")
+    for db in two_dbs.values():
+        db.load(shipped("mysql-ulogd2.sql"))
+    sections = {n: db.section("my1", table="ulog", procedure="INSERT_PACKET_FULL") for n, db in two_dbs.items()}
+
+    def rows(n: str) -> list[tuple]:
+        return two_dbs[n].rows("SELECT * FROM ulog ORDER BY _id")
+
+    # the shipped schema's mac.mac_protocol is a signed smallint: IPv6's ethertype 0x86dd is out of range,
+    # so the server refuses the IPv6 packets that have a MAC header, from both daemons
+    side_by_side_packets(pair, tmp_path, PACKET_STACK, sections, lambda n: len(rows(n)), min_rows=15)
+    with two_dbs["ulogd"].admin.cursor() as cur:
+        cur.execute(f"SELECT * FROM {two_dbs['ulogd'].name}.ulog LIMIT 0")
+        names = [d[0] for d in cur.description]
+    assert compare(rows("ulogd"), rows("pylogd"), names) >= 2  # the fragments at least
+
+
+def test_ulogd_and_pylogd_write_the_same_flow_rows(rig: Rig, two_dbs: dict[str, MyDb], tmp_path: Path) -> None:
+    need_ulogd("MYSQL")
+    for db in two_dbs.values():
+        db.load(shipped("mysql-ulogd2.sql"))
+    sections = {n: db.section("my2", table="conntrack", procedure="INSERT_CT") for n, db in two_dbs.items()}
+
+    def rows(n: str) -> list[tuple]:
+        return two_dbs[n].rows("SELECT * FROM ulog2_ct ORDER BY _ct_id")
+
+    side_by_side_flows(rig, tmp_path, FLOW_STACK, sections, lambda n: len(rows(n)))
+    with two_dbs["ulogd"].admin.cursor() as cur:
+        cur.execute(f"SELECT * FROM {two_dbs['ulogd'].name}.ulog2_ct LIMIT 0")
+        names = [d[0] for d in cur.description]
+    p_rows = rows("pylogd")
+    compare(rows("ulogd"), p_rows, names)
+    reply_daddr = [r[names.index("reply_ip_daddr")] for r in p_rows]
+    orig_saddr = [r[names.index("orig_ip_saddr")] for r in p_rows]
+    assert reply_daddr == orig_saddr  # no NAT here: the reply goes back to the original source
+    assert V4_MAPPED + bytes([127, 0, 0, 1]) in orig_saddr and bytes(15) + b"\x01" in orig_saddr
