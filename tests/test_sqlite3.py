@@ -358,3 +358,27 @@ def test_ulogd_and_pylogd_write_the_same_flow_rows(rig: Rig, tmp_path: Path) -> 
     assert compare(u, p, names) > 0
     assert any(r[4] == "::1" for r in p)
     assert any(r[4] == int.from_bytes(socket.inet_aton("127.0.0.1"), "big") for r in p)
+
+
+def test_ulogd_example_config_with_its_sql_stacks_passes_check(tmp_path: Path) -> None:
+    example = Path("/usr/share/doc/ulogd2/examples/ulogd.conf")
+    if not example.exists():
+        pytest.skip("ulogd's example configuration is not installed (apt-get install ulogd2)")
+    lines = []
+    for line in example.read_text().splitlines():
+        if line.startswith("#plugin=") and any(p in line for p in ("SQLITE3", "PGSQL", "MYSQL")):
+            line = line[1:]
+        if line.startswith("#stack=") and any(p in line for p in (":SQLITE3", ":PGSQL", ":MYSQL")):
+            line = line[1:]
+        lines.append(line)
+    conf = tmp_path / "ulogd.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    res = subprocess.run([*PYLOGD, "--check", "-c", str(conf)], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    for iid in ("mysql1:MYSQL", "mysql2:MYSQL", "pgsql1:PGSQL", "pgsql2:PGSQL", "pgsql3:PGSQL", "sqlite3_ct:SQLITE3"):
+        assert iid in res.stdout, iid
+    for name in ("SQLITE3", "PGSQL", "MYSQL"):
+        info = subprocess.run(
+            [*PYLOGD, "-i", f"/usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_{name}.so"], capture_output=True, text=True
+        )
+        assert info.returncode == 0 and f"Name: {name}" in info.stdout, info.stderr
