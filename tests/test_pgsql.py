@@ -131,8 +131,9 @@ def test_shipped_schema_takes_packets_through_insert_packet_full(pg_schema: PgSc
 def test_flat_schema_takes_rows_through_insert(pg_schema: PgSchema) -> None:
     pg_schema.load(shipped("pgsql-ulogd2-flat.sql"))
     s = SqlStack(PACKET_STACK, pg_schema.section("pg1", host="", table="ulog2", procedure="INSERT"))
-    assert s.plugin.statement.startswith("") and s.write([s.entry(SYN), s.entry(UDP6)]) == ([], [])
+    assert s.write([s.entry(SYN), s.entry(UDP6)]) == ([], [])
     assert s.plugin.statement.startswith(f"INSERT INTO {pg_schema.name}.ulog2 (oob_time_sec, ")
+    assert s.plugin._copy.startswith(f"COPY {pg_schema.name}.ulog2 (oob_time_sec, ")  # a table: batches by COPY
     got = view(pg_schema, "oob_prefix, host(ip_saddr_str), tcp_syn, raw_label, mac_str, udp_len", table="ulog2")
     assert got == [
         ("TCPIN: ", "10.77.0.2", True, 0, "a6:0c:a2:bf:78:26:42:69:33:72:3a:73:08:00", None),

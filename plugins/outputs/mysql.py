@@ -25,12 +25,16 @@ else the first line of the file ``pass_file``, else the environment variable ``P
 (the instance id in capitals, other characters as ``_``: ``PYLOGD_MYSQL1_PASS``).
 
 Rows are written from a worker thread in batches, one transaction each, the values bound as
-parameters (a table takes each batch as one multi-row INSERT).  The server need not be up at start;
+parameters (a table takes each batch as one multi-row INSERT). The server need not be up at start;
 while it is away (stopped, restarted, connections killed) rows wait in the stack's backlog
 (``backlog_memcap`` bytes, if set) and are written once, in order, after reconnecting with back-off.
-A row the server refuses (a CHECK constraint, a value out of range in strict mode) is logged and set
-aside and the others are written.  When the server is up at start, a missing table or a column no key
-of the stack fills refuses the start naming it.  SIGHUP reconnects.
+Each batch is an XA transaction: when a connection is lost around COMMIT, XA RECOVER tells after
+reconnecting whether the batch was prepared (it is then committed) or not (it is written again), so
+no row is lost or written twice; a batch prepared by a pylogd that was killed before committing it
+is committed by the next start. A row the server refuses (a CHECK constraint, a value out of range
+in strict mode) is logged and set aside and the others are written. When the server is up at start,
+a missing table or a column no key of the stack fills refuses the start naming it. SIGHUP
+reconnects.
 
 Differences from ulogd 2.0.8
 ----------------------------
@@ -48,6 +52,9 @@ Differences from ulogd 2.0.8
 * IP2BIN also gives ``reply.ip.daddr.bin`` (ulogd never set it), so the ``conntrack`` view's
   reply_ip_daddr_bin is filled where ulogd left it NULL.
 * A column also matches a key whose name holds ``_``.
+* Like ulogd, the shipped schema refuses IPv6 packets with a MAC header (``mac.mac_protocol`` is a signed
+  smallint, IPv6's ethertype 0x86dd does not fit); pylogd logs such rows as rejected, ulogd logged
+  "execute failed".
 """
 
 from __future__ import annotations
