@@ -382,3 +382,45 @@ def test_ulogd_example_config_with_its_sql_stacks_passes_check(tmp_path: Path) -
             [*PYLOGD, "-i", f"/usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_{name}.so"], capture_output=True, text=True
         )
         assert info.returncode == 0 and f"Name: {name}" in info.stdout, info.stderr
+
+
+def test_one_instance_in_two_stacks_writes_each_stacks_rows(tmp_path: Path) -> None:
+    from pylogd.config import parse_ini
+    from pylogd.log import Logger
+    from pylogd.registry import Registry
+    from pylogd.sql import SchemaError
+    from pylogd.stack import build
+
+    db = tmp_path / "t.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (oob_family INTEGER, oob_prefix TEXT, orig_ip_saddr INTEGER)")
+    # NFLOG has no orig.ip.saddr, NFCT no oob.prefix: each stack fills what its keys give
+    raw = parse_ini(
+        "t.conf",
+        f'[global]\nstack=ct1:NFCT,s1:SQLITE3\nstack=log1:NFLOG,base1:BASE,s1:SQLITE3\n[ct1]\n[s1]\ndb="{db}"\ntable="t"\n',
+    )
+    plans = build(raw, Registry(), Logger).stacks
+    out = plans[0].instances[-1].plugin
+    out.start(None)
+    with pytest.raises(SchemaError, match=r"cannot find key `oob\.prefix' in stack for column oob_prefix"):
+        out.handler(plans[0].slots[-1])
+    out.stop()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE t")
+        conn.execute("CREATE TABLE t (oob_family INTEGER, oob_protocol INTEGER)")
+    plans = build(raw, Registry(), Logger).stacks
+    out = plans[0].instances[-1].plugin
+    assert plans[1].instances[-1].plugin is out
+    out.start(None)
+    converts = [out.handler(plan.slots[-1]) for plan in plans]
+    entries = []
+    for n in range(4):
+        plan, convert = plans[n % 2], converts[n % 2]
+        values = [None] * plan.size
+        slots = {k.name: s for k, s in plan.slots[-1].wildcard}
+        values[slots["oob.family"]] = 2 + n
+        values[slots["oob.protocol"]] = 100 + n
+        entries.append(convert(values))
+    out.write(entries)
+    assert rows(db, "SELECT * FROM t") == [(2, 100), (3, 101), (4, 102), (5, 103)]
+    out.stop()
