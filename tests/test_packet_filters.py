@@ -260,7 +260,8 @@ Output keys:
 
 @pytest.mark.parametrize("cls", list(ULOGD_INFO), ids=lambda c: c.spec.name)
 def test_info_matches_ulogd(cls: type) -> None:
-    assert spec_text(cls.spec) == ULOGD_INFO[cls]
+    ours = "".join(line for line in spec_text(cls.spec).splitlines(keepends=True) if not line.startswith("\t\t"))
+    assert ours == ULOGD_INFO[cls]  # ulogd's lines exactly, besides pylogd's option help under each Var line
 
 
 def test_ip2str_json_names() -> None:
