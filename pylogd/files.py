@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from .config import INT_MAX
 from .loop import EventLoop
 from .plugin import Option, Output, int_option
 
@@ -36,6 +37,7 @@ def sync_option(what: str = "lines") -> Option:
         0,
         f"accepted for ulogd compatibility: pylogd always writes each batch of {what} with one write()",
         min=0,
+        max=INT_MAX,
     )
 
 

@@ -16,6 +16,8 @@ import socket
 import time
 from collections.abc import Callable
 
+MAX_WAIT = 86400.0
+
 
 class Timer:
     __slots__ = ("callback", "cancelled", "interval", "when")
@@ -130,7 +132,8 @@ class EventLoop:
             timeout = self._run_timers()
             if not self.running:
                 break
-            for fd, _events in poll(-1 if timeout is None else timeout):
+            # epoll takes a C int of milliseconds: a timer further out than ~24 days waits in steps
+            for fd, _events in poll(-1 if timeout is None else min(timeout, MAX_WAIT)):
                 callback = readers.get(fd)  # a reader removed by an earlier callback of this round
                 if callback is not None:
                     callback()

@@ -133,6 +133,11 @@ class Plugin:
     def start(self, loop: EventLoop) -> None:
         """Open sockets and files."""
 
+    def exclusive(self) -> tuple[str, ...]:
+        """What only one instance may hold (an NFLOG group in a namespace): two instances of a
+        config claiming the same thing are refused at validation, not at start."""
+        return ()
+
     def on_signal(self, signum: int) -> None:
         if signum == _signal.SIGHUP:
             self.reopen()

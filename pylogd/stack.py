@@ -182,7 +182,22 @@ def _build(raw: RawConfig, registry: Registry, log_factory: Callable[[str], Logg
     for number, entry in enumerate(stack_entries, 1):
         decl = parse_stack(entry.value, entry.loc)
         plans.append(_build_stack(number, decl, raw, registry, instances, log_factory))
+    _check_exclusive(instances)
     return Topology(instances, plans, options)
+
+
+def _check_exclusive(instances: dict[str, Instance]) -> None:
+    """Two instances that need the same exclusive thing (an NFLOG group) could not both start."""
+    holders: dict[str, Instance] = {}
+    for inst in instances.values():
+        for claim in inst.plugin.exclusive():
+            first = holders.setdefault(claim, inst)
+            if first is not inst:
+                raise ConfigError(
+                    inst.loc,
+                    f"{inst.id}:{inst.spec.name} and {first.id}:{first.spec.name} (at {first.loc}) both read {claim}",
+                    "one socket gets a group's packets: use one instance in both stacks, or another group",
+                )
 
 
 def _build_stack(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import textwrap
+import threading
 import time
 
 import pytest
@@ -625,3 +627,35 @@ def test_warnings_of_one_kind_stop_at_twenty(tmp_path):
     assert len(lines) == 42, lines[-3:]
     assert lines[20].endswith(": and 980 more lines with text after their value")
     assert lines[-1].endswith(": and 980 more sections no stack uses")
+
+
+@pytest.mark.parametrize(("second", "refused"), [("group=7", True), ("group=8", False), ('group=7\nnetns="fw"', False)])
+def test_two_nflog_instances_on_one_group_are_refused_by_check(tmp_path, second, refused):
+    text = (
+        f'[global]\nlogfile="{tmp_path}/l"\nstack=log1:NFLOG,op1:OPRINT\nstack=log2:NFLOG,op1:OPRINT\n'
+        f'[log1]\ngroup=7\n[log2]\n{second}\n[op1]\nfile="{tmp_path}/o"\n'
+    )
+    path = tmp_path / "c.conf"
+    path.write_text(text)
+    status = main(["--check", "-c", str(path)])
+    if refused:
+        err = one_line_of(capsys_err(), path)
+        assert status == 1 and ":4: log2:NFLOG and log1:NFLOG (at " in err and "NFLOG group 7 in this network" in err
+    else:
+        assert status == 0
+
+
+def test_a_timer_beyond_what_epoll_takes_does_not_break_the_loop():
+    from pylogd.loop import EventLoop
+
+    loop = EventLoop()
+    r, w = socket.socketpair()
+    try:
+        loop.call_later(2.0**40, lambda: None)  # ~35,000 years: more milliseconds than a C int holds
+        loop.add_reader(r.fileno(), loop.stop)  # the only way out: the loop waits on that timer
+        threading.Timer(0.1, w.send, (b"x",)).start()
+        loop.run()
+    finally:
+        loop.close()
+        r.close()
+        w.close()

@@ -202,6 +202,10 @@ class Nflog(Input):
             flags |= FLAG_CONNTRACK
         self.flags = flags
 
+    def exclusive(self) -> tuple[str, ...]:
+        where = f"network namespace {self.options['netns']}" if self.options["netns"] else "this network namespace"
+        return (f"NFLOG group {self.options['group']} in {where}",)
+
     def start(self, loop: EventLoop) -> None:
         o = self.options
         group = o["group"]
