@@ -150,13 +150,13 @@ def match_keys(columns: Sequence[Column], keys: Sequence[Key]) -> tuple[list[int
     return found, missing
 
 
-def missing_message(missing: Sequence[Column], table: str) -> str:
+def missing_message(missing: Sequence[Column], table: str, known_at_start: bool = True) -> str:
     col = missing[0]
     more = f" (and {len(missing) - 1} more: {', '.join(c.name for c in missing[1:4])})" if len(missing) > 1 else ""
-    return (
-        f"cannot find key `{key_of_column(col.name)}' in stack for column {col.name} of {table}{more}; "
-        "add the plugin that provides it to the stack, or remove the column"
-    )
+    hint = "add the plugin that provides it to the stack, or remove the column"
+    if not known_at_start:
+        hint += " (raw data keys are kept only when the table can be read at start)"
+    return f"cannot find key `{key_of_column(col.name)}' in stack for column {col.name} of {table}{more}; {hint}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,9 +357,10 @@ class Layout:
     """The keys one stack's entries carry, in entry order: the active columns' keys when the table was
     known when the stack was built, else every key of the stack."""
 
-    def __init__(self, keys: list[Key]) -> None:
+    def __init__(self, keys: list[Key], from_table: bool) -> None:
         self.keys = keys
         self.types = [k.type for k in keys]
+        self.from_table = from_table
 
 
 class SqlOutput(Output):
@@ -479,9 +480,11 @@ class SqlOutput(Output):
                 raise SchemaError(missing_message(missing, self.target()), option="table")
             layout_keys = [keys[i] for i in found if i is not None]
         else:
-            layout_keys = keys
+            # the table is not known yet: keep every key a column may name, but raw data (a copy of each
+            # packet and netlink message), which ulogd's tables never hold
+            layout_keys = [k for k in keys if k.type is not KeyType.RAW]
         tag = len(self.layouts)
-        self.layouts.append(Layout(layout_keys))
+        self.layouts.append(Layout(layout_keys, self.columns is not None))
         read = [slot_of[k.name] for k in layout_keys]
         raw = [j for j, k in enumerate(layout_keys) if k.type is KeyType.RAW]
         if not raw:
@@ -507,8 +510,14 @@ class SqlOutput(Output):
         self.log.notice("reconnecting to the database before the next write")
 
     def stop(self) -> None:
-        with self._lock:
-            self._close()
+        # a worker stuck on a server that stopped answering must not hold the daemon's exit for long
+        if self._lock.acquire(timeout=5):
+            try:
+                self._close()
+            finally:
+                self._lock.release()
+        else:
+            self.log.error("the database does not answer; leaving its connection to the exit")
 
     def _close(self) -> None:
         if self.conn is not None:
@@ -545,7 +554,10 @@ class SqlOutput(Output):
             for tag, layout in enumerate(self.layouts):
                 found, missing = match_keys(self.columns, layout.keys)
                 if missing:
-                    raise Transient(missing_message(missing, self.target()))
+                    # the next try reads the table again: it may have been fixed by then
+                    self._rows.clear()
+                    self._close()
+                    raise Transient(missing_message(missing, self.target(), layout.from_table))
                 positions = [i for i in found if i is not None]
                 kinds = [c.kind for c in self.columns]
                 self._rows[tag] = row_function(layout.types, positions, kinds, self.dialect)

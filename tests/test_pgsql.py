@@ -386,3 +386,34 @@ def test_ulogd_and_pylogd_write_the_same_flow_rows(rig: Rig, pg_schema: PgSchema
     finally:
         for name in schemas.values():
             admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+def test_a_table_that_does_not_fit_once_the_server_is_up_holds_the_rows_until_fixed(
+    pg_schema: PgSchema, tmp_path: Path
+) -> None:
+    pg_schema.load("CREATE TABLE t (_id serial, test_n integer, test_text text, test_bogus text);")
+    fwd = TcpForwarder(("127.0.0.1", 5432))
+    section = pg_schema.section("pg1", host="127.0.0.1", port=fwd.port, table="t", procedure="INSERT")
+    d = PipeDaemon(tmp_path, "pg1:PGSQL", section + "backlog_memcap=5000000\n").start()
+    try:
+        d.send(range(1, 11))
+        fwd.up()
+        wait_for(lambda: "cannot find key `test.bogus' in stack for column test_bogus" in read_text(d.log), timeout=20)
+        assert pg_schema.rows("SELECT count(*) FROM t") == [(0,)]
+        pg_schema.load("ALTER TABLE t DROP COLUMN test_bogus;")
+        wait_for(lambda: pg_schema.rows("SELECT count(*) FROM t") == [(10,)], timeout=40, what="the waiting rows")
+    finally:
+        assert d.stop() == 0
+        fwd.down()
+    exactly_once(pg_schema, 10)
+
+
+def test_backlog_memcap_bounds_the_waiting_rows() -> None:
+    from pylogd.log import Logger
+
+    opts = {o.name: o.default for o in Pgsql.spec.options}
+    opts |= {"db": "x", "user": "u", "table": "t", "procedure": "INSERT"}
+    assert Pgsql("pg1", opts, Logger("pg1")).backlog_limits() == (200_000, 64 << 20)  # the runner's default
+    opts["backlog_memcap"] = 3_000_000
+    entries, nbytes = Pgsql("pg1", opts, Logger("pg1")).backlog_limits()
+    assert nbytes == 3_000_000 and entries > 3_000_000 // 16
