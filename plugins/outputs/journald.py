@@ -74,6 +74,7 @@ UNIX_PATH_MAX = 108  # sun_path, the terminating NUL included
 SEND_TIMEOUT = 5.0
 #: the send buffer libsystemd asks for: entries up to about this size go as one datagram
 SNDBUF = 8 << 20
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux's number; Python does not name it
 #: the fields JOURNALD sets itself; a key with one of these names gets the KEY_ prefix
 OWN_FIELDS = frozenset(
     {"MESSAGE", "PRIORITY", "SYSLOG_FACILITY", "SYSLOG_IDENTIFIER", "SRC_IP", "DST_IP", "SRC_PORT", "DST_PORT"}
@@ -327,7 +328,7 @@ class Journald(Output):
         try:
             # as libsystemd: room for big entries as one datagram (FORCE passes wmem_max as root)
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUFFORCE, SNDBUF)
+                sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SNDBUF)
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
             sock.settimeout(SEND_TIMEOUT)
