@@ -147,7 +147,7 @@ def build(raw: RawConfig, registry: Registry, log_factory: Callable[[str], Logge
 def _unused_sections(raw: RawConfig, topology: Topology) -> list[tuple[Loc, str]]:
     """A warning for each section no stack uses, naming the used id it may be a misspelling of.
     Not an error: ulogd's sample configs keep sections for stacks left commented out."""
-    used = list(topology.instances)
+    used = list(dict.fromkeys(inst.id for inst in topology.instances.values()))
     unused = [
         section
         for name, section in raw.sections.items()
@@ -238,15 +238,15 @@ def _build_stack(
             raise ConfigError(
                 loc, f'instance id "{shown_id}" appears twice in one stack', "give each plugin of a stack its own id"
             )
-        inst = instances.get(iid)
-        if inst is not None:
-            if inst.spec.name != name:
-                raise ConfigError(
-                    loc,
-                    f'instance id "{shown_id}" names a {name} here but a {inst.spec.name} at {inst.loc}',
-                    "use another id",
-                )
-        else:
+        key = iid
+        inst = instances.get(key)
+        if inst is not None and inst.spec.name != name:
+            # ulogd makes an instance per stack, each configured from the id's section: the same id may
+            # name another plugin in another stack (its example config has print1:PRINTPKT and
+            # print1:PRINTFLOW).  pylogd shares an id's instance between stacks, one per plugin.
+            key = f"{iid}:{name}"
+            inst = instances.get(key)
+        if inst is None:
             section = raw.sections.get(iid)
             options = instance_options(cls.spec, iid, section, loc)
             plugin = cls(iid, options, log_factory(iid))
@@ -260,7 +260,7 @@ def _build_stack(
                 # a PluginError is the plugin's own message; anything else is a bug, named as one
                 what = "" if isinstance(exc, PluginError) else f"internal error: {type(exc).__name__}: "
                 raise ConfigError(where, f"[{shown_id}] ({name}): {what}{clip(str(exc), 160)}") from None
-            inst = instances[iid] = Instance(iid, plugin, loc)
+            inst = instances[key] = Instance(iid, plugin, loc)
         members.append(inst)
     return _resolve(number, decl, members, registry)
 

@@ -169,12 +169,6 @@ CASES = [
     ("no global", GOOD_SECTIONS.lstrip("\n"), 1, ["no [global] section"]),
     ("no stack", conf("loglevel=3"), 1, ["no stack= line in [global]"]),
     (
-        "id reused for another plugin",
-        conf(f"{STACK}\nstack=in1:PIPEIN,cap1:LOGEMU"),
-        4,
-        ['instance id "cap1" names a LOGEMU here but a CAPTURE at', "use another id"],
-    ),
-    (
         "id twice in one stack",
         conf("stack=in1:PIPEIN,odd:ODDSTOP,odd:ODDSTOP,cap1:CAPTURE"),
         3,
