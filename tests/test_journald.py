@@ -248,6 +248,15 @@ def test_binary_safe_values() -> None:
     assert b"TEST_TEXT\n" + struct.pack("<Q", 19) in data  # the binary-safe form, not a torn line
 
 
+def test_no_value_can_start_a_field() -> None:
+    keys = [key("x.src", KeyType.STRING, cim="src_ip"), key("y", KeyType.STRING), key("oob.prefix", KeyType.STRING)]
+    evil = "1.2.3.4\nPRIORITY=0"
+    fields = fields_of(make(keys)[1]([evil, evil, evil]))
+    assert fields["PRIORITY"] == b"6"
+    assert fields["SRC_IP"] == fields["X_SRC"] == fields["Y"] == fields["OOB_PREFIX"] == evil.encode()
+    assert fields["MESSAGE"] == f"{evil} SRC={evil}".encode()  # the summary: prefix and address
+
+
 def test_raw_data_only_with_raw_1() -> None:
     assert "RAW_PKT" not in fields_of(make(PACKET_KEYS)[1](PACKET))
     assert fields_of(make(PACKET_KEYS, raw=1)[1](PACKET))["RAW_PKT"] == b"\x45\x00\n\x00"

@@ -30,7 +30,8 @@ Writes run in a worker thread: a unix datagram socket blocks when journald's que
 that must not stall packet reception.  A datagram is queued whole or not at all, so an entry is
 never written in part.  When journald is down (no socket, a socket nobody reads, a restart) or
 its queue stays full for 5 seconds, the entries wait in the stack's backlog and are written, each
-once and in order, when it is back.  An entry too big for a datagram goes as a sealed memfd, as
+once and in order, when it is back (what journald's queue already held when it died is lost:
+the socket does not tell the sender what was read).  An entry too big for a datagram goes as a sealed memfd, as
 libsystemd sends it.  SIGUSR1 shows ``connects`` and ``memfds`` (entries sent as a memfd).
 
 journald's own rate limit (RateLimitBurst=10000 per RateLimitIntervalSec=30s per service, or the
@@ -258,7 +259,11 @@ class Journald(Output):
                 for i, fmt in sources:
                     value = v[i]
                     if value is not None:
-                        text.append(f"{label}{fmt(value)}\n")
+                        value = fmt(value)
+                        if "\n" in value:  # a third-party key's text: a bare newline would start a field
+                            out.append(field(label[:-1], _text(value)))
+                        else:
+                            text.append(f"{label}{value}\n")
                         break
             if text:
                 out.append(_text("".join(text)))
