@@ -289,8 +289,9 @@ def _resolve(number: int, decl: StackDecl, members: list[Instance], registry: Re
         wanted: list[Key] = list(inst.spec.inputs)
         wildcard: list[tuple[Key, int]] = []
         if inst.spec.wildcard_inputs:
+            reads = inst.plugin.wildcard_reads  # type: ignore[attr-defined]
             for earlier in members[:position]:
-                wanted.extend(earlier.spec.outputs)
+                wanted.extend(k for k in earlier.spec.outputs if reads(k))
         inputs: dict[str, int | None] = {}
         src_names: dict[str, str] = {}
         for k in wanted:

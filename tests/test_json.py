@@ -79,7 +79,8 @@ class JsonStack:
     def record(self, keys: dict[str, Any]) -> list:
         values: list = [None] * self.size
         for name, value in keys.items():
-            values[self.slots[name]] = value
+            if name in self.slots:  # JSON does not read the others (wildcard_reads): they stay unmade
+                values[self.slots[name]] = value
         return values
 
     def line(self, **keys: Any) -> bytes:
@@ -852,3 +853,16 @@ def test_ecs_flows_from_the_kernel_with_nat(rig: Rig, tmp_path: Path) -> None:
         assert doc["netfilter"]["nat_snat"] is True and doc["netfilter"]["nat_dnat"] is True
         assert doc["related"]["ip"] == [p.a_ip4, "10.9.9.9", p.b_ip4]
     assert "start" in new["event"] and "end" in destroy["event"]
+
+
+@pytest.mark.parametrize(("fields", "made"), [("ulogd", False), ("ecs", True)])
+def test_the_input_makes_no_key_ulogds_fields_never_write(fields: str, made: bool) -> None:
+    """Raw data and binary addresses are not in ulogd's line: the NFLOG input need not make them."""
+    raw = parse_ini("t.conf", f"[global]\nstack=log1:NFLOG,base1:BASE,json1:JSON\n[json1]\nfields={fields}\n")
+    plan = build(raw, Registry(), Logger).stacks[0]
+    nflog, base = plan.slots[0], plan.slots[1]
+    reads = plan.reads()
+    assert (nflog.out("raw.pkt") in reads) is True  # BASE decodes the packet from it either way
+    assert (nflog.out("raw.mac") in reads) is made
+    assert (base.out("ip.saddr") in reads) is made
+    assert base.out("ip.ttl") in reads and nflog.out("oob.prefix") in reads

@@ -842,6 +842,11 @@ class Json(FileOutput):
 
     # -- the converter --------------------------------------------------------------------------
 
+    def wildcard_reads(self, key: Key) -> bool:
+        # ulogd's fields are numbers and strings only (addresses come as IP2STR's text), so the
+        # input need not make the raw and address keys; ECS also reads addresses
+        return self.options["fields"] == "ecs" or key.type in _INTEGER or key.type is KeyType.STRING
+
     def handler(self, slots: Slots) -> Callable[[list], Any]:
         fields = list(slots.wildcard)
         make = ecs_tree if self.options["fields"] == "ecs" else ulogd_tree
