@@ -118,6 +118,7 @@ def main() -> int:
                 f'[global]\nlogfile="{tmp}/replay.log"\nloglevel=5\nstack={args.stack}\n'
                 f"[log1]\ngroup={GROUP}\nnetns={NS}\n"
                 f'[emu1]\nfile="{tmp}/replay.out"\nsync=0\n'
+                f'[json1]\nfile="{tmp}/replay.json"\n[pcap1]\nfile="{tmp}/replay.pcap"\n'
             )
             topo = build(parse_ini("replay.conf", text), Registry(), Logger)
             daemon = Daemon(topo, Logger("replay"))
