@@ -27,6 +27,7 @@ from conftest import PYLOGD, ROOT
 from daemonkit import Daemon, wait_for
 from pylogd.plugins.outputs import journald
 from pylogd.plugins.outputs.journald import Journald, field_name
+from rig import Pair
 
 from pylogd.keys import Key, KeyType
 from pylogd.log import Logger
@@ -380,6 +381,22 @@ def test_missing_or_dead_socket_fails_the_write(short_dir: Path) -> None:
     plugin.stop()
 
 
+def test_sighup_reconnects(short_dir: Path) -> None:
+    """After SIGHUP the next write connects anew: a journald that came back at another inode is found."""
+    path = str(short_dir / "socket")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(path)
+    plugin, convert = make([key("test.n", KeyType.UINT32)], socket=path)
+    plugin.write([convert([1])])
+    plugin.write([convert([2])])
+    assert plugin.statistics()["connects"] == 1
+    plugin.reopen()
+    plugin.write([convert([3])])
+    assert plugin.statistics()["connects"] == 2
+    assert [fields_of(rx.recv(4096))["TEST_N"] for _ in range(3)] == [b"1", b"2", b"3"]
+    plugin.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # a real systemd-journald
 
@@ -541,3 +558,64 @@ def test_daemon_writes_entries_and_survives_a_journald_restart(journal: Journal,
     assert [e.get("TEST_TEXT") for e in got[:6]] == [f"text {n}".encode() for n in range(5)] + [None]
     assert {(e["PRIORITY"], e["SYSLOG_FACILITY"], e["_PID"]) for e in got} == {(b"4", b"16", str(d.proc.pid).encode())}
     assert "writing again" in d.log.read_text()
+
+
+NFT_RULES = """
+table inet jd {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        ct state new counter
+        udp dport 4444 log group 7 prefix "JD: "
+    }
+}
+"""
+
+
+def test_packets_and_flows_from_the_kernel(journal: Journal, netns_pair: Pair, tmp_path: Path) -> None:
+    """NFLOG and NFCT in a namespace, through IP2STR and PRINTPKT/PRINTFLOW, into the journal."""
+    p = netns_pair
+    p.a.nft(NFT_RULES)
+    log = tmp_path / "daemon.log"
+    conf = tmp_path / "pylogd.conf"
+    conf.write_text(
+        f'[global]\nlogfile="{log}"\nloglevel=3\n'
+        "stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,jd1:JOURNALD\n"
+        "stack=ct1:NFCT,ip2str2:IP2STR,pf1:PRINTFLOW,jd2:JOURNALD\n"
+        "[log1]\ngroup=7\n[ct1]\nhash_enable=0\nevent_mask=1\naccept_proto_filter=udp\n"
+        f'[jd1]\nsocket="{journal.socket}"\nidentifier="fwpkt"\n'
+        f'[jd2]\nsocket="{journal.socket}"\nidentifier="fwflow"\npriority=LOG_NOTICE\n'
+    )
+    proc = p.a.spawn([*PYLOGD, "-c", str(conf)], cwd=ROOT)
+    wait_for(lambda: "entering main loop" in (log.read_text() if log.exists() else ""), what="pylogd start-up")
+    p.b.send_udp(p.a_ip4, 4444, count=3, src_port=40000)
+    packets = journal.wait_entries(3, "SYSLOG_IDENTIFIER=fwpkt")
+    flows = journal.wait_entries(1, "SYSLOG_IDENTIFIER=fwflow", "DST_PORT=4444")
+    assert proc.stop() == 0
+    assert len(packets) == 3 and len(flows) == 1
+    for e in packets:
+        assert e["MESSAGE"].startswith(f"JD:  IN={p.a_if} OUT= MAC=".encode())
+        assert f" SRC={p.b_ip4} DST={p.a_ip4} ".encode() in e["MESSAGE"]
+        assert (e["SRC_IP"], e["DST_IP"], e["SRC_PORT"], e["DST_PORT"]) == (
+            p.b_ip4.encode(),
+            p.a_ip4.encode(),
+            b"40000",
+            b"4444",
+        )
+        assert (e["OOB_PREFIX"], e["OOB_IN"], e["IP_PROTOCOL"], e["UDP_DPORT"]) == (
+            b"JD: ",
+            p.a_if.encode(),
+            b"17",
+            b"4444",
+        )
+        assert e["IP_SADDR_STR"] == e["IP_SADDR"] == p.b_ip4.encode()
+        assert e["PRIORITY"] == b"6" and e["_PID"] == str(proc.pid).encode()
+    (flow,) = flows
+    assert flow["MESSAGE"].startswith(b"[NEW] ORIG: SRC=" + p.b_ip4.encode())
+    assert (flow["SRC_IP"], flow["DST_IP"], flow["SRC_PORT"], flow["DST_PORT"], flow["CT_EVENT"]) == (
+        p.b_ip4.encode(),
+        p.a_ip4.encode(),
+        b"40000",
+        b"4444",
+        b"1",
+    )
+    assert flow["ORIG_IP_SADDR_STR"] == p.b_ip4.encode() and flow["PRIORITY"] == b"5"
