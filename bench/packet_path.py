@@ -51,18 +51,21 @@ else:
 """
 
 CONFIGS = {
+    # what most ulogd.conf files have: no netlink buffer options (ulogd: the kernel's ~208 KiB; pylogd: 16 MiB)
+    "no buffer options": {"sync": 1, "qthreshold": 0, "buffers": False},
     "LOGEMU sync=1": {"sync": 1, "qthreshold": 0},
     "LOGEMU sync=0": {"sync": 0, "qthreshold": 0},
     "LOGEMU sync=1 qthreshold=32": {"sync": 1, "qthreshold": 32},
 }
 
 
-def config_text(tmp: Path, name: str, sync: int, qthreshold: int) -> str:
+def config_text(tmp: Path, name: str, sync: int, qthreshold: int, buffers: bool = True) -> str:
     q = f"netlink_qthreshold={qthreshold}\nnetlink_qtimeout=10\n" if qthreshold else ""
+    b = "netlink_socket_buffer_size=8388608\nnetlink_socket_buffer_maxsize=16777216\n" if buffers else ""
     return (
         f'[global]\nlogfile="{tmp}/{name}.log"\nloglevel=5\n'
         "stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU\n"
-        f"[log1]\ngroup={GROUP}\nnetlink_socket_buffer_size=8388608\nnetlink_socket_buffer_maxsize=16777216\n{q}"
+        f"[log1]\ngroup={GROUP}\n{b}{q}"
         f'[emu1]\nfile="{tmp}/{name}.out"\nsync={sync}\n'
     )
 
