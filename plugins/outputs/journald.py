@@ -128,10 +128,6 @@ def _address(value: bytes) -> str:
     return text if text is not None else bytes(value).hex()
 
 
-def _address_bytes(value: bytes) -> bytes:
-    return _address(value).encode()
-
-
 def _integer(value: Any) -> str:
     return f"{value:d}"
 
@@ -209,8 +205,9 @@ class Journald(Output):
         by_name = {k.name: (k, i) for k, i in slots.wildcard}
         taken = set(OWN_FIELDS)
         ints: list[tuple[str, int]] = []
-        texts: list[tuple[bytes, str, int]] = []
-        others: list[tuple[str, int, Callable[[Any], bytes]]] = []
+        texts: list[tuple[str, int]] = []
+        addresses: list[tuple[str, int]] = []
+        binaries: list[tuple[str, int, Callable[[Any], bytes]]] = []
         for k, i in slots.wildcard:
             if k.name == "print" or (k.type is KeyType.RAW and not self.options["raw"]):
                 continue
@@ -223,13 +220,13 @@ class Journald(Output):
             if k.type.family == "integer":
                 ints.append((f"{name}=", i))
             elif k.type in (KeyType.STRING, KeyType.RAWSTR):
-                texts.append((f"{name}=".encode(), name, i))
+                texts.append((f"{name}=", i))
             elif k.type is KeyType.IPADDR:
-                others.append((name, i, _address_bytes))
+                addresses.append((f"{name}=", i))
             elif k.type is KeyType.RAW:
-                others.append((name, i, bytes))
+                binaries.append((name, i, bytes))
             else:
-                others.append((name, i, _untyped))
+                binaries.append((name, i, _untyped))
 
         aliases = []
         for alias, cim in _ALIAS_CIM:
@@ -242,41 +239,53 @@ class Journald(Output):
         i_print = by_name["print"][1] if "print" in by_name else None
         summary = self._summary(by_name, dict(aliases))
         head = self.head
+        address = _address
 
+        # the fields are made as one text, encoded once; a value holding a newline (rare: a
+        # multi-line print, a third-party key) and raw data go apart, in the binary-safe form
         def convert(v: list) -> bytes:
             line = v[i_print] if i_print is not None else None
             if line is None:
                 line = summary(v)
             elif line.endswith("\n"):
                 line = line[:-1]
-            out = [head, field("MESSAGE", _text(line))] if "\n" in line else [head, b"MESSAGE=", _text(line), b"\n"]
-            text = []
+            apart = []
+            if "\n" in line:
+                text = []
+                apart.append(field("MESSAGE", _text(line)))
+            else:
+                text = ["MESSAGE=", line, "\n"]
             for label, i in ints:
                 value = v[i]
                 if value is not None:
                     text.append(f"{label}{value:d}\n")
+            for label, i in addresses:
+                value = v[i]
+                if value is not None:
+                    text.append(f"{label}{address(value)}\n")
+            for label, i in texts:
+                value = v[i]
+                if value is not None:
+                    if "\n" in value:
+                        apart.append(field(label[:-1], _text(value)))
+                    else:
+                        text.append(f"{label}{value}\n")
             for label, sources in aliases:
                 for i, fmt in sources:
                     value = v[i]
                     if value is not None:
                         value = fmt(value)
-                        if "\n" in value:  # a third-party key's text: a bare newline would start a field
-                            out.append(field(label[:-1], _text(value)))
+                        if "\n" in value:
+                            apart.append(field(label[:-1], _text(value)))
                         else:
                             text.append(f"{label}{value}\n")
                         break
-            if text:
-                out.append(_text("".join(text)))
-            for label, name, i in texts:
+            for name, i, fmt in binaries:
                 value = v[i]
                 if value is not None:
-                    data = _text(value)
-                    out.append(field(name, data) if b"\n" in data else b"%s%s\n" % (label, data))
-            for name, i, fmt in others:
-                value = v[i]
-                if value is not None:
-                    out.append(field(name, fmt(value)))
-            return b"".join(out)
+                    apart.append(field(name, fmt(value)))
+            data = head + _text("".join(text))
+            return data + b"".join(apart) if apart else data
 
         return convert
 
