@@ -258,6 +258,11 @@ def test_no_value_can_start_a_field() -> None:
     assert fields["MESSAGE"] == f"{evil} SRC={evil}".encode()  # the summary: prefix and address
 
 
+def test_a_print_key_that_is_not_text_is_a_field() -> None:
+    fields = fields_of(make([key("print", KeyType.UINT32), key("oob.prefix", KeyType.STRING)])[1]([5, "IN: "]))
+    assert (fields["PRINT"], fields["MESSAGE"]) == (b"5", b"IN:")
+
+
 def test_raw_data_only_with_raw_1() -> None:
     assert "RAW_PKT" not in fields_of(make(PACKET_KEYS)[1](PACKET))
     assert fields_of(make(PACKET_KEYS, raw=1)[1](PACKET))["RAW_PKT"] == b"\x45\x00\n\x00"
