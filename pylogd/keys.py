@@ -45,14 +45,15 @@ class KeyType(enum.IntEnum):
         """The compatibility class used when an input key is resolved to an output key."""
         if self is KeyType.NONE:
             return "any"
-        if self in _INTEGER_TYPES:
+        if self in INTEGER_TYPES:
             return "integer"
         if self in (KeyType.IPADDR, KeyType.IP6ADDR):
             return "address"
         return self.name.lower()
 
 
-_INTEGER_TYPES = frozenset(
+#: the key types whose values are Python ints (BOOL too: 0 or 1)
+INTEGER_TYPES = frozenset(
     {
         KeyType.INT8,
         KeyType.INT16,

@@ -88,7 +88,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from pylogd.files import FileOutput, sync_option, write_all
-from pylogd.keys import Key, KeyType
+from pylogd.keys import INTEGER_TYPES, Key, KeyType
 from pylogd.log import ERROR
 from pylogd.loop import EventLoop
 from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, str_option
@@ -102,19 +102,6 @@ ECS_VERSION = "8.11.0"
 #: this many keys in consecutive slots are skipped with one test when all are missing
 RUN = 4
 
-_INTEGER = frozenset(
-    {
-        KeyType.BOOL,
-        KeyType.INT8,
-        KeyType.INT16,
-        KeyType.INT32,
-        KeyType.INT64,
-        KeyType.UINT8,
-        KeyType.UINT16,
-        KeyType.UINT32,
-        KeyType.UINT64,
-    }
-)
 _TEXT = frozenset({KeyType.STRING, KeyType.RAWSTR})
 
 
@@ -380,7 +367,7 @@ def ulogd_tree(fields: list[tuple[Key, int]], options: dict[str, Any]) -> Obj:
             named.append(("action", slot, _action))
         elif k.type is KeyType.BOOL:
             named.append((k.cim or k.name, slot, "bool"))
-        elif k.type in _INTEGER:
+        elif k.type in INTEGER_TYPES:
             named.append((k.cim or k.name, slot, "int"))
         elif k.type is KeyType.STRING:
             named.append((k.cim or k.name, slot, "str"))
@@ -644,7 +631,7 @@ def _related(addresses: list[list[tuple[int, Any]]]) -> Callable[[list], str | N
 def _ecs_value(t: KeyType) -> Any:
     if t is KeyType.BOOL:
         return _boolean
-    if t in _INTEGER:
+    if t in INTEGER_TYPES:
         return "int"
     if t in _TEXT:
         return "str"
@@ -845,7 +832,7 @@ class Json(FileOutput):
     def wildcard_reads(self, key: Key) -> bool:
         # ulogd's fields are numbers and strings only (addresses come as IP2STR's text), so the
         # input need not make the raw and address keys; ECS also reads addresses
-        return self.options["fields"] == "ecs" or key.type in _INTEGER or key.type is KeyType.STRING
+        return self.options["fields"] == "ecs" or key.type in INTEGER_TYPES or key.type is KeyType.STRING
 
     def handler(self, slots: Slots) -> Callable[[list], Any]:
         fields = list(slots.wildcard)
