@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from packet_path import ROOT, SENDER, cpu_seconds, peak_rss_kb, sh, stop
+from packet_path import ROOT, SENDER, cpu_seconds, peak_rss_kb, sender, sh, stop
 
 GROUP, PORT, PROBE_PORT = 7, 9999, 9998
 DOC = Path("/usr/share/doc/ulogd2")
@@ -235,21 +235,7 @@ def run_one(ns: str, daemon: str, output: str, packets: int, rate: float, tmp: P
             time.sleep(0.3)
         cpu0 = cpu_seconds(proc.pid)
         t0 = time.monotonic()
-        sh(
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "taskset",
-            "-c",
-            "0",
-            sys.executable,
-            "-c",
-            SENDER,
-            str(packets),
-            str(rate),
-            str(PORT),
-        )
+        sh("ip", "netns", "exec", ns, "taskset", "-c", "0", *sender(packets, rate, PORT))
         last, changed = -1, time.monotonic()
         while time.monotonic() - changed < 3.0:  # past the kernel's 1 s batch timer and a database's commit
             n = out.count(tmp, name, "burst")
