@@ -24,6 +24,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -207,7 +208,24 @@ def make_namespace(ns: str) -> None:
     sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
 
 
-def run_one(ns: str, daemon: str, output: str, packets: int, rate: float, tmp: Path, run: int) -> Result:
+def restart_postgres(after: float, down: float) -> threading.Thread:
+    """Stop PostgreSQL ``after`` seconds from now (its clients' connections die), start it ``down`` s later."""
+    version = sorted(os.listdir("/etc/postgresql"), key=lambda v: [int(p) for p in v.split(".")])[-1]
+
+    def outage() -> None:
+        time.sleep(after)
+        sh("pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop", "-m", "fast")
+        time.sleep(down)
+        sh("pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start")
+
+    thread = threading.Thread(target=outage)
+    thread.start()
+    return thread
+
+
+def run_one(
+    ns: str, daemon: str, output: str, packets: int, rate: float, tmp: Path, run: int, outage: tuple | None = None
+) -> Result:
     out = OUTPUTS[output]
     name = f"{daemon}-{output}-{run}"
     conf = tmp / f"{name}.conf"
@@ -235,9 +253,14 @@ def run_one(ns: str, daemon: str, output: str, packets: int, rate: float, tmp: P
             time.sleep(0.3)
         cpu0 = cpu_seconds(proc.pid)
         t0 = time.monotonic()
+        restart = restart_postgres(*outage) if outage else None
         sh("ip", "netns", "exec", ns, "taskset", "-c", "0", *sender(packets, rate, PORT))
+        if restart:
+            restart.join()
+        # past the kernel's 1 s batch timer and a database's commit; after an outage, past a back-off
+        quiet = 40.0 if outage else 3.0
         last, changed = -1, time.monotonic()
-        while time.monotonic() - changed < 3.0:  # past the kernel's 1 s batch timer and a database's commit
+        while time.monotonic() - changed < quiet:
             n = out.count(tmp, name, "burst")
             if n != last:
                 last, changed = n, time.monotonic()
@@ -273,7 +296,8 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
     runs = f", median of {args.repeat} runs (loss: the largest)" if args.repeat > 1 else ""
     lines = [
         f"### {time.strftime('%Y-%m-%d')} — outputs, {platform.node()}, {os.cpu_count()} cores, kernel "
-        f"{platform.release()}, {args.packets} packets at {rate}, ulogd's example config (no buffer options){runs}",
+        f"{platform.release()}, {args.packets} packets at {rate}, ulogd's example config (no buffer options){runs}"
+        + (f", PostgreSQL stopped {args.outage.replace(':', ' s in for ')} s" if args.outage else ""),
         "",
         "| output | daemon | sent | written | loss | CPU µs/record | records/s | peak RSS MiB | CPU ratio "
         "| records/s ratio |",
@@ -304,7 +328,13 @@ def main() -> int:
     p.add_argument("--output", choices=list(OUTPUTS), action="append")
     p.add_argument("--only", choices=("pylogd", "ulogd"))
     p.add_argument("--results", help="append the Markdown table to this file (e.g. bench/RESULTS.md)")
+    p.add_argument(
+        "--outage",
+        metavar="AFTER:DOWN",
+        help="PGSQL only: stop PostgreSQL AFTER seconds into the burst, start it DOWN seconds later (use --rate)",
+    )
     args = p.parse_args()
+    outage = tuple(float(x) for x in args.outage.split(":")) if args.outage else None
     if os.geteuid() != 0 or not shutil.which("nft") or not Path("/usr/sbin/ulogd").exists():
         print("needs root, nft, ip and ulogd2 with its output plugins", file=sys.stderr)
         return 1
@@ -320,7 +350,7 @@ def main() -> int:
                     for daemon in ("ulogd", "pylogd"):
                         if args.only and daemon != args.only:
                             continue
-                        r = run_one(ns, daemon, output, args.packets, args.rate, tmp, run)
+                        r = run_one(ns, daemon, output, args.packets, args.rate, tmp, run, outage)
                         results.append(r)
                         print(
                             f"{daemon:6} {output:8} sent={r.sent} written={r.written} loss={r.loss:.1%} "
