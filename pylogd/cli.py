@@ -111,8 +111,9 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
         if pidfile:
             pidfile.create(log)
         if user:
-            drop_privileges(*user)
-            log.info(f"running as {user[0]} (uid {user[1]}, gid {user[2]})")
+            kept = drop_privileges(*user)
+            caps = "keeping CAP_NET_ADMIN" if kept else "without CAP_NET_ADMIN: conntrack dumps will fail"
+            log.info(f"running as {user[0]} (uid {user[1]}, gid {user[2]}), {caps}")
     except DaemonError as exc:
         log.fatal(str(exc))
         daemon.abort()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import grp
 import os
 import pwd
 import signal
+import struct
 import time
 
 from . import __version__
@@ -307,7 +309,17 @@ def lookup_user(spec: str) -> tuple[str, int, int]:
     return user, pw.pw_uid, gid
 
 
-def drop_privileges(user: str, uid: int, gid: int) -> None:
+PR_SET_KEEPCAPS = 8
+CAP_NET_ADMIN = 12
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def drop_privileges(user: str, uid: int, gid: int) -> bool:
+    """Become ``user`` but keep CAP_NET_ADMIN, which a running daemon still needs: conntrack table
+    dumps (SIGUSR2, hash-mode resyncs) and socket buffer growth after an overrun.  Returns whether
+    the capability was kept (not when it was not there to keep)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    keep = libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) == 0  # permitted capabilities survive setuid
     try:
         os.setgroups([])
         os.initgroups(user, gid)
@@ -315,6 +327,13 @@ def drop_privileges(user: str, uid: int, gid: int) -> None:
         os.setuid(uid)
     except OSError as exc:
         raise DaemonError(f"cannot switch to user {user} (uid {uid}, gid {gid}): {exc.strerror}") from None
+    if not keep:
+        return False
+    libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0)
+    header = struct.pack("=Ii", _LINUX_CAPABILITY_VERSION_3, 0)
+    bit = 1 << CAP_NET_ADMIN
+    data = struct.pack("=6I", bit, bit, 0, 0, 0, 0)  # effective, permitted, inheritable; twice (64 bits)
+    return libc.capset(header, data) == 0
 
 
 def daemonize() -> None:

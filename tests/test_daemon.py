@@ -393,3 +393,21 @@ def test_new_files_are_created_0640(tmp_path, daemons) -> None:
     assert d.stop() == 0
     assert (tmp_path / "emu.log").stat().st_mode & 0o777 == 0o640
     assert d.log.stat().st_mode & 0o777 == 0o640
+
+
+def test_after_dropping_privileges_hup_reopens_files_in_the_users_directory(open_dir, daemons) -> None:
+    nobody = pwd.getpwnam("nobody")
+    os.chown(open_dir, nobody.pw_uid, nobody.pw_gid)
+    d = emu_daemon(open_dir, daemons, ["-u", "nobody"]).start()
+    wait_for(lambda: "running as nobody" in read(d.log), what="the privilege drop")
+    emu = open_dir / "emu.log"
+    d.send({"print": "before\n"})
+    wait_for(lambda: "before" in read(emu), what="a line")
+    emu.rename(open_dir / "emu.log.1")
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: f"reopened {emu}" in read(d.log), what="the reopen")
+    d.send({"print": "after\n"})
+    wait_for(lambda: "after" in read(emu), what="a line in the new file")
+    st = emu.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o640)
+    assert "before" not in read(emu) and d.stop() == 0

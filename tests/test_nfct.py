@@ -5,6 +5,7 @@ attribution through the daemon in a router namespace (masquerade and SNAT)."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from feedkit import RecordingFeed
 from pylogd.plugins.inputs.nfct import Nfct
-from rig import Netns, Rig, read_text, start_pylogd, wait_for
+from rig import Netns, Rig, pylogd_command, read_text, start_pylogd, wait_for
 from test_nfct_decode import pyroute2_view
 
 from pylogd.conntrack import FIELDS, CtSocket, dump
@@ -549,3 +550,25 @@ def test_filter_semantics_across_families() -> None:
     assert exclude(rec("fd00::1")) and exclude(rec("10.0.0.1")) and not exclude(rec("192.168.3.4"))
     assert not exclude(rec("10.0.0.1", 1)) and exclude(rec("10.0.0.1", 17))
     assert make_filter("", "", "") is None
+
+
+def test_daemon_after_dropping_privileges_still_dumps_the_table(ctns: Netns, tmp_path: Path) -> None:
+    """-u nobody keeps CAP_NET_ADMIN: SIGUSR2's conntrack dump works after the switch (ctnetlink needs it)."""
+    tmp_path.chmod(0o777)  # nobody writes the capture there after the switch
+    conf, logfile = tmp_path / "pylogd.conf", tmp_path / "pylogd.log"
+    conf.write_text(
+        f'[global]\nlogfile="{logfile}"\nloglevel=1\nplugin="{TEST_PLUGINS}"\n'
+        f'stack=ct1:NFCT,cap1:CAPTURE\n[ct1]\n[cap1]\nfile="{tmp_path}/cap1.json"\n'
+    )
+    daemon = ctns.spawn([*pylogd_command(), "-c", str(conf), "-u", "nobody"], name="pylogd")
+    wait_for(lambda: "running as nobody" in read_text(logfile), what="the switch to nobody")
+    assert "keeping CAP_NET_ADMIN" in read_text(logfile)
+    status = Path(f"/proc/{daemon.pid}/status").read_text()
+    assert int(re.search(r"CapEff:\s+(\w+)", status).group(1), 16) == 1 << 12
+    sport = ctns.call(udp_from, "127.0.0.1", "127.0.0.2", 4070)
+    wait_for(lambda: "hash_entries=1" in _stats(daemon, logfile), what="the flow in the table")
+    daemon.signal(signal.SIGUSR2)
+    recs = wait_for(lambda: daemon_records(tmp_path / "cap1.json"), what="the dump")
+    assert [(r["ct.event"], r["orig.l4.sport"]) for r in recs] == [(2, sport)]
+    assert "failed handling SIGUSR2" not in read_text(logfile)
+    assert daemon.alive() and daemon.stop() == 0
