@@ -108,3 +108,40 @@ def test_man_pages_are_made_from_the_specs_and_render_cleanly(dest: Path) -> Non
         assert f".SS {name}\n" in text
         for option in cls.spec.options:
             assert "\\fB" + roff(option.name) + "\\fR=" in text, (name, option.name)
+
+
+MDWE = """
+import ctypes, os, sys
+# what MemoryDenyWriteExecute=yes asks of the kernel (prctl PR_SET_MDWE, Linux 6.3+)
+if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:
+    sys.exit(f"PR_SET_MDWE: errno {ctypes.get_errno()}")
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def test_the_daemon_runs_without_writable_executable_memory(tmp_path: Path, netns) -> None:
+    """The unit sets MemoryDenyWriteExecute=yes: pylogd (ctypes, generated decoders) must run under it."""
+    import sys
+
+    from rig import pylogd_command, read_text, wait_for
+
+    release = tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
+    if release < (6, 3) and not IN_CI:
+        pytest.skip("PR_SET_MDWE needs Linux 6.3")
+    conf, log = tmp_path / "pylogd.conf", tmp_path / "pylogd.log"
+    conf.write_text(
+        f'[global]\nlogfile="{log}"\nloglevel=3\n'
+        "stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU\n"
+        "stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,mac2str1:HWHDR,json1:JSON\n"
+        f"stack=ct1:NFCT,ip2str2:IP2STR,print2:PRINTFLOW,emu2:LOGEMU\n[log1]\ngroup=0\n[ct1]\nhash_enable=0\n"
+        f'[emu1]\nfile="{tmp_path}/packets.log"\n[emu2]\nfile="{tmp_path}/flows.log"\n[json1]\nfile="{tmp_path}/p.json"\n'
+    )
+    proc = netns.spawn([sys.executable, "-c", MDWE, *pylogd_command(), "-c", str(conf)], name="pylogd")
+    wait_for(lambda: "entering main loop" in read_text(log) or not proc.alive(), what="start-up")
+    assert proc.alive(), read_text(log) + proc.output()
+    netns.nft("table inet t {\n chain i {\n  type filter hook input priority 0;\n  ct state new log group 0\n }\n}\n")
+    netns.send_udp("127.0.0.1", 9, count=3)
+    wait_for(lambda: len(read_text(tmp_path / "p.json").splitlines()) == 3, what="JSON lines")
+    wait_for(lambda: "[NEW]" in read_text(tmp_path / "flows.log"), what="a flow line")
+    assert len(read_text(tmp_path / "packets.log").splitlines()) == 3
+    assert proc.stop() == 0
