@@ -61,11 +61,11 @@ class Spool:
         self._read_segment = -1
         self._read_offset = 0
         self._taken: tuple[int, int] | None = None  # the position after the last record read()
-        cursor = self._load_cursor()
+        # where reading resumes in the segment it names: records before it there are written already.
+        # Kept by segment, not as "the head": a spill at exit may put a new segment before it.
+        self._cursor = self._load_cursor()
         for number in list(self.segments):
-            self._scan(number, cursor[1] if number == cursor[0] else 0)
-        if self.segments and cursor[0] == self.segments[0]:
-            self._read_segment, self._read_offset = cursor
+            self._scan(number, self._cursor[1] if number == self._cursor[0] else 0)
 
     # -- opening: count what is there, cut a torn tail ---------------------------------------
 
@@ -172,7 +172,8 @@ class Spool:
             head = self.segments[0]
             if self._read_segment != head:
                 self._close_reader()
-                self._read_segment, self._read_offset = head, 0
+                self._read_segment = head
+                self._read_offset = self._cursor[1] if self._cursor[0] == head else 0
             if self._read_fd < 0:
                 try:
                     self._read_fd = os.open(self._path(head), os.O_RDONLY | os.O_CLOEXEC)
@@ -217,6 +218,7 @@ class Spool:
                 self._close_tail()
             self._drop_head()
             return
+        self._cursor = (segment, offset)
         tmp = os.path.join(self.directory, _CURSOR + ".tmp")
         with contextlib.suppress(OSError):
             with open(tmp, "w") as f:
@@ -232,8 +234,10 @@ class Spool:
         with contextlib.suppress(OSError):
             self.bytes -= os.path.getsize(path)
             os.unlink(path)
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(self.directory, _CURSOR))
+        if self._cursor[0] == head:
+            self._cursor = (-1, 0)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.directory, _CURSOR))
         if not self.segments:
             self.bytes = 0
 

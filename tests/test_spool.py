@@ -151,3 +151,22 @@ def test_what_waits_at_exit_is_written_first_by_the_next_start(tmp_path, logged,
         drain(again)
     again.close(time.monotonic() + 10)
     assert second.rows == rows(0, 260)
+
+
+def test_a_spill_before_a_half_read_segment_keeps_its_read_position(tmp_path) -> None:
+    """At exit the memory backlog goes before everything stored, while the oldest segment is half
+    written already: after a restart each entry comes back once."""
+    s = spool(tmp_path)
+    s.append(rows(10, 10))
+    s.append(rows(20, 10))
+    assert s.read() == rows(10, 10)
+    s.commit()  # rows 10..19 are written
+    s.append(rows(0, 5), first=True)  # what waited in memory: older than all of it
+    s.close()
+    again = spool(tmp_path)
+    assert again.entries == 15
+    got = []
+    while (batch := again.read()) is not None:
+        got.extend(batch)
+        again.commit()
+    assert got == rows(0, 5) + rows(20, 10)
