@@ -375,3 +375,32 @@ def test_ulogd_and_pylogd_write_the_same_flow_rows(rig: Rig, two_dbs: dict[str, 
     orig_saddr = [r[names.index("orig_ip_saddr")] for r in p_rows]
     assert reply_daddr == orig_saddr  # no NAT here: the reply goes back to the original source
     assert V4_MAPPED + bytes([127, 0, 0, 1]) in orig_saddr and bytes(15) + b"\x01" in orig_saddr
+
+
+FUNCTION = """
+CREATE TABLE t (id serial, test_n integer, test_text text);
+CREATE VIEW v AS SELECT id, test_n, test_text FROM t;
+DELIMITER $$
+CREATE FUNCTION ADD_ROW(n integer, x text) RETURNS integer MODIFIES SQL DATA
+BEGIN
+    IF n % 100 = 13 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'unlucky'; END IF;
+    INSERT INTO t (test_n, test_text) VALUES (n, x);
+    RETURN LAST_INSERT_ID();
+END$$
+DELIMITER ;
+"""
+
+
+def test_a_function_refusing_a_row_sets_aside_that_row_only(my_db: MyDb, tmp_path: Path) -> None:
+    my_db.load(FUNCTION)
+    d = PipeDaemon(tmp_path, "my1:MYSQL", my_db.section("my1", table="v", procedure="ADD_ROW")).start()
+    try:
+        d.send(range(1, 251))
+        wait_for(lambda: count(my_db) == 247, what="every row but 13, 113 and 213")
+        wait_for(lambda: "rejected=" in read_text(d.log) or "rejected and set aside" in read_text(d.log))
+    finally:
+        assert d.stop() == 0
+    want = [n for n in range(1, 251) if n % 100 != 13]
+    assert [r[0] for r in my_db.rows("SELECT test_n FROM t ORDER BY id")] == want  # in order, once each
+    log = read_text(d.log)
+    assert "unlucky" in log and "rejected=3" in log

@@ -78,6 +78,8 @@ from pylogd.sql import (
 )
 
 DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
+#: function calls per DO statement
+DO_ROWS = 100
 #: a server that stops answering mid-batch is given up after this long (the rows wait and go again)
 IO_TIMEOUT = 60
 
@@ -132,6 +134,7 @@ class Mysql(SqlOutput):
         super().__init__(instance_id, options, log)
         self.pymysql: Any = None
         self._serial = 0
+        self._do_call = ""
         self._xa: list | None = None  # [xid, prepared] of the open batch
         self._in_doubt: tuple[str, bool, Any, int] | None = None
 
@@ -237,6 +240,30 @@ class Mysql(SqlOutput):
     #
     # After a lost connection, XA RECOVER tells whether the batch was prepared (then it is committed
     # from the new connection) and PREPARE's answer whether it may have been committed already.
+
+    def statement_for(self, columns: list[Column]) -> str:
+        form, name = procedure_form(self.options["procedure"])
+        marks = ", ".join(["%s"] * len(columns))
+        # a function's calls go many to a DO statement: one round trip and no result set for each
+        # DO_ROWS rows (ulogd's SELECT, one per row, spends most of its time waiting for answers)
+        self._do_call = f"{name}({marks})" if form == "select" else ""
+        return super().statement_for(columns)
+
+    def run_batch(self, cur: Any, rows: list[tuple]) -> None:
+        call = self._do_call
+        if not call:
+            cur.executemany(self.statement, rows)
+            return
+        mogrify = cur.mogrify  # the driver's own parameter binding, as execute() does it
+        for i in range(0, len(rows), DO_ROWS):
+            cur.execute("DO " + ", ".join([mogrify(call, row) for row in rows[i : i + DO_ROWS]]))
+            # DO turns a call's error into a warning and undoes the whole statement: fail the batch, so
+            # its rows go again one by one, where each error is the row's own
+            result = getattr(cur, "_result", None)
+            if result is None or result.warning_count:
+                for level, code, message in cur.connection.show_warnings() or ():
+                    if level == "Error":
+                        raise self.pymysql.err.DataError(code, message)
 
     def begin(self, conn: Any) -> None:
         self._serial += 1
