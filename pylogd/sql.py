@@ -49,15 +49,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+# a mismatch found while the stacks are built (handler()) must refuse the start as a plugin that cannot
+# start does: the daemon turns a DaemonError into one fatal line and exit 1
+from .daemon import DaemonError as _StartError
 from .keys import Key, KeyType
 from .log import ERROR
 from .loop import EventLoop
 from .plugin import Output, PluginError, RejectedEntries, Slots, int_option, str_option
-
-try:  # a mismatch found while the stacks are built must refuse the start like a plugin that cannot start
-    from .daemon import DaemonError as _StartError
-except ImportError:  # pragma: no cover - the daemon module is always there; keep sql.py importable alone
-    _StartError = Exception  # type: ignore[assignment,misc]
 
 #: rows in one statement batch / transaction unless an output says otherwise
 BATCH_ROWS = 1000
@@ -84,7 +82,7 @@ _INTEGER_TYPES = frozenset(
 )
 
 
-class SchemaError(PluginError, _StartError):  # type: ignore[misc,valid-type]
+class SchemaError(PluginError, _StartError):
     """The table does not fit the stack (a column without a key): refuses the start."""
 
 
@@ -323,10 +321,6 @@ def db_options() -> tuple:
         int_option("backlog_oneshot_requests", 10, "ulogd: backlog rows per event; pylogd writes them in batches"),
         int_option("ring_buffer_size", 0, "ulogd: rows in its ring; pylogd always writes from a worker thread", min=0),
     )
-
-
-def password_options() -> tuple:
-    return (str_option("pass_file", "", "read the password from this file (its first line) instead of pass"),)
 
 
 def password_env(instance_id: str) -> str:
