@@ -20,9 +20,9 @@ called as ``SELECT f(...)`` with the columns in order.  The schemas ulogd ships 
 ``host="localhost"`` means the server's unix socket, as in the MySQL client library: the path in
 ``socket``, else ``$MYSQL_UNIX_PORT``, else /run/mysqld/mysqld.sock.  So a daemon in a network
 namespace, whose 127.0.0.1 is not the server's, still reaches it.  A host starting with ``/`` is a
-socket path; any other host is reached over TCP (``port`` 0 is 3306).  The password is ``pass``,
-else the first line of the file ``pass_file``, else the environment variable ``PYLOGD_<ID>_PASS``
-(the instance id in capitals, other characters as ``_``: ``PYLOGD_MYSQL1_PASS``).
+socket path; any other host is reached over TCP (``port`` 0 is 3306).  The password is ``pass``;
+when that is empty, the first line of the file ``pass_file``, else the environment variable
+``PYLOGD_<ID>_PASS`` (the instance id in capitals, other characters as ``_``: ``PYLOGD_MYSQL1_PASS``).
 
 Rows are written from a worker thread in batches, one transaction each, the values bound as
 parameters (a table takes each batch as one multi-row INSERT). The server need not be up at start;
@@ -45,7 +45,8 @@ Differences from ulogd 2.0.8
 * Values are bound as parameters, never spliced into the SQL text; rows go in batches, one
   transaction each (ulogd ran one autocommitted statement per row).
 * ``CALL p`` calls ``p`` (ulogd wrote ``CALL CALL p(``).  ``connect_timeout`` 0 waits 10 s.
-  ``pass`` is optional (``pass_file``, ``PYLOGD_<ID>_PASS``); ``socket`` is new.
+  ``pass_file`` and ``PYLOGD_<ID>_PASS`` (with ``pass=""``, which stays mandatory as in ulogd) and
+  ``socket`` are new.
 * IP2BIN's binary literals are bound as bytes, so ``binary(16)`` columns hold the same 16 bytes;
   raw address keys (``ip.saddr``) go into integer columns in host order (ulogd: the network-order
   bytes read as a little-endian number) and IPv6 addresses are written (ulogd wrote malformed SQL).
@@ -117,7 +118,7 @@ class Mysql(SqlOutput):
             str_option("db", None, "the database", mandatory=True),
             str_option("host", None, 'server host; "localhost" or a path: its unix socket', mandatory=True),
             str_option("user", None, "user name", mandatory=True),
-            str_option("pass", "", "password (see also pass_file)"),
+            str_option("pass", "", 'password; "" takes it from pass_file or PYLOGD_<ID>_PASS', mandatory=True),
             int_option("port", 0, "server port (0: 3306)", min=0, max=65535),
             str_option("socket", "", f"the unix socket for host=localhost (default {DEFAULT_SOCKET})"),
             str_option("pass_file", "", "a file whose first line is the password"),
