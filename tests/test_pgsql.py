@@ -128,6 +128,17 @@ def test_shipped_schema_takes_packets_through_insert_packet_full(pg_schema: PgSc
     s.stop()
 
 
+def test_connstring_replaces_db_host_and_user(pg_schema: PgSchema) -> None:
+    pg_schema.load("CREATE TABLE t (_id serial, ip_saddr_str inet, oob_prefix text);")
+    section = pg_schema.section(
+        "pg1", db="nothere", user="nobody", connstring=f"host={PG_SOCKET_DIR} dbname=test user=postgres"
+    )
+    s = SqlStack(PACKET_STACK, section + 'table="t"\nprocedure="INSERT"\n')
+    assert s.write([s.entry({"ip.saddr.str": "fd00::1", "oob.prefix": "c"})]) == ([], [])
+    assert pg_schema.rows("SELECT host(ip_saddr_str), oob_prefix FROM t") == [("fd00::1", "c")]
+    s.stop()
+
+
 def test_flat_schema_takes_rows_through_insert(pg_schema: PgSchema) -> None:
     pg_schema.load(shipped("pgsql-ulogd2-flat.sql"))
     s = SqlStack(PACKET_STACK, pg_schema.section("pg1", host="", table="ulog2", procedure="INSERT"))
