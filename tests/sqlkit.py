@@ -60,7 +60,7 @@ class SqlStack:
     keys are ``keys``; ``write(entries)`` calls the output's write() as the runner does."""
 
     def __init__(self, stack: str, sections: str, start: bool = True) -> None:
-        raw = parse_ini("test.conf", f"[global]\nstack={stack}\n{sections}\n")
+        raw = parse_ini("test.conf", f'[global]\nplugin="{TEST_PLUGINS}"\nstack={stack}\n{sections}\n')
         self.plan = build(raw, Registry(), Logger).stacks[0]
         self.plugin: Any = self.plan.instances[-1].plugin
         self.slots = {k.name: slot for k, slot in self.plan.slots[-1].wildcard}

@@ -403,3 +403,33 @@ def test_a_function_refusing_a_row_sets_aside_that_row_only(my_db: MyDb, tmp_pat
     assert [r[0] for r in my_db.rows("SELECT test_n FROM t ORDER BY id")] == want  # in order, once each
     log = read_text(d.log)
     assert "unlucky" in log and "rejected=3" in log
+
+
+@pytest.mark.parametrize("stage", ["prepared", "committed"])
+def test_a_cut_off_commit_is_settled_by_xa_recover(my_db: MyDb, stage: str) -> None:
+    my_db.execute("CREATE TABLE t (id serial, test_n integer, test_text text)")
+    section = my_db.section("my1", table="t", procedure="INSERT") + '[in1]\npath="/nonexistent/fifo"\n'
+    s = SqlStack("in1:PIPEIN,my1:MYSQL", section)
+    plugin = s.plugin
+
+    def cut(conn: Any, cur: Any) -> None:  # the connection breaks after PREPARE or after COMMIT
+        xid = plugin._xa[0]
+        cur.execute("XA END %s", (xid,))
+        cur.execute("XA PREPARE %s", (xid,))
+        plugin._xa[1] = True
+        if stage == "committed":
+            cur.execute("XA COMMIT %s", (xid,))
+        conn.close()
+        raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+
+    plugin.commit = cut
+    entries = [s.entry({"test.n": n, "test.text": "x"}) for n in range(1, 6)]
+    batch = list(entries)
+    with pytest.raises(Exception, match="Lost connection"):
+        plugin.write(batch)
+    assert batch == entries  # the runner keeps them all: the outcome is not known yet
+    del plugin.commit
+    plugin.write(batch)
+    assert [r[0] for r in my_db.rows("SELECT test_n FROM t ORDER BY id")] == [1, 2, 3, 4, 5]
+    assert my_db.rows("XA RECOVER") == []
+    s.stop()

@@ -428,3 +428,28 @@ def test_backlog_memcap_bounds_the_waiting_rows() -> None:
     opts["backlog_memcap"] = 3_000_000
     entries, nbytes = Pgsql("pg1", opts, Logger("pg1")).backlog_limits()
     assert nbytes == 3_000_000 and entries > 3_000_000 // 16
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["answer-lost", "commit-lost"])
+def test_a_cut_off_commit_is_settled_by_its_transaction_id(pg_schema: PgSchema, committed: bool) -> None:
+    pg_schema.load("CREATE TABLE t (_id serial, test_n integer, test_text text);")
+    section = pg_schema.section("pg1", host="", table="t", procedure="INSERT") + '[in1]\npath="/nonexistent/fifo"\n'
+    s = SqlStack("in1:PIPEIN,pg1:PGSQL", section)
+    plugin = s.plugin
+
+    def cut(conn: Any, cur: Any) -> None:  # the connection breaks around COMMIT
+        if committed:
+            conn.commit()
+        conn.close()
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    plugin.commit = cut
+    entries = [s.entry({"test.n": n, "test.text": "x"}) for n in range(1, 6)]
+    batch = list(entries)
+    with pytest.raises(Exception, match="closed the connection"):
+        plugin.write(batch)
+    assert batch == entries  # the runner keeps them all: the outcome is not known yet
+    del plugin.commit
+    plugin.write(batch)
+    assert [r[0] for r in pg_schema.rows("SELECT test_n FROM t ORDER BY _id")] == [1, 2, 3, 4, 5]
+    s.stop()
