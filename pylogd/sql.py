@@ -406,6 +406,10 @@ class SqlOutput(Output):
         """Whether an error may pass (connection, lock, missing table) rather than concern the rows."""
         raise NotImplementedError
 
+    def refused(self, exc: BaseException) -> bool:
+        """Whether a failed connection is the server's definite no (unknown database or user, wrong password)."""
+        return False
+
     def begin(self, conn: Any) -> None:
         """Start a transaction (drivers that open one implicitly do nothing)."""
 
@@ -446,7 +450,9 @@ class SqlOutput(Output):
         except SchemaError:
             raise
         except Exception as exc:
-            if not self.transient(exc) and not isinstance(exc, Transient | OSError):
+            if self.refused(exc) or not (self.transient(exc) or isinstance(exc, Transient | OSError)):
+                # the server answered and said no (no such database or user, a wrong password): a
+                # mistake to show now, as ulogd did, not rows to keep for a server that will never take them
                 raise PluginError(f"cannot connect to the database: {_reason(exc)}") from None
             self.log.error(f"database not reachable at start ({_reason(exc)}); rows wait and are written once it is")
             return

@@ -147,6 +147,7 @@ def test_start_refuses_a_table_that_does_not_fit(my_db: MyDb, tmp_path: Path) ->
         ({"table": "t"}, "cannot find key `test.bogus' in stack for column test_bogus"),
         ({"table": "nothere"}, f"table {my_db.name}.nothere is empty or missing"),
         ({"table": "t", "procedure": "NO_SUCH_FN"}, f"function NO_SUCH_FN not found in database {my_db.name}"),
+        ({"table": "t", "db": "no_such_db_pylogd"}, "Unknown database 'no_such_db_pylogd'"),
     ):
         conf = tmp_path / "refused.conf"
         conf.write_text(
@@ -221,16 +222,15 @@ def test_password_from_a_file_or_the_environment(my_db: MyDb, tmp_path: Path) ->
                 proc.terminate()
                 proc.wait(30)
             log.unlink()
-        # a wrong password is a server that refuses: the start goes on, rows wait
+        # a wrong password at start is the server's definite no: the start is refused, saying so
         (tmp_path / "bad.pass").write_text("wrong\n")
         section = my_db.section(
             "my1", user=user, host="127.0.0.1", table="t", procedure="INSERT", pass_file=tmp_path / "bad.pass"
         )
-        d = PipeDaemon(tmp_path, "my1:MYSQL", section).start()
-        try:
-            assert "Access denied" in read_text(d.log)
-        finally:
-            d.stop()
+        d = PipeDaemon(tmp_path, "my1:MYSQL", section).start(wait=False)
+        assert d.proc is not None
+        _, err = d.proc.communicate(timeout=60)
+        assert d.proc.returncode == 1 and "Access denied" in err, err
     finally:
         with admin.cursor() as cur:
             for host in ("localhost", "127.0.0.1"):

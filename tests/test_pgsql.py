@@ -160,6 +160,8 @@ def test_start_refuses_a_table_that_does_not_fit(pg_schema: PgSchema, tmp_path: 
         ({"table": "nothere"}, f"table {pg_schema.name}.nothere is empty or missing"),
         ({"table": "t", "procedure": "NO_SUCH_FN"}, f"function NO_SUCH_FN not found in schema {pg_schema.name}"),
         ({"table": "t", "schema": "no_such_schema"}, "schema no_such_schema not found"),
+        ({"table": "t", "db": "no_such_db_pylogd"}, 'database "no_such_db_pylogd" does not exist'),
+        ({"table": "t", "user": "no_such_user_pylogd"}, 'role "no_such_user_pylogd" does not exist'),
     ):
         conf = tmp_path / "refused.conf"
         conf.write_text(

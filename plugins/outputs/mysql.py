@@ -33,8 +33,8 @@ reconnecting whether the batch was prepared (it is then committed) or not (it is
 no row is lost or written twice; a batch prepared by a pylogd that was killed before committing it
 is committed by the next start. A row the server refuses (a CHECK constraint, a value out of range
 in strict mode) is logged and set aside and the others are written. When the server is up at start,
-a missing table or a column no key of the stack fills refuses the start naming it. SIGHUP
-reconnects.
+an unknown database or user, a wrong password, a missing table or function, or a column no key of
+the stack fills refuses the start naming it. SIGHUP reconnects.
 
 Differences from ulogd 2.0.8
 ----------------------------
@@ -339,6 +339,10 @@ class Mysql(SqlOutput):
         if committed and entries and entries[0] == first:
             self.log.notice(f"the {n} rows whose commit was cut off were committed; not writing them again")
             del entries[:n]
+
+    def refused(self, exc: BaseException) -> bool:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        return code in (1044, 1045, 1049)  # access denied (to the database), unknown database
 
     def transient(self, exc: BaseException) -> bool:
         if isinstance(exc, Transient | OSError):

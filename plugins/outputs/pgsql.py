@@ -31,8 +31,8 @@ start; while it is away (stopped, restarted, connections killed) rows wait in th
 A transaction whose COMMIT was cut off is looked up by its id after reconnecting (``txid_status``),
 so it is neither lost nor written twice. A row the server refuses (a constraint, a value out of
 range) is logged and set aside and the others are written. When the server is up at start, a missing
-table, schema or function, or a column no key of the stack fills, refuses the start naming it.
-SIGHUP reconnects.
+table, schema, function, database or user, a wrong password, or a column no key of the stack fills,
+refuses the start naming it. SIGHUP reconnects.
 
 Differences from ulogd 2.0.8
 ----------------------------
@@ -223,6 +223,13 @@ class Pgsql(SqlOutput):
             write = copy.write_row
             for row in rows:
                 write(row)
+
+    def refused(self, exc: BaseException) -> bool:
+        # libpq reports a refused connection as text only (no SQLSTATE): the server's own words
+        text = str(exc)
+        return "FATAL:" in text and any(
+            words in text for words in ("does not exist", "password authentication failed", "no pg_hba.conf entry")
+        )
 
     def transient(self, exc: BaseException) -> bool:
         if isinstance(exc, Transient | OSError):
