@@ -433,3 +433,32 @@ def test_a_cut_off_commit_is_settled_by_xa_recover(my_db: MyDb, stage: str) -> N
     assert [r[0] for r in my_db.rows("SELECT test_n FROM t ORDER BY id")] == [1, 2, 3, 4, 5]
     assert my_db.rows("XA RECOVER") == []
     s.stop()
+
+
+PROCEDURES = """
+CREATE TABLE t (id serial, test_n integer, test_text text);
+DELIMITER $$
+CREATE PROCEDURE ADD_ROW(n integer, x text) BEGIN INSERT INTO t (test_n, test_text) VALUES (n, x); END$$
+CREATE FUNCTION ADD_FN(n integer, x text) RETURNS integer MODIFIES SQL DATA
+BEGIN INSERT INTO t (test_n, test_text) VALUES (n, x); RETURN LAST_INSERT_ID(); END$$
+DELIMITER ;
+"""
+
+
+@pytest.mark.parametrize(
+    ("procedure", "statement"),
+    [
+        ("INSERT", "INSERT INTO t (test_n, test_text) VALUES (%s, %s)"),
+        ("insert into t", "insert into t (test_n, test_text) VALUES (%s, %s)"),
+        ("CALL ADD_ROW", "CALL ADD_ROW(%s, %s)"),
+        ("ADD_FN", "SELECT ADD_FN(%s, %s)"),
+    ],
+)
+def test_every_procedure_form_writes_the_rows(my_db: MyDb, procedure: str, statement: str) -> None:
+    my_db.load(PROCEDURES)
+    section = my_db.section("my1", table="t", procedure=procedure) + '[in1]\npath="/nonexistent/fifo"\n'
+    s = SqlStack("in1:PIPEIN,my1:MYSQL", section)
+    assert s.write([s.entry({"test.n": n, "test.text": f"r{n}"}) for n in range(1, 251)]) == ([], [])
+    assert s.plugin.statement == statement
+    assert my_db.rows("SELECT test_n, test_text FROM t ORDER BY id") == [(n, f"r{n}") for n in range(1, 251)]
+    s.stop()

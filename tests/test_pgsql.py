@@ -455,3 +455,30 @@ def test_a_cut_off_commit_is_settled_by_its_transaction_id(pg_schema: PgSchema, 
     plugin.write(batch)
     assert [r[0] for r in pg_schema.rows("SELECT test_n FROM t ORDER BY _id")] == [1, 2, 3, 4, 5]
     s.stop()
+
+
+PROCEDURES = """
+CREATE TABLE t (_id serial, test_n integer, test_text text);
+CREATE PROCEDURE add_row(n integer, x text) LANGUAGE SQL AS $$ INSERT INTO t (test_n, test_text) VALUES (n, x) $$;
+CREATE FUNCTION add_fn(n integer, x text) RETURNS integer LANGUAGE SQL AS
+    $$ INSERT INTO t (test_n, test_text) VALUES (n, x) RETURNING _id $$;
+"""
+
+
+@pytest.mark.parametrize(
+    ("procedure", "statement"),
+    [
+        ("INSERT", "INSERT INTO {schema}.t (test_n, test_text) VALUES (%s, %s)"),
+        ("insert into t", "insert into t (test_n, test_text) VALUES (%s, %s)"),
+        ("CALL add_row", "CALL add_row(%s, %s)"),
+        ("add_fn", "SELECT add_fn(%s, %s)"),
+    ],
+)
+def test_every_procedure_form_writes_the_rows(pg_schema: PgSchema, procedure: str, statement: str) -> None:
+    pg_schema.load(PROCEDURES)
+    section = pg_schema.section("pg1", host="", table="t", procedure=procedure) + '[in1]\npath="/nonexistent/fifo"\n'
+    s = SqlStack("in1:PIPEIN,pg1:PGSQL", section)
+    assert s.write([s.entry({"test.n": n, "test.text": f"r{n}"}) for n in range(1, 251)]) == ([], [])
+    assert s.plugin.statement == statement.format(schema=pg_schema.name)
+    assert pg_schema.rows("SELECT test_n, test_text FROM t ORDER BY _id") == [(n, f"r{n}") for n in range(1, 251)]
+    s.stop()
