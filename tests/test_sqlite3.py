@@ -430,3 +430,20 @@ def test_one_instance_in_two_stacks_writes_each_stacks_rows(tmp_path: Path) -> N
     out.write(entries)
     assert rows(db, "SELECT * FROM t") == [(2, 100), (3, 101), (4, 102), (5, 103)]
     out.stop()
+
+
+def test_create_table_makes_the_table_again_in_a_rotated_file(tmp_path: Path) -> None:
+    db = tmp_path / "t.sqlite"
+    d = PipeDaemon(tmp_path, "s1:SQLITE3", f'[s1]\ndb="{db}"\ntable="t"\ncreate_table=1\n').start()
+    try:
+        d.send(range(1, 11))
+        wait_for(lambda: rows(db, "SELECT count(*) FROM t")[0][0] == 10, what="10 rows")
+        db.rename(tmp_path / "t.sqlite.1")
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reconnecting to the database" in read_text(d.log), what="the SIGHUP")
+        d.send(range(11, 21))
+        wait_for(lambda: db.exists() and rows(db, "SELECT count(*) FROM t")[0][0] == 10, what="10 rows in the new file")
+    finally:
+        assert d.stop() == 0
+    assert rows(tmp_path / "t.sqlite.1", "SELECT test_n FROM t") == [(n,) for n in range(1, 11)]
+    assert rows(db, "SELECT test_n, test_text FROM t") == [(n, f"t{n}") for n in range(11, 21)]

@@ -11,8 +11,8 @@ commits each batch at once), with one prepared statement.  A row SQLite refuses 
 constraint, a value too large) is logged and set aside, and the rest of the batch is written; a
 busy or locked database makes the rows wait and be tried again, with back-off, so another
 process holding a lock loses nothing.  ``create_table=1`` creates a missing table with a column per
-key of the stack (integers INTEGER, strings and addresses TEXT, raw data BLOB).  SIGHUP reopens the
-file.
+key of the stack (integers INTEGER, strings and addresses TEXT, raw data BLOB), also in a file that
+replaced the first one (rotated, removed).  SIGHUP reopens the file.
 
 Values (see :mod:`pylogd.sql`): integers as integers, unsigned 32-bit values unsigned; an address key
 (``ip.saddr``) in an INTEGER column is the IPv4 address in host order (10.77.0.2 is 172818434) and
@@ -89,6 +89,7 @@ class Sqlite3(SqlOutput):
         super().__init__(instance_id, options, log)
         self.batch_rows = options["buffer"]
         self._created = False
+        self._create_sql = ""  # create_table=1: the table for the (first) stack's keys
 
     def configure(self) -> None:
         if not self.options["db"]:
@@ -108,6 +109,11 @@ class Sqlite3(SqlOutput):
     def read_columns(self, conn: Any) -> list[Column]:
         table = self.options["table"]
         rows = conn.execute(f"PRAGMA table_info({table})").fetchall()
+        if not rows and self._create_sql:
+            # create_table=1 and the file was replaced (rotated, removed) since: make the table again
+            conn.execute(self._create_sql)
+            self.log.notice(f"created table {table} in {self.options['db']}")
+            rows = conn.execute(f"PRAGMA table_info({table})").fetchall()
         return [Column(name, column_kind(decl or "")) for _, name, decl, *_ in rows]
 
     def start(self, loop: EventLoop) -> None:
@@ -141,22 +147,18 @@ class Sqlite3(SqlOutput):
                 pass
 
     def handler(self, slots: Slots):
-        if self.columns is None and self.options["create_table"] and self.conn is not None:
-            self._create(slots)
+        if self.options["create_table"] and not self._create_sql:
+            seen: dict[str, str] = {}
+            for k, _ in slots.wildcard:
+                seen.setdefault(column_of_key(k.name), _sql_type(k.type))
+            cols = ", ".join(f'"{name}" {decl}'.rstrip() for name, decl in seen.items())
+            self._create_sql = f"CREATE TABLE IF NOT EXISTS {self.options['table']} ({cols})"
+            if self.columns is None and self.conn is not None:
+                try:
+                    self.columns = self._active(self.read_columns(self.conn))
+                except sqlite3.Error as exc:
+                    raise SchemaError(f"cannot create table {self.options['table']}: {exc}", option="table") from None
         return super().handler(slots)
-
-    def _create(self, slots: Slots) -> None:
-        seen: dict[str, str] = {}
-        for k, _ in slots.wildcard:
-            seen.setdefault(column_of_key(k.name), _sql_type(k.type))
-        cols = ", ".join(f'"{name}" {decl}'.rstrip() for name, decl in seen.items())
-        table = self.options["table"]
-        try:
-            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
-        except sqlite3.Error as exc:
-            raise SchemaError(f"cannot create table {table}: {exc}", option="table") from None
-        self.log.notice(f"created table {table} with {len(seen)} columns in {self.options['db']}")
-        self.columns = self._active(self.read_columns(self.conn))
 
     def transient(self, exc: BaseException) -> bool:
         if isinstance(exc, Transient):
