@@ -45,11 +45,14 @@ class Daemon:
         """Open every output, then filters, then inputs, so nothing arrives before it can be written."""
         for kind in (Kind.OUTPUT, Kind.FILTER, Kind.INPUT):
             if kind is Kind.INPUT:  # handlers are built from started plugins, before any event can come
-                try:
-                    options = self.topology.global_options
-                    self.stacks = [Stack(p, self.log, spool_for(p, options, self.log)) for p in self.topology.stacks]
-                except SpoolError as exc:
-                    raise DaemonError(str(exc)) from None
+                options = self.topology.global_options
+                for plan in self.topology.stacks:
+                    try:
+                        self.stacks.append(Stack(plan, self.log, spool_for(plan, options, self.log)))
+                    except SpoolError as exc:
+                        raise DaemonError(str(exc)) from None
+                    except PluginError as exc:  # a handler refuses what its plugin found at start (a table)
+                        raise DaemonError(f"stack {plan.number} [{plan.decl.text}]: {exc}") from None
             for inst in self._ordered(kind):
                 if kind is Kind.INPUT:
                     feed = InputFeed(inst.plugin, [s for s in self.stacks if s.plan.instances[0] is inst])

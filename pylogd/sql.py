@@ -49,9 +49,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-# a mismatch found while the stacks are built (handler()) must refuse the start as a plugin that cannot
-# start does: the daemon turns a DaemonError into one fatal line and exit 1
-from .daemon import DaemonError as _StartError
 from .keys import Key, KeyType
 from .log import ERROR
 from .loop import EventLoop
@@ -82,7 +79,7 @@ _INTEGER_TYPES = frozenset(
 )
 
 
-class SchemaError(PluginError, _StartError):
+class SchemaError(PluginError):
     """The table does not fit the stack (a column without a key): refuses the start."""
 
 
