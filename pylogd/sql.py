@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .keys import Key, KeyType
+from .keys import INTEGER_TYPES, Key, KeyType
 from .log import ERROR
 from .loop import EventLoop
 from .plugin import Output, PluginError, RejectedEntries, Slots, int_option, str_option
@@ -63,20 +63,6 @@ INTEGER = "int"
 TEXT = "text"
 BINARY = "binary"
 OTHER = "other"
-
-_INTEGER_TYPES = frozenset(
-    {
-        KeyType.INT8,
-        KeyType.INT16,
-        KeyType.INT32,
-        KeyType.INT64,
-        KeyType.UINT8,
-        KeyType.UINT16,
-        KeyType.UINT32,
-        KeyType.UINT64,
-        KeyType.BOOL,
-    }
-)
 
 
 class SchemaError(PluginError):
@@ -251,7 +237,7 @@ def value_function(ktype: KeyType, kind: str, dialect: str) -> Callable[[Any], A
     """How a key's value becomes a parameter for a column of ``kind``; None: as it is."""
     if ktype is KeyType.BOOL:
         return _bool_text if dialect == "pgsql" else None
-    if ktype in _INTEGER_TYPES or ktype is KeyType.STRING:
+    if ktype in INTEGER_TYPES or ktype is KeyType.STRING:
         return None
     if ktype in (KeyType.IPADDR, KeyType.IP6ADDR):
         if kind == TEXT:
