@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[argv[0]][0])
-        return module.main(argv[1:])
+        return _printing(module.main, argv[1:])
     args = make_parser().parse_args(argv)
     registry = Registry()
     if args.info:
-        return info(registry, args.info, args.json)
+        return _printing(info, registry, args.info, args.json)
     try:
         raw = load(args.configfile)
         topology = build(raw, registry, Logger)
@@ -79,9 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     for loc, warning in raw.warnings:
         print(f"pylogd: warning: {loc}: {warning}", file=sys.stderr)
     if args.check:
-        print(describe_topology(topology), end="")
-        return 0
+        return _printing(print, describe_topology(topology), end="") or 0
     return run(args, topology)
+
+
+def _printing(func: Any, *args: Any, **kwargs: Any) -> int:
+    """Run a command that prints: a reader that stops early (`pylogd doctor | head`) ends it quietly."""
+    try:
+        return func(*args, **kwargs)
+    except BrokenPipeError:
+        # stdout is gone: point it at /dev/null so the interpreter's final flush does not complain too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def run(args: argparse.Namespace, topology: Topology) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -170,3 +171,16 @@ def test_info_text_gives_each_options_help(capsys):
     lines = capsys.readouterr().out.splitlines()
     at = lines.index("\tVar: file (String, Default: /var/log/ulogd_syslogemu.log)")
     assert lines[at + 1] == "\t\tfile to append the lines to"
+
+
+@pytest.mark.parametrize("command", [["-i", "JSON"], ["--check", "-c", "etc/pylogd.conf"], ["doctor", "--no-config"]])
+def test_a_reader_that_stops_early_ends_the_output_quietly(command):
+    """`pylogd doctor | head` and the like: no BrokenPipeError traceback on stderr."""
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run([*PYLOGD, *command], stdout=w, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=60)
+    finally:
+        os.close(w)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 1
