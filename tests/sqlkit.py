@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -417,40 +416,15 @@ def side_by_side_packets(
     """Both daemons in namespace A, ulogd on NFLOG group 5 and pylogd on group 6, each with ``stack``
     and its own ``sections[name]``; the compat corpus is sent from B.  Returns once both wrote the
     same number of rows (``count(name)``) and nothing more came for a second."""
-    from test_compat_ulogd import CORPUS, NFT_RULES
+    from test_compat_ulogd import run_both_on_corpus, wait_equal_and_quiet
 
-    a, b, procs = pair
-    subprocess.run(["ip", "netns", "exec", a, "nft", "-f", "-"], input=NFT_RULES, text=True, check=True)
     for name, group in (("ulogd", 5), ("pylogd", 6)):
         (tmp / f"{name}.conf").write_text(
             f'[global]\nlogfile="{tmp}/{name}.daemon.log"\nloglevel=3\nstack={stack}\n'
             f"[log1]\ngroup={group}\n{sections[name]}"
         )
-    procs.append(subprocess.Popen(["ip", "netns", "exec", a, ULOGD, "-c", str(tmp / "ulogd.conf")]))
-    procs.append(subprocess.Popen(["ip", "netns", "exec", a, *PYLOGD, "-c", str(tmp / "pylogd.conf")], cwd=ROOT))
-    for name in ("ulogd", "pylogd"):
-        wait_for(
-            lambda n=name: "entering main loop" in read_text(tmp / f"{n}.daemon.log"), timeout=20, what=f"{name} start"
-        )
-    mac = subprocess.run(["ip", "-n", a, "-j", "link", "show", "va"], capture_output=True, text=True, check=True)
-    dst_mac = json.loads(mac.stdout)[0]["address"]
-    subprocess.run(
-        ["ip", "netns", "exec", b, sys.executable, "-c", f"import time\nDST_MAC = {dst_mac!r}\n" + CORPUS],
-        check=True,
-        timeout=60,
-    )
-    settled: dict[str, Any] = {"counts": None, "since": time.monotonic()}
-
-    def settled_and_equal() -> bool:  # neighbour discovery may still add packets, to both alike
-        counts = [count("ulogd"), count("pylogd")]
-        if counts != settled["counts"]:
-            settled.update(counts=counts, since=time.monotonic())
-        return counts[0] >= min_rows and len(set(counts)) == 1 and time.monotonic() - settled["since"] > 1.0
-
-    try:
-        wait_for(settled_and_equal, timeout=40, what="both daemons to write the same number of rows")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}: ulogd and pylogd wrote {settled['counts']}") from None
+    run_both_on_corpus(pair, tmp)
+    wait_equal_and_quiet(lambda: [count("ulogd"), count("pylogd")], "rows", minimum=min_rows)
 
 
 def side_by_side_flows(rig: Any, tmp: Path, stack: str, sections: dict[str, str], count: Callable[[str], int]) -> None:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,39 @@ def pair():
         subprocess.run(["ip", "netns", "del", b], check=False)
 
 
+def run_both_on_corpus(pair: tuple, tmp: Path, env: dict[str, str] | None = None) -> None:
+    """The corpus's nft rules in namespace A, ulogd and pylogd started there on ``tmp``/ulogd.conf and
+    ``tmp``/pylogd.conf (each logging to ``tmp``/NAME.daemon.log) and ready, then the corpus sent from B."""
+    a, b, procs = pair
+    run("ip", "netns", "exec", a, "nft", "-f", "-", input=NFT_RULES)
+    procs.append(subprocess.Popen(["ip", "netns", "exec", a, ULOGD, "-c", str(tmp / "ulogd.conf")], env=env))
+    procs.append(
+        subprocess.Popen(["ip", "netns", "exec", a, *PYLOGD, "-c", str(tmp / "pylogd.conf")], cwd=ROOT, env=env)
+    )
+    for name in ("ulogd", "pylogd"):
+        wait_for(lambda n=name: "entering main loop" in read(tmp / f"{n}.daemon.log"), timeout=20, what=f"{name} start")
+    dst_mac = json.loads(run("ip", "-n", a, "-j", "link", "show", "va").stdout)[0]["address"]
+    run("ip", "netns", "exec", b, sys.executable, "-c", f"import time\nDST_MAC = {dst_mac!r}\n" + CORPUS)
+
+
+def wait_equal_and_quiet(counts: Callable[[], list[int]], what: str, minimum: int = 0, timeout: float = 40) -> list:
+    """Wait until ``counts()`` (of ulogd's and pylogd's outputs) are all equal, at least ``minimum``, and
+    unchanged for a second: neighbour discovery may still add packets, to both alike."""
+    settled: dict = {"counts": None, "since": time.monotonic()}
+
+    def ready() -> bool:
+        now = counts()
+        if now != settled["counts"]:
+            settled.update(counts=now, since=time.monotonic())
+        return now[0] >= minimum and len(set(now)) == 1 and time.monotonic() - settled["since"] > 1.0
+
+    try:
+        wait_for(ready, timeout=timeout, what=f"both daemons to write the same number of {what}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: they wrote {settled['counts']}") from None
+    return settled["counts"]
+
+
 def configs(tmp: Path) -> tuple[Path, Path]:
     common = "[emu1]\nfile={dir}/{name}.log\nsync=1\n[json1]\nfile={dir}/{name}.json\nsync=1\n"
     ulogd = tmp / "ulogd.conf"
@@ -200,16 +234,9 @@ def lines(path: Path) -> list[str]:
 def test_same_packets_same_output(pair, tmp_path):
     if not Path(ULOGD).exists():
         pytest.skip("ulogd 2.0.8 is not installed (apt-get install ulogd2 ulogd2-json)")
-    a, b, procs = pair
-    run("ip", "netns", "exec", a, "nft", "-f", "-", input=NFT_RULES)
-    ulogd_conf, pylogd_conf = configs(tmp_path)
-    procs.append(subprocess.Popen(["ip", "netns", "exec", a, ULOGD, "-c", str(ulogd_conf)], stderr=subprocess.PIPE))
-    procs.append(subprocess.Popen(["ip", "netns", "exec", a, *PYLOGD, "-c", str(pylogd_conf)], cwd=ROOT))
-    wait_for(lambda: "entering main loop" in read(tmp_path / "pylogd.daemon.log"), what="pylogd start")
-    wait_for(lambda: "entering main loop" in read(tmp_path / "ulogd.daemon.log"), what="ulogd start")
-    mac = run("ip", "-n", a, "-j", "link", "show", "va").stdout
-    dst_mac = json.loads(mac)[0]["address"]
-    run("ip", "netns", "exec", b, sys.executable, "-c", f"import time\nDST_MAC = {dst_mac!r}\n" + CORPUS)
+    a, _, _ = pair
+    configs(tmp_path)
+    run_both_on_corpus(pair, tmp_path)
     # a locally generated packet with a socket owner (uid/gid on the output hook)
     run(
         "ip",
@@ -230,15 +257,7 @@ def test_same_packets_same_output(pair, tmp_path):
     )
     outputs = [tmp_path / n for n in ("ulogd.log", "pylogd.log", "ulogd.json", "pylogd.keys")]
     wait_for(lambda: len(lines(outputs[0])) >= 22, what="ulogd's lines")
-    settled = {"counts": None, "since": time.monotonic()}
-
-    def settled_and_equal() -> bool:  # neighbour discovery may still add packets, to both alike
-        counts = [len(lines(o)) for o in outputs]
-        if counts != settled["counts"]:
-            settled.update(counts=counts, since=time.monotonic())
-        return len(set(counts)) == 1 and time.monotonic() - settled["since"] > 1.0
-
-    wait_for(settled_and_equal, timeout=30, what="both daemons to log the same number of packets")
+    wait_equal_and_quiet(lambda: [len(lines(o)) for o in outputs], "packets", timeout=30)
     ulogd_lines, pylogd_lines = lines(outputs[0]), lines(outputs[1])
     ulogd_keys = [json.loads(x) for x in lines(outputs[2])]
     pylogd_keys = [json.loads(x) for x in lines(outputs[3])]

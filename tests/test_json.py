@@ -25,7 +25,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pylogd.plugins.outputs import json as jsonout
 from rig import Rig, read_text, wait_for
-from test_compat_ulogd import CORPUS, DIFFERENCES, NFT_RULES, TRANSPORT, pair  # noqa: F401  (pair: a fixture)
+from test_compat_ulogd import (  # noqa: F401  (pair: a fixture)
+    DIFFERENCES,
+    TRANSPORT,
+    pair,
+    run_both_on_corpus,
+    wait_equal_and_quiet,
+)
 from test_nfct_compat import CT_RULES, NEW_KEYS, traffic
 
 from pylogd.config import parse_ini
@@ -710,10 +716,7 @@ def ordered(path: Path) -> list[list[tuple[str, Any]]]:
 
 def test_same_packets_same_json_lines(pair, tmp_path: Path) -> None:  # noqa: F811  (pair is the fixture)
     ulogd_installed()
-    a, b, procs = pair
-    subprocess.run(["ip", "netns", "exec", a, "nft", "-f", "-"], input=NFT_RULES, text=True, check=True)
     stack = "log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,mac1:HWHDR,{}:JSON"
-    confs = {}
     for name, group, extra in (("ulogd", 5, ""), ("pylogd", 6, "")):
         conf = tmp_path / f"{name}.conf"
         conf.write_text(
@@ -723,29 +726,9 @@ def test_same_packets_same_json_lines(pair, tmp_path: Path) -> None:  # noqa: F8
             f'[json3]\nfile="{tmp_path}/{name}.v1.json"\nsync=1\neventv1=1\nboolean_label=1\ndevice="fw1 test"\n'
             + extra
         )
-        confs[name] = conf
-    env = {**os.environ, "TZ": "UTC"}
-    procs.append(subprocess.Popen(["ip", "netns", "exec", a, ULOGD, "-c", str(confs["ulogd"])], env=env))
-    procs.append(subprocess.Popen(["ip", "netns", "exec", a, *PYLOGD, "-c", str(confs["pylogd"])], cwd=ROOT, env=env))
-    for name in ("ulogd", "pylogd"):
-        wait_for(lambda n=name: "entering main loop" in read_text(tmp_path / f"{n}.daemon.log"), what=f"{name} start")
-    mac = subprocess.run(["ip", "-n", a, "-j", "link", "show", "va"], capture_output=True, text=True, check=True)
-    dst_mac = json.loads(mac.stdout)[0]["address"]
-    subprocess.run(
-        ["ip", "netns", "exec", b, sys.executable, "-c", f"import time\nDST_MAC = {dst_mac!r}\n" + CORPUS],
-        check=True,
-        timeout=60,
-    )
+    run_both_on_corpus(pair, tmp_path, {**os.environ, "TZ": "UTC"})
     files = [tmp_path / n for n in ("ulogd.json", "pylogd.json", "ulogd.v1.json", "pylogd.v1.json")]
-    settled = {"counts": None, "since": time.monotonic()}
-
-    def settled_and_equal() -> bool:  # neighbour discovery may still add packets, to both alike
-        counts = [len(read_text(f).splitlines()) for f in files]
-        if counts != settled["counts"]:
-            settled.update(counts=counts, since=time.monotonic())
-        return counts[0] >= 20 and len(set(counts)) == 1 and time.monotonic() - settled["since"] > 1.0
-
-    wait_for(settled_and_equal, timeout=40, what="both daemons to write the same number of lines")
+    wait_equal_and_quiet(lambda: [len(read_text(f).splitlines()) for f in files], "lines", minimum=20)
     for u_file, p_file in ((files[0], files[1]), (files[2], files[3])):
         raw_lines = read_text(p_file).splitlines(keepends=True)
         for u, p, p_raw in zip(ordered(u_file), ordered(p_file), raw_lines, strict=True):

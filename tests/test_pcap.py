@@ -7,12 +7,10 @@ Where pylogd's file deliberately differs from ulogd's is named once, in the bloc
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,12 +19,11 @@ import pytest
 from conftest import PYLOGD, ROOT
 from pylogd.plugins.outputs import pcap as pcapout
 from pylogd.plugins.outputs.pcap import Pcap
-from rig import read_text, wait_for
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap, wrpcap
-from test_compat_ulogd import CORPUS, NFT_RULES, pair  # noqa: F401  (pair: a fixture)
+from test_compat_ulogd import pair, run_both_on_corpus, wait_equal_and_quiet  # noqa: F401  (pair: a fixture)
 from test_pcapfile import pcap
 
 from pylogd.log import Logger
@@ -279,39 +276,15 @@ def records(path: Path) -> list[tuple[int, int, int, int, bytes]]:
 def test_same_packets_same_pcap_records(pair, tmp_path: Path) -> None:  # noqa: F811  (pair is the fixture)
     if not Path(ULOGD).exists() or not Path("/usr/lib/x86_64-linux-gnu/ulogd/ulogd_output_PCAP.so").exists():
         pytest.skip("ulogd 2.0.8 with its PCAP plugin is not installed (apt-get install ulogd2 ulogd2-pcap)")
-    a, b, procs = pair
-    subprocess.run(["ip", "netns", "exec", a, "nft", "-f", "-"], input=NFT_RULES, text=True, check=True)
-    confs = {}
     for name, group in (("ulogd", 5), ("pylogd", 6)):
-        conf = confs[name] = tmp_path / f"{name}.conf"
-        conf.write_text(
+        (tmp_path / f"{name}.conf").write_text(
             f'[global]\nlogfile="{tmp_path}/{name}.daemon.log"\nloglevel=3\n'
             f'stack=log1:NFLOG,base1:BASE,pcap1:PCAP\n[log1]\ngroup={group}\n[pcap1]\nfile="{tmp_path}/{name}.pcap"\n'
             "sync=1\n"
         )
-    env = {**os.environ, "TZ": "UTC"}
-    procs.append(subprocess.Popen(["ip", "netns", "exec", a, ULOGD, "-c", str(confs["ulogd"])], env=env))
-    procs.append(subprocess.Popen(["ip", "netns", "exec", a, *PYLOGD, "-c", str(confs["pylogd"])], cwd=ROOT, env=env))
-    for name in ("ulogd", "pylogd"):
-        wait_for(lambda n=name: "entering main loop" in read_text(tmp_path / f"{n}.daemon.log"), what=f"{name} start")
-    mac = subprocess.run(["ip", "-n", a, "-j", "link", "show", "va"], capture_output=True, text=True, check=True)
-    dst_mac = json.loads(mac.stdout)[0]["address"]
-    subprocess.run(
-        ["ip", "netns", "exec", b, sys.executable, "-c", f"import time\nDST_MAC = {dst_mac!r}\n" + CORPUS],
-        check=True,
-        timeout=60,
-    )
+    run_both_on_corpus(pair, tmp_path, {**os.environ, "TZ": "UTC"})
     files = [tmp_path / "ulogd.pcap", tmp_path / "pylogd.pcap"]
-    settled = {"sizes": None, "since": time.monotonic()}
-
-    def settled_and_equal() -> bool:  # neighbour discovery may still add packets, to both alike
-        sizes = [f.stat().st_size if f.exists() else 0 for f in files]
-        if sizes != settled["sizes"]:
-            settled.update(sizes=sizes, since=time.monotonic())
-        quiet = time.monotonic() - settled["since"] > 1.0
-        return sizes[0] > 24 and len(records(files[0])) == len(records(files[1])) and quiet
-
-    wait_for(settled_and_equal, timeout=40, what="both daemons to write the same number of records")
+    wait_equal_and_quiet(lambda: [len(records(f)) if f.exists() else 0 for f in files], "records", minimum=1)
     # ulogd's stdio buffer is flushed per record with sync=1: its file is complete now
     assert files[0].read_bytes()[:24] == files[1].read_bytes()[:24] == ULOGD_HEADER
     u_records, p_records = records(files[0]), records(files[1])

@@ -8,7 +8,6 @@ Where pylogd's rows deliberately differ from ulogd's is named once, in the block
 from __future__ import annotations
 
 import ipaddress
-import json
 import pickle
 import signal
 import socket
@@ -24,7 +23,7 @@ from conftest import PYLOGD, ROOT, TEST_PLUGINS
 from pylogd.plugins.outputs import sqlite3 as sqlite_out
 from rig import Rig, read_text, wait_for
 from sqlkit import ULOGD, PipeDaemon, SqlStack, need_ulogd, shipped
-from test_compat_ulogd import CORPUS, NFT_RULES, pair  # noqa: F401  (pair: a fixture)
+from test_compat_ulogd import pair, run_both_on_corpus, wait_equal_and_quiet  # noqa: F401  (pair: a fixture)
 from test_nfct_compat import CT_RULES, traffic
 
 # ------------------------------------------------------------------------------------------------
@@ -289,8 +288,6 @@ def compare(ulogd_rows: list[tuple], pylogd_rows: list[tuple], names: list[str])
 
 def test_ulogd_and_pylogd_write_the_same_packet_rows(pair, tmp_path: Path) -> None:  # noqa: F811
     need_ulogd("SQLITE3")
-    a, b, procs = pair
-    subprocess.run(["ip", "netns", "exec", a, "nft", "-f", "-"], input=NFT_RULES, text=True, check=True)
     dbs = {}
     for name, group in (("ulogd", 5), ("pylogd", 6)):
         db = dbs[name] = tmp_path / f"{name}.sqlite"
@@ -301,26 +298,11 @@ def test_ulogd_and_pylogd_write_the_same_packet_rows(pair, tmp_path: Path) -> No
             "stack=log1:NFLOG,s1:SQLITE3\nstack=log1:NFLOG,base1:BASE,s2:SQLITE3\n"
             f'[log1]\ngroup={group}\n[s1]\ndb="{db}"\ntable="ulog_pkt"\n[s2]\ndb="{db}"\ntable="pkt_ext"\n'
         )
-    procs.append(subprocess.Popen(["ip", "netns", "exec", a, ULOGD, "-c", str(tmp_path / "ulogd.conf")]))
-    procs.append(subprocess.Popen(["ip", "netns", "exec", a, *PYLOGD, "-c", str(tmp_path / "pylogd.conf")], cwd=ROOT))
-    for name in ("ulogd", "pylogd"):
-        wait_for(lambda n=name: "entering main loop" in read_text(tmp_path / f"{n}.daemon.log"), what=f"{name} start")
-    mac = subprocess.run(["ip", "-n", a, "-j", "link", "show", "va"], capture_output=True, text=True, check=True)
-    dst_mac = json.loads(mac.stdout)[0]["address"]
-    subprocess.run(
-        ["ip", "netns", "exec", b, sys.executable, "-c", f"import time\nDST_MAC = {dst_mac!r}\n" + CORPUS],
-        check=True,
-        timeout=60,
+    run_both_on_corpus(pair, tmp_path)
+    tables = ("ulog_pkt", "pkt_ext")
+    wait_equal_and_quiet(
+        lambda: [rows(dbs[n], f"SELECT count(*) FROM {t}")[0][0] for n in dbs for t in tables], "rows", minimum=20
     )
-    settled = {"counts": None, "since": time.monotonic()}
-
-    def settled_and_equal() -> bool:  # neighbour discovery may still add packets, to both alike
-        counts = [rows(dbs[n], f"SELECT count(*) FROM {t}")[0][0] for n in dbs for t in ("ulog_pkt", "pkt_ext")]
-        if counts != settled["counts"]:
-            settled.update(counts=counts, since=time.monotonic())
-        return counts[0] >= 20 and len(set(counts)) == 1 and time.monotonic() - settled["since"] > 1.0
-
-    wait_for(settled_and_equal, timeout=40, what="both daemons to write the same number of rows")
     names = [r[1] for r in rows(dbs["ulogd"], "PRAGMA table_info(ulog_pkt)")]
     compare(rows(dbs["ulogd"], "SELECT * FROM ulog_pkt"), rows(dbs["pylogd"], "SELECT * FROM ulog_pkt"), names)
     names = [r[1] for r in rows(dbs["ulogd"], "PRAGMA table_info(pkt_ext)")]
