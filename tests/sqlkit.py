@@ -410,6 +410,30 @@ class TcpForwarder:
 # ulogd 2.0.8 and pylogd side by side on the same packets and flows
 
 
+TRANSPORT = ("tcp_", "udp_", "icmp_", "sctp_")
+
+
+def expected_row(
+    ulogd_row: dict[str, Any], pylogd_row: dict[str, Any], unset_by_ulogd: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """ulogd's row as pylogd writes it: BASE's fixes (test_compat_ulogd.DIFFERENCES, by key), no transport
+    columns for a later fragment (ulogd filled them from the payload), and the columns of
+    ``unset_by_ulogd`` as pylogd has them (their own tests check those)."""
+    from test_compat_ulogd import DIFFERENCES
+
+    want = dict(ulogd_row)
+    later_fragment = (ulogd_row.get("ip_fragoff") or 0) & 0x1FFF
+    for column, value in ulogd_row.items():
+        key = column.replace("_", ".")
+        if later_fragment and column.startswith(TRANSPORT):
+            want[column] = None
+        elif column in unset_by_ulogd and value is None:
+            want[column] = pylogd_row[column]
+        elif key in DIFFERENCES and value is not None:
+            want[column] = DIFFERENCES[key](value, {k.replace("_", "."): v for k, v in pylogd_row.items()})
+    return want
+
+
 def side_by_side_packets(
     pair: tuple, tmp: Path, stack: str, sections: dict[str, str], count: Callable[[str], int], min_rows: int = 20
 ) -> None:

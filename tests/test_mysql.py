@@ -27,6 +27,7 @@ from sqlkit import (
     PipeDaemon,
     SqlStack,
     TcpForwarder,
+    expected_row,
     my_db_fixture,  # noqa: F401  (the fixture my_db)
     my_kill,
     mysql_admin,
@@ -36,33 +37,16 @@ from sqlkit import (
     side_by_side_flows,
     side_by_side_packets,
 )
-from test_compat_ulogd import DIFFERENCES, pair  # noqa: F401  (pair: a fixture)
+from test_compat_ulogd import pair  # noqa: F401  (pair: a fixture)
 
 from pylogd.plugin import PluginError
 
 pymysql = pytest.importorskip("pymysql")
 
 # ------------------------------------------------------------------------------------------------
-# Where pylogd's rows deliberately differ from ulogd 2.0.8's, in one place: BASE's fixes
+# Where pylogd's rows deliberately differ from ulogd 2.0.8's (sqlkit.expected_row): BASE's fixes
 # (test_compat_ulogd.DIFFERENCES, by key), a later fragment's transport columns (ulogd filled them
 # from the payload, pylogd leaves them NULL), and IP2BIN's reply.ip.daddr.bin, which ulogd never set.
-
-TRANSPORT = ("tcp_", "udp_", "icmp_", "sctp_")
-
-
-def expected_row(ulogd_row: dict[str, Any], pylogd_row: dict[str, Any]) -> dict[str, Any]:
-    want = dict(ulogd_row)
-    later_fragment = (ulogd_row.get("ip_fragoff") or 0) & 0x1FFF
-    for column, value in ulogd_row.items():
-        key = column.replace("_", ".")
-        if later_fragment and column.startswith(TRANSPORT):
-            want[column] = None
-        elif column == "reply_ip_daddr" and value is None:
-            want[column] = pylogd_row[column]  # checked against the address itself by the flow test
-        elif key in DIFFERENCES and value is not None:
-            want[column] = DIFFERENCES[key](value, {k.replace("_", "."): v for k, v in pylogd_row.items()})
-    return want
-
 
 CLOCK = ("oob_time_sec", "oob_time_usec", "flow_start_sec", "flow_start_usec")
 IDS = ("_id", "_ct_id", "timestamp")
@@ -313,7 +297,7 @@ def compare(u_rows: list[tuple], p_rows: list[tuple], names: list[str]) -> int:
         for name in IDS:
             ud.pop(name, None)
             pd.pop(name, None)
-        want = expected_row(ud, pd)
+        want = expected_row(ud, pd, unset_by_ulogd=("reply_ip_daddr",))  # IP2BIN's, which ulogd never set
         fixed += want != ud
         for name in CLOCK:
             if name in ud:

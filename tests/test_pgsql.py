@@ -26,6 +26,7 @@ from sqlkit import (
     PipeDaemon,
     SqlStack,
     TcpForwarder,
+    expected_row,
     need_ulogd,
     pg_kill,
     pg_schema_fixture,  # noqa: F401  (the fixture pg_schema)
@@ -34,32 +35,17 @@ from sqlkit import (
     side_by_side_flows,
     side_by_side_packets,
 )
-from test_compat_ulogd import DIFFERENCES, pair  # noqa: F401  (pair: a fixture)
+from test_compat_ulogd import pair  # noqa: F401  (pair: a fixture)
 
 from pylogd.plugin import PluginError
 
 psycopg = pytest.importorskip("psycopg")
 
 # ------------------------------------------------------------------------------------------------
-# Where pylogd's rows deliberately differ from ulogd 2.0.8's, in one place: BASE's fixes
+# Where pylogd's rows deliberately differ from ulogd 2.0.8's (sqlkit.expected_row): BASE's fixes
 # (test_compat_ulogd.DIFFERENCES, by key) and a later fragment's transport columns, which ulogd
 # filled from the payload and pylogd leaves NULL.  The PostgreSQL schemas hold addresses as inet
 # text from IP2STR, so the byte-order fix of raw address keys does not show here.
-
-TRANSPORT = ("tcp_", "udp_", "icmp_", "sctp_")
-
-
-def expected_row(ulogd_row: dict[str, Any], pylogd_row: dict[str, Any]) -> dict[str, Any]:
-    want = dict(ulogd_row)
-    later_fragment = (ulogd_row.get("ip_fragoff") or 0) & 0x1FFF
-    for column, value in ulogd_row.items():
-        key = column.replace("_", ".")
-        if later_fragment and column.startswith(TRANSPORT):
-            want[column] = None
-        elif key in DIFFERENCES and value is not None:
-            want[column] = DIFFERENCES[key](value, {k.replace("_", "."): v for k, v in pylogd_row.items()})
-    return want
-
 
 CLOCK = ("oob_time_sec", "oob_time_usec", "flow_start_sec", "flow_start_usec")
 
