@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from packet_path import ROOT, SENDER, cpu_seconds, peak_rss_kb, sender, sh, stop
+from packet_path import ROOT, SENDER, cpu_seconds, peak_rss_kb, sender, sh, stop, summary
 
 GROUP, PORT, PROBE_PORT = 7, 9999, 9998
 DOC = Path("/usr/share/doc/ulogd2")
@@ -273,22 +273,6 @@ def run_one(
     finally:
         stop(proc)
         out.teardown(tmp, name)
-
-
-def summary(runs: list[Result]) -> Result:
-    ranked = sorted(runs, key=lambda r: r.us_per_record)
-    median = ranked[len(ranked) // 2]
-    worst = min(runs, key=lambda r: r.written)
-    return Result(
-        median.daemon,
-        median.output,
-        median.sent,
-        median.written,
-        median.cpu_s,
-        median.seconds,
-        max(r.peak_rss_kb for r in runs),
-        worst_written=worst.written,
-    )
 
 
 def render(results: list[Result], args: argparse.Namespace) -> str:

@@ -20,8 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP = 7
@@ -312,21 +313,12 @@ def print_result(r: Result) -> None:
     )
 
 
-def summary(runs: list[Result]) -> Result:
-    """The median run by CPU per record, with the largest loss and peak RSS of all the runs."""
+def summary(runs: list) -> Any:
+    """The median run by CPU per record, with the largest loss and peak RSS of all the runs (any result
+    with us_per_record, loss, written, peak_rss_kb and worst_written: output_path.py's too)."""
     ranked = sorted(runs, key=lambda r: r.us_per_record)
-    median = ranked[len(ranked) // 2]
     worst = max(runs, key=lambda r: r.loss)
-    return Result(
-        median.daemon,
-        median.config,
-        median.sent,
-        median.written,
-        median.cpu_s,
-        max(r.peak_rss_kb for r in runs),
-        median.send_rate,
-        worst_written=worst.written,
-    )
+    return replace(ranked[len(ranked) // 2], peak_rss_kb=max(r.peak_rss_kb for r in runs), worst_written=worst.written)
 
 
 def render(results: list[Result], args: argparse.Namespace) -> str:
