@@ -689,10 +689,6 @@ class NflogSocket(NetlinkSocket):
     :class:`NflogError` for other failures.
     """
 
-    # the kernel gives each packet an skb of several KiB, so its queue holds only milliseconds of
-    # a burst: read ahead again often (in a burst that read finds data, so it costs nothing)
-    chunk = 32
-
     def __init__(
         self,
         group: int,

@@ -8,6 +8,7 @@ import random
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -106,3 +107,87 @@ def test_pages_of_a_burst_go_back_to_the_kernel_and_the_ring_still_works() -> No
     finally:
         tx.close()
         rx.close()
+
+
+class FakeKernelQueue:
+    """A receive queue that fills while the daemon decodes: every decoded datagram takes
+    ``decode_ns`` of a fake clock, and datagrams arrive on that clock every ``arrival_ns``."""
+
+    def __init__(self, arrival_ns: int, total: int) -> None:
+        self.now = 0
+        self.arrival_ns = arrival_ns
+        self.sent = 0
+        self.total = total
+        self.queue: list[bytes] = []
+        self.deepest = 0  # the most datagrams ever waiting in the kernel: what the receive buffer must hold
+        self.reads: list[int] = []  # clock times at which the socket was read
+
+    def clock(self) -> int:
+        return self.now
+
+    def arrive(self) -> None:
+        while self.sent < self.total and self.sent * self.arrival_ns <= self.now:
+            self.queue.append(struct.pack("=I", self.sent))
+            self.sent += 1
+        self.deepest = max(self.deepest, len(self.queue))
+
+    def recv_into(self, buf: memoryview, nbytes: int, flags: int = 0) -> int:
+        self.arrive()
+        if not self.reads or self.reads[-1] != self.now:
+            self.reads.append(self.now)
+        if not self.queue:
+            raise BlockingIOError
+        data = self.queue.pop(0)
+        buf[: len(data)] = data
+        return len(data)
+
+
+def drain_with(decode_ns: int, arrival_ns: int, total: int) -> tuple[FakeKernelQueue, list[int]]:
+    from pylogd.netlink import NetlinkSocket
+
+    kernel = FakeKernelQueue(arrival_ns, total)
+
+    class Sock(NetlinkSocket):
+        def _walk(self, mv: memoryview, start: int, stop: int, callback: Callable) -> int:
+            kernel.now += decode_ns  # decoding takes time; meanwhile the burst goes on
+            kernel.arrive()
+            callback(struct.unpack_from("=I", mv, start)[0])
+            return 1
+
+    sock = Sock()
+    sock._sock = kernel  # type: ignore[assignment]
+    sock._clock = kernel.clock  # type: ignore[method-assign]
+    sock._init_ring(1 << 20, 64)
+    seen: list[int] = []
+    while len(seen) < total:
+        if sock._drain_ring(seen.append, 10**9) == 0:
+            kernel.now += arrival_ns  # idle until the next datagram
+    return kernel, seen
+
+
+@pytest.mark.parametrize("decode_ns", [1_000, 4_000, 30_000, 200_000])
+def test_a_burst_is_read_again_within_readahead_ns_whatever_a_datagram_costs(decode_ns: int) -> None:
+    """The kernel queue is read again at most readahead_ns (plus the one datagram being decoded)
+    after the last read, however slow decoding is, so a burst never waits there longer."""
+    from pylogd.netlink import NetlinkSocket
+
+    bound = NetlinkSocket.readahead_ns
+    arrival_ns = 1_000  # 1,000,000 datagrams a second, faster than any decode_ns here
+    kernel, seen = drain_with(decode_ns, arrival_ns, total=3000)
+    assert seen == list(range(3000))  # every datagram once, in order
+    gaps = [b - a for a, b in zip(kernel.reads, kernel.reads[1:], strict=False)]
+    assert max(gaps) <= bound + decode_ns
+    # so the kernel never held more than what arrives in that time (plus the read's own datagram)
+    assert kernel.deepest <= (bound + decode_ns) // arrival_ns + 1
+
+
+def test_a_quiet_socket_is_not_read_between_datagrams_of_the_ring() -> None:
+    """Decoding a backlog faster than readahead_ns reads the socket once per readahead_ns, not once
+    per datagram: a would-block read costs as much as a datagram."""
+    from pylogd.netlink import NetlinkSocket
+
+    bound = NetlinkSocket.readahead_ns
+    kernel, seen = drain_with(decode_ns=1_000, arrival_ns=100, total=2000)  # all there before decoding ends
+    assert seen == list(range(2000))
+    decoding_ns = 2000 * 1_000
+    assert len(kernel.reads) <= decoding_ns // bound + 2
