@@ -468,3 +468,27 @@ def test_every_procedure_form_writes_the_rows(pg_schema: PgSchema, procedure: st
     assert s.plugin.statement == statement.format(schema=pg_schema.name)
     assert pg_schema.rows("SELECT test_n, test_text FROM t ORDER BY _id") == [(n, f"r{n}") for n in range(1, 251)]
     s.stop()
+
+
+def test_a_function_takes_a_batch_in_one_statement_in_order_and_refuses_only_its_bad_rows(pg_schema: PgSchema) -> None:
+    pg_schema.load(PROCEDURES + "ALTER TABLE t ADD CHECK (test_n % 1000 <> 777);")
+    section = pg_schema.section("pg1", host="", table="t", procedure="add_fn") + '[in1]\npath="/nonexistent/fifo"\n'
+    s = SqlStack("in1:PIPEIN,pg1:PGSQL", section)
+    entries = [s.entry({"test.n": n, "test.text": f"r{n}"}) for n in range(1, 12001)]
+    rejected, left = s.write(entries)
+    assert s.plugin._unnest == "SELECT count(add_fn(a0, a1)) FROM unnest(%s::integer[], %s::text[]) AS u(a0, a1)"
+    assert left == [] and [e[1] for e in rejected] == [n for n in range(1, 12001) if n % 1000 == 777]
+    assert pg_schema.rows("SELECT test_n, test_text FROM t ORDER BY _id") == [
+        (n, f"r{n}") for n in range(1, 12001) if n % 1000 != 777
+    ]
+    s.stop()
+
+
+def test_an_overloaded_function_is_called_row_by_row(pg_schema: PgSchema) -> None:
+    pg_schema.load(PROCEDURES + "CREATE FUNCTION add_fn(n integer) RETURNS integer LANGUAGE SQL AS $$ SELECT 0 $$;")
+    section = pg_schema.section("pg1", host="", table="t", procedure="add_fn") + '[in1]\npath="/nonexistent/fifo"\n'
+    s = SqlStack("in1:PIPEIN,pg1:PGSQL", section)
+    assert s.write([s.entry({"test.n": n, "test.text": f"r{n}"}) for n in range(1, 101)]) == ([], [])
+    assert s.plugin._unnest == ""
+    assert pg_schema.rows("SELECT test_n FROM t ORDER BY _id") == [(n,) for n in range(1, 101)]
+    s.stop()

@@ -23,9 +23,11 @@ The password is ``pass``, else the first line of the file ``pass_file``, else th
 variable ``PYLOGD_<ID>_PASS`` (the instance id in capitals, other characters as ``_``:
 ``PYLOGD_PGSQL1_PASS``), else libpq's own (``PGPASSWORD``, ``~/.pgpass``).
 
-Rows are written from a worker thread in batches, one transaction each, the values bound as
-parameters (pipelined by psycopg); with ``procedure="INSERT"`` into a table (not a view) each batch
-goes by COPY, which takes a third of the time and a tenth of the CPU. The server need not be up at
+Rows are written from a worker thread in batches (up to 5000 rows), one transaction each, the values
+bound as parameters.  With ``procedure="INSERT"`` into a table (not a view) each batch goes by COPY,
+which takes a third of the time and a tenth of the CPU; a function (ulogd's INSERT_PACKET_FULL) takes
+a batch as one prepared statement, ``SELECT count(f(a0, ...)) FROM unnest($1::type[], ...)``, one array
+per argument, so the server calls it on every row in order without a round trip per row. The server need not be up at
 start; while it is away (stopped, restarted, connections killed) rows wait in the stack's backlog
 (``backlog_memcap`` bytes, if set) and are written once, in order, after reconnecting with back-off.
 A transaction whose COMMIT was cut off is looked up by its id after reconnecting (``txid_status``),
@@ -108,6 +110,9 @@ class Pgsql(SqlOutput):
     first_inactive: ClassVar[str] = "underscore"
     dialect: ClassVar[str] = "pgsql"
     mark: ClassVar[str] = "%s"
+    #: rows per transaction: a batch is one statement (a function over arrays, or COPY), so a larger one
+    #: costs the server no more per row and spares a commit and two round trips per thousand rows
+    batch_rows = 5000
 
     def __init__(self, instance_id: str, options: dict[str, Any], log: Any) -> None:
         super().__init__(instance_id, options, log)
@@ -116,6 +121,8 @@ class Pgsql(SqlOutput):
         self._xid: int | None = None
         self._plain = False  # the table is a table (not a view): batches go by COPY with procedure=INSERT
         self._copy = ""
+        self._arg_types: list[str] = []  # the function's argument types (procedure names a function)
+        self._unnest = ""  # one statement calling the function for every row of a batch
 
     def configure(self) -> None:
         super().configure()
@@ -179,7 +186,23 @@ class Pgsql(SqlOutput):
                 if cur.fetchone()[0] == 0:
                     kind = "procedure" if form == "call" else "function"
                     raise SchemaError(f"{kind} {name} not found in schema {schema}", option="procedure")
+            self._arg_types = self._function_arguments(cur, name) if form == "select" else []
         conn.commit()
+
+    @staticmethod
+    def _function_arguments(cur: Any, name: str) -> list[str]:
+        """The argument types of the function ``name`` when it has one form only (no overloads, no
+        defaults, not variadic), as the server names them; else []: its calls go one row each."""
+        cur.execute(
+            "SELECT p.oid, p.pronargdefaults, p.provariadic <> 0, "
+            "array(SELECT format_type(t, NULL) FROM unnest(p.proargtypes) WITH ORDINALITY a(t, i) ORDER BY i) "
+            "FROM pg_proc p WHERE p.proname = %s AND p.prokind = 'f' AND pg_function_is_visible(p.oid)",
+            (name.lower() if name == name.strip('"') else name,),
+        )
+        found = cur.fetchall()
+        if len(found) != 1 or found[0][1] or found[0][2]:
+            return []
+        return list(found[0][3])
 
     def read_columns(self, conn: Any) -> list[Column]:
         table, schema = self.options["table"], self.options["schema"]
@@ -207,15 +230,27 @@ class Pgsql(SqlOutput):
     def statement_for(self, columns: list[Column]) -> str:
         names = [c.name for c in columns]
         o = self.options
-        form, _ = procedure_form(o["procedure"])
+        form, function = procedure_form(o["procedure"])
         self._copy = (
             f"COPY {o['schema']}.{o['table']} ({', '.join(names)}) FROM STDIN"
             if form == "insert" and self._plain
             else ""
         )
+        self._unnest = ""
+        if form == "select" and len(self._arg_types) == len(names):
+            # a batch is one statement: its rows' values go as one array per argument, and the server
+            # calls the function on each row in order (a third less client CPU than a call per row, and
+            # no round trip per row when the server answers slower than it is fed)
+            args = ", ".join(f"a{i}" for i in range(len(names)))
+            arrays = ", ".join(f"%s::{t}[]" for t in self._arg_types)  # type names as the server wrote them
+            self._unnest = f"SELECT count({function}({args})) FROM unnest({arrays}) AS u({args})"
         return build_statement(o["procedure"], o["table"], o["schema"], names, "%s")
 
     def run_batch(self, cur: Any, rows: list[tuple]) -> None:
+        if self._unnest:
+            # prepared once per connection: the plan of a statement with ~60 array parameters is not free
+            cur.execute(self._unnest, [list(column) for column in zip(*rows, strict=True)], prepare=True)
+            return
         if not self._copy:
             cur.executemany(self.statement, rows)
             return
