@@ -33,6 +33,7 @@ __all__ = [
     "BACKLOG_SIZE",
     "CLONE_NEWNET",
     "DEFAULT_RCVBUF",
+    "DEFAULT_RCVBUF_MAX",
     "NETLINK_NETFILTER",
     "DatagramRing",
     "NetlinkError",
@@ -350,6 +351,12 @@ class NetlinkSocket:
         return count
 
     def _init_rcvbuf(self, rcvbuf: int, rcvbuf_max: int) -> None:
+        """Set the receive buffer to ``rcvbuf`` (0: leave the kernel's) and let it double after
+        each overrun up to ``rcvbuf_max`` (0: never).  pylogd's own default size grows up to
+        :data:`DEFAULT_RCVBUF_MAX` when no maximum is named: a burst that overran 16 MiB once
+        comes again."""
+        if rcvbuf == DEFAULT_RCVBUF and not rcvbuf_max:
+            rcvbuf_max = DEFAULT_RCVBUF_MAX
         self.rcvbuf_max = rcvbuf_max
         self.enobufs = 0  # recv() reported ENOBUFS: the kernel dropped messages
         self.grown = 0  # receive-buffer growths after ENOBUFS
@@ -403,6 +410,8 @@ class NetlinkSocket:
 #: ~208 KiB, which a burst of a few hundred packets or conntrack events overruns).  It is a bound on what
 #: the kernel may queue for pylogd, not memory taken: it costs only while pylogd is behind.
 DEFAULT_RCVBUF = 16 << 20
+#: how far that default grows after overruns when the config names no netlink_socket_buffer_maxsize
+DEFAULT_RCVBUF_MAX = 64 << 20
 
 
 def rcvbuf_options() -> tuple[Option, Option]:
@@ -418,7 +427,12 @@ def rcvbuf_options() -> tuple[Option, Option]:
             max=INT_MAX,
         ),
         int_option(
-            "netlink_socket_buffer_maxsize", 0, "on losses, double the buffer up to this (0: never)", min=0, max=INT_MAX
+            "netlink_socket_buffer_maxsize",
+            0,
+            "on losses, double the buffer up to this (0: never; with pylogd's default size, up to "
+            f"{DEFAULT_RCVBUF_MAX >> 20} MiB)",
+            min=0,
+            max=INT_MAX,
         ),
     )
 

@@ -191,3 +191,36 @@ def test_a_quiet_socket_is_not_read_between_datagrams_of_the_ring() -> None:
     assert seen == list(range(2000))
     decoding_ns = 2000 * 1_000
     assert len(kernel.reads) <= decoding_ns // bound + 2
+
+
+def test_the_default_buffer_grows_after_an_overrun_and_a_named_size_only_when_told() -> None:
+    """With no size in the config (pylogd's 16 MiB) an overrun doubles the buffer up to
+    DEFAULT_RCVBUF_MAX; a size the config names keeps ulogd's rule (maxsize 0: never grows)."""
+    from pylogd.netlink import DEFAULT_RCVBUF, DEFAULT_RCVBUF_MAX, NetlinkSocket
+
+    def sock_with(rcvbuf: int, rcvbuf_max: int) -> NetlinkSocket:
+        sock = NetlinkSocket()
+        sock._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock._init_rcvbuf(rcvbuf, rcvbuf_max)
+        return sock
+
+    default = sock_with(DEFAULT_RCVBUF, 0)
+    sizes = []
+    for _ in range(4):
+        default._on_enobufs()
+        sizes.append(default.rcvbuf_requested)
+    default.close()
+    assert sizes == [2 * DEFAULT_RCVBUF, DEFAULT_RCVBUF_MAX, DEFAULT_RCVBUF_MAX, DEFAULT_RCVBUF_MAX]
+    assert default.enobufs == 4 and default.grown == 2
+    assert "at its maximum" in default.overrun_advice()
+
+    named = sock_with(217088, 0)
+    named._on_enobufs()
+    named.close()
+    assert named.rcvbuf_requested == 217088 and named.grown == 0
+
+    example = sock_with(217088, 1085440)
+    for _ in range(5):
+        example._on_enobufs()
+    example.close()
+    assert example.rcvbuf_requested == 1085440
