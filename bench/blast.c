@@ -1,5 +1,8 @@
 /* UDP datagrams to 127.0.0.1 as fast as the kernel takes them (sendmmsg batches), or at a fixed rate.
- * usage: blast COUNT RATE PORT   (RATE 0: full speed).  bench/packet_path.py compiles and runs it. */
+ * usage: blast COUNT RATE PORT [flows]   (RATE 0: full speed)
+ * With "flows" every datagram goes to another (address, port) in 127.0.0.0/8, starting at PORT:
+ * each is a new conntrack entry, as bench/flow_path.py needs (60,000 ports per address).
+ * bench/packet_path.py compiles and runs it. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -10,6 +13,7 @@
 #include <time.h>
 
 #define BATCH 64
+#define PORTS 60000
 
 static double now(void) {
     struct timespec ts;
@@ -17,24 +21,38 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* the i-th flow's destination: 127.0.A.B with the port running fastest */
+static void flow_address(struct sockaddr_in *to, long i, int first_port) {
+    long block = i / PORTS;
+    to->sin_port = htons(first_port + i % PORTS);
+    to->sin_addr.s_addr = htonl(0x7f000000 | ((1 + block / 250) << 8) | (1 + block % 250));
+}
+
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s COUNT RATE PORT\n", argv[0]);
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: %s COUNT RATE PORT [flows]\n", argv[0]);
         return 2;
     }
     long count = atol(argv[1]);
     double rate = atof(argv[2]);
-    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int port = atoi(argv[3]);
+    int flows = argc == 5 && strcmp(argv[4], "flows") == 0;
+    struct sockaddr_in to[BATCH];
+    for (int i = 0; i < BATCH; i++) {
+        memset(&to[i], 0, sizeof to[i]);
+        to[i].sin_family = AF_INET;
+        to[i].sin_port = htons(port);
+        to[i].sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    }
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     char payload[32];
     memset(payload, 'x', sizeof payload);
-    struct iovec iov = {.iov_base = payload, .iov_len = sizeof payload};
+    struct iovec iov = {.iov_base = payload, .iov_len = flows ? 1 : sizeof payload};
     struct mmsghdr msgs[BATCH];
     for (int i = 0; i < BATCH; i++) {
         memset(&msgs[i], 0, sizeof msgs[i]);
-        msgs[i].msg_hdr.msg_name = &to;
-        msgs[i].msg_hdr.msg_namelen = sizeof to;
+        msgs[i].msg_hdr.msg_name = &to[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof to[i];
         msgs[i].msg_hdr.msg_iov = &iov;
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
@@ -48,9 +66,14 @@ int main(int argc, char **argv) {
             while (now() < due) {
             }
         }
+        if (flows)
+            for (int i = 0; i < n; i++)
+                flow_address(&to[i], sent + i, port);
         int done = sendmmsg(fd, msgs, n, 0);
         if (done > 0)
             sent += done;
+        else if (flows) /* a refused datagram (no route, a full queue) still made its flow */
+            sent += 1;
     }
     double took = now() - start;
     printf("%ld %.0f\n", sent, took > 0 ? sent / took : 0.0);

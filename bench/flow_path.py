@@ -1,17 +1,25 @@
 """ulogd 2.0.8 and pylogd on the same conntrack traffic, in turn, in a throwaway namespace.
 
     sudo .venv/bin/python bench/flow_path.py [--flows N] [--rates 5000,10000,0] [--repeat 3]
-                                             [--live 100000] [--results bench/RESULTS.md]
+                                             [--buffers default,example,kernel,large] [--also TREE]
+                                             [--live 100000] [--sustained SECONDS] [--results bench/RESULTS.md]
 
 Events: per mode (event: ``hash_enable=0``; hash: the default) and per rate, each daemon runs
-``ct1:NFCT,ip2str1:IP2STR,print1:PRINTFLOW,emu1:LOGEMU`` (sync=0, 8 MiB socket buffer growing to
-32 MiB, the same unmodified config for both) pinned to CPU 1, while a sender on CPU 0 creates N
-one-datagram UDP flows at the rate (0: as fast as it can), each a NEW event.  Then
+``ct1:NFCT,ip2str1:IP2STR,print1:PRINTFLOW,emu1:LOGEMU`` (sync=0, the same unmodified config for
+both) pinned to CPU 1, while a sender on CPU 0 creates N one-datagram UDP flows at the rate (0: as
+fast as it can; bench/blast.c's sendmmsg batches when gcc is there), each a NEW event.  Buffers
+(``--buffers``): ``default`` names none (what most ulogd.conf files have), ``example`` the sizes of
+ulogd's example config (217088, growing to 1085440), ``kernel`` the kernel's default for both
+(ulogd names none, pylogd asks for half of 212992: the kernel doubles it), ``large`` 8 MiB growing
+to 32 MiB.  Then
 ``conntrack -F`` ends them all at once: N DESTROY events in one burst, the worst case a firewall
 meets (a flush, or the garbage collector reaping a wave of expired flows).  Lines expected: 2N in
 event mode, N in hash mode.  CPU is the daemon's time on a CPU (schedstat) over the whole run,
 divided by the 2N events the kernel offered; the median of ``--repeat`` runs is reported with
 the largest loss seen.
+
+``--sustained SECONDS``: the highest rate of new flows each daemon follows for SECONDS in event mode
+without losing a NEW event (doubling from 5,000/s, then a bisection to 5 %).
 
 Memory: pylogd and ulogd in hash mode while ``--live`` UDP flows stay alive (udp timeout 600 s):
 RSS before and after the flows entered the table.
@@ -20,6 +28,7 @@ RSS before and after the flows entered the table.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import signal
@@ -28,13 +37,31 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from packet_path import daemon_command, sender  # bench/ is the script's directory
 
 ROOT = Path(__file__).resolve().parent.parent
 DAEMONS = {"ulogd": ["/usr/sbin/ulogd"], "pylogd": [str(ROOT / ".venv/bin/pylogd")]}
 READY = {"ulogd": "working in event mode", "pylogd": "entering main loop"}
 MODES = {"event": "hash_enable=0\n", "hash": ""}
+BUFFERS = {
+    "default": "",
+    "example": "netlink_socket_buffer_size=217088\nnetlink_socket_buffer_maxsize=1085440\n",
+    "kernel": None,  # ulogd: none; pylogd: half the kernel's 212992, which it doubles
+    "large": "netlink_socket_buffer_size=8388608\nnetlink_socket_buffer_maxsize=33554432\n",
+}
+FLOW_PORT = 1024  # the first destination port of the flows (blast.c's flows mode counts up from it)
+
+
+def buffer_options(buffers: str, daemon: str) -> str:
+    text = BUFFERS[buffers]
+    if text is None:
+        return "" if daemon == "ulogd" else "netlink_socket_buffer_size=106496\n"
+    return text
+
 
 SENDER = r"""
 import socket, sys, time
@@ -67,6 +94,7 @@ class Run:
     cpu_us: float  # per offered event
     rss_kb: int
     send_rate: float
+    buffers: str = "large"
 
 
 def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
@@ -109,9 +137,10 @@ def conf(tmp: Path, name: str, ct: str) -> Path:
 
 
 def start(ns: str, daemon: str, path: Path, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(in_ns(ns, 1, *DAEMONS[daemon], "-c", str(path)), stderr=subprocess.DEVNULL)
+    """``daemon``: ulogd, pylogd, or pylogd@TREE (another tree's package, a variant to compare)."""
+    proc = subprocess.Popen(in_ns(ns, 1, *daemon_command(daemon, path)), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
-    while READY[daemon] not in (log.read_text() if log.exists() else ""):
+    while READY["ulogd" if daemon == "ulogd" else "pylogd"] not in (log.read_text() if log.exists() else ""):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{daemon} did not start (see {log})")
         time.sleep(0.1)
@@ -141,17 +170,31 @@ def settle(path: Path, quiet: float = 1.0, limit: float = 30.0) -> int:
     return last
 
 
-def run_once(ns: str, tmp: Path, mode: str, rate: float, daemon: str, flows: int, index: int) -> Run:
-    buf = "netlink_socket_buffer_size=8388608\nnetlink_socket_buffer_maxsize=33554432\n"
-    name = f"{daemon}-{mode}-{int(rate)}-{index}"
+def send_flows(ns: str, flows: int, rate: float) -> float:
+    """Create ``flows`` new UDP flows at ``rate`` (0: full speed) from CPU 0; returns the rate reached."""
+    t0 = time.monotonic()
+    try:
+        cmd = sender(flows, rate, FLOW_PORT, flows=True)
+    except RuntimeError:
+        cmd = [sys.executable, "-c", SENDER, str(flows), str(rate)]
+    sh(*in_ns(ns, 0, *cmd))
+    return flows / (time.monotonic() - t0)
+
+
+def file_label(daemon: str) -> str:
+    return daemon.replace("/", "_").replace("@", "-")
+
+
+def run_once(
+    ns: str, tmp: Path, mode: str, rate: float, daemon: str, flows: int, index: int, buffers: str = "large"
+) -> Run:
+    name = f"{file_label(daemon)}-{mode}-{int(rate)}-{buffers}-{flows}-{index}"
     sh("ip", "netns", "exec", ns, "conntrack", "-F")
-    proc = start(ns, daemon, conf(tmp, name, MODES[mode] + buf), tmp / f"{name}.log")
+    proc = start(ns, daemon, conf(tmp, name, MODES[mode] + buffer_options(buffers, daemon)), tmp / f"{name}.log")
     out = tmp / f"{name}.out"
     try:
         cpu0 = cpu_seconds(proc.pid)
-        t0 = time.monotonic()
-        sh(*in_ns(ns, 0, sys.executable, "-c", SENDER, str(flows), str(rate)))
-        send_rate = flows / (time.monotonic() - t0)
+        send_rate = send_flows(ns, flows, rate)
         if mode == "event":
             settle(out)
         else:
@@ -163,20 +206,104 @@ def run_once(ns: str, tmp: Path, mode: str, rate: float, daemon: str, flows: int
     finally:
         stop(proc)
     expected = 2 * flows if mode == "event" else flows
-    return Run(mode, rate, daemon, expected, written, cpu / (2 * flows) * 1e6, rss, send_rate)
+    return Run(mode, rate, daemon, expected, written, cpu / (2 * flows) * 1e6, rss, send_rate, buffers)
+
+
+def daemons_of(args: argparse.Namespace) -> list[str]:
+    return [d for d in DAEMONS if not args.only or d == args.only] + [f"pylogd@{t}" for t in args.also]
 
 
 def events_phase(ns: str, tmp: Path, args: argparse.Namespace) -> list[list[Run]]:
+    """Per mode, rate and buffer setting, the daemons take turns ``--repeat`` times."""
     groups = []
     for mode in args.modes.split(","):
         for rate in [float(r) for r in args.rates.split(",")]:
-            for daemon in DAEMONS:
-                if args.only and daemon != args.only:
-                    continue
-                runs = [run_once(ns, tmp, mode, rate, daemon, args.flows, i) for i in range(args.repeat)]
-                groups.append(runs)
-                print(summary_line(runs), flush=True)
+            for buffers in args.buffers.split(","):
+                runs: dict[str, list[Run]] = {d: [] for d in daemons_of(args)}
+                for i in range(args.repeat):
+                    for daemon in runs:
+                        runs[daemon].append(run_once(ns, tmp, mode, rate, daemon, args.flows, i, buffers))
+                for daemon_runs in runs.values():
+                    groups.append(daemon_runs)
+                    print(summary_line(daemon_runs), flush=True)
     return groups
+
+
+def sustained_phase(ns: str, tmp: Path, args: argparse.Namespace) -> str:
+    """The highest rate of new flows each daemon follows for ``--sustained`` seconds in event mode
+    without losing a NEW event.  The table is flushed before each probe with no daemon listening,
+    and nf_conntrack_max (a host-wide sysctl) is raised for the run if the probes need more room."""
+    seconds = args.sustained
+    limit_path = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+    old_limit = int(limit_path.read_text())
+    lines = [
+        f"### {time.strftime('%Y-%m-%d')} — {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}, "
+        f"highest rate of new flows followed {seconds:g} s without loss, event mode, NEW events "
+        f"(bench/flow_path.py --sustained {seconds:g} --buffers {args.buffers})",
+        "",
+        "| buffers | daemon | highest flows/s without loss | CPU µs/event there "
+        "| first rate that lost (flows/s, loss) |",
+        "|---|---|---|---|---|",
+    ]
+    probes = iter(range(10**6))
+
+    def attempt(daemon: str, buffers: str, rate: float) -> Run:
+        flows = int(rate * seconds)
+        if flows + 1000 > int(limit_path.read_text()):
+            limit_path.write_text(str(flows + 1000))
+        name = f"sus-{file_label(daemon)}-{buffers}-{next(probes)}"
+        sh("ip", "netns", "exec", ns, "conntrack", "-F")
+        proc = start(ns, daemon, conf(tmp, name, MODES["event"] + buffer_options(buffers, daemon)), tmp / f"{name}.log")
+        out = tmp / f"{name}.out"
+        try:
+            cpu0 = cpu_seconds(proc.pid)
+            send_rate = send_flows(ns, flows, rate)
+            written = settle(out)
+            cpu = cpu_seconds(proc.pid) - cpu0
+        finally:
+            stop(proc)
+        sh("ip", "netns", "exec", ns, "conntrack", "-F")
+        r = Run("event", rate, daemon, flows, written, cpu / flows * 1e6, 0, send_rate, buffers)
+        print(f"  {daemon} {buffers} {rate:.0f}/s: {written}/{flows} lines, sent at {send_rate:,.0f}/s", flush=True)
+        return r
+
+    try:
+        for buffers in args.buffers.split(","):
+            for daemon in daemons_of(args):
+                good, bad = climb(functools.partial(attempt, daemon, buffers))
+                held = f"{good.rate:.0f}" if good else "none"
+                cpu = f"{good.cpu_us:.2f}" if good else ""
+                lost = f"{bad.rate:.0f} ({1 - bad.written / bad.expected:.2%})" if bad else "none (sender's limit)"
+                lines.append(f"| {buffers} | {daemon} | {held} | {cpu} | {lost} |")
+                print(lines[-1], flush=True)
+    finally:
+        limit_path.write_text(str(old_limit))
+    return "\n".join(lines)
+
+
+def climb(attempt: Callable[[float], Run], start: float = 5_000, top: float = 2_000_000) -> tuple:
+    """(the fastest lossless run, the slowest lossy one): the rate doubles until a run loses, then
+    a bisection to within 5 %; a run the sender could not keep up ends the climb."""
+    good = bad = None
+    rate = start
+    while rate <= top:
+        r = attempt(rate)
+        if r.written < r.expected:
+            bad = r
+            break
+        good = r
+        if r.send_rate < 0.9 * rate:
+            return good, None
+        rate *= 2
+    low = good.rate if good else 0.0
+    while bad is not None and bad.rate - low > 0.05 * bad.rate:
+        rate = (low + bad.rate) / 2
+        r = attempt(rate)
+        if r.written < r.expected:
+            bad = r
+        else:
+            good, low = r, rate
+    return good, bad
 
 
 def summary(runs: list[Run]) -> tuple[Run, float, int]:
@@ -190,7 +317,7 @@ def summary_line(runs: list[Run]) -> str:
     r, cpu, worst = summary(runs)
     rate = "max" if not r.rate else f"{r.rate:.0f}/s"
     return (
-        f"{r.mode:5} {rate:>7} {r.daemon:6} lines={min(x.written for x in runs)}/{r.expected} "
+        f"{r.mode:5} {rate:>7} {r.buffers:7} {r.daemon:6} lines={min(x.written for x in runs)}/{r.expected} "
         f"worst loss={worst} cpu={cpu:.2f}µs/event (runs: {', '.join(f'{x.cpu_us:.1f}' for x in runs)}) "
         f"rss={max(x.rss_kb for x in runs) / 1024:.1f}MiB sent at {statistics.median(x.send_rate for x in runs):,.0f}/s"
     )
@@ -201,21 +328,22 @@ def render(groups: list[list[Run]], args: argparse.Namespace) -> str:
         f"### {time.strftime('%Y-%m-%d')} — {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}, "
         f"{args.flows} flows per run, median of {args.repeat} runs",
         "",
-        "| mode | flows/s asked (sent) | daemon | lines expected | worst loss | CPU µs/event | peak RSS MiB "
-        "| CPU ratio pylogd/ulogd |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | buffers | flows/s asked (sent) | daemon | lines expected | worst loss | CPU µs/event "
+        "| peak RSS MiB | CPU ratio pylogd/ulogd |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    by = {(g[0].mode, g[0].rate, g[0].daemon): summary(g) for g in groups}
+    by = {(g[0].mode, g[0].rate, g[0].buffers, g[0].daemon): summary(g) for g in groups}
     for g in groups:
         r, cpu, worst = summary(g)
         ratio = ""
-        u = by.get((r.mode, r.rate, "ulogd"))
-        if r.daemon == "pylogd" and u:
+        u = by.get((r.mode, r.rate, r.buffers, "ulogd"))
+        if r.daemon != "ulogd" and u:
             ratio = f"{cpu / u[1]:.2f}"
         asked = "max" if not r.rate else f"{r.rate:.0f}"
         sent = statistics.median(x.send_rate for x in g)
         lines.append(
-            f"| {r.mode} | {asked} ({sent:,.0f}) | {r.daemon} | {r.expected} | {worst} ({worst / r.expected:.1%}) "
+            f"| {r.mode} | {r.buffers} | {asked} ({sent:,.0f}) | {r.daemon} | {r.expected} "
+            f"| {worst} ({worst / r.expected:.1%}) "
             f"| {cpu:.2f} | {max(x.rss_kb for x in g) / 1024:.1f} | {ratio} |"
         )
     return "\n".join(lines)
@@ -261,6 +389,13 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--live", type=int, default=100_000, help="live flows for the memory phase (0: skip)")
     p.add_argument("--only", choices=tuple(DAEMONS))
+    p.add_argument("--buffers", default="default", help=f"comma separated, of: {', '.join(BUFFERS)}")
+    p.add_argument(
+        "--also", action="append", default=[], metavar="DIR", help="also run another tree's pylogd (pylogd@DIR)"
+    )
+    p.add_argument(
+        "--sustained", type=float, metavar="SECONDS", help="find the highest rate of flows each daemon follows"
+    )
     p.add_argument("--results", help="append the Markdown tables to this file (e.g. bench/RESULTS.md)")
     args = p.parse_args()
     if os.geteuid() != 0:
@@ -272,8 +407,11 @@ def main() -> int:
         sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
         sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=RULES)
         with tempfile.TemporaryDirectory(prefix="pylogd-flowbench-") as d:
-            text = render(events_phase(ns, Path(d), args), args)
-            if args.live:
+            if args.sustained:
+                text = sustained_phase(ns, Path(d), args)
+            else:
+                text = render(events_phase(ns, Path(d), args), args)
+            if args.live and not args.sustained:
                 text += "\n\n" + memory_phase(ns, Path(d), args.live)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)

@@ -1,6 +1,7 @@
 """ulogd 2.0.8 and pylogd on the same packets, in turn, in a throwaway network namespace.
 
     sudo .venv/bin/python bench/packet_path.py [--packets N] [--rate PPS] [--repeat N] [--only pylogd|ulogd]
+        [--cases 100000@0,200000@400000] [--config NAME ...] [--also TREE] [--sustained SECONDS]
 
 For each daemon and each configuration it prints: packets sent, records written, loss, CPU µs per
 record (the daemon's time on a CPU, user and system, all threads, while the packets flowed: schedstat),
@@ -13,6 +14,7 @@ Packets are UDP datagrams to 127.0.0.1 inside the namespace, logged by an nft ru
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import shutil
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -54,30 +57,58 @@ else:
 _BLAST: list[str] = []  # the compiled C sender, once per run
 
 
-def sender(packets: int, rate: float, port: int) -> list[str]:
+def sender(packets: int, rate: float, port: int, flows: bool = False) -> list[str]:
     """The command that sends the burst: bench/blast.c (sendmmsg batches, ~5x the Python loop) when a
-    C compiler is there, else the Python loop."""
+    C compiler is there, else the Python loop.  With ``flows`` each datagram opens a new conntrack
+    entry (blast.c only)."""
     if not _BLAST and shutil.which("gcc"):
         binary = Path(tempfile.mkdtemp(prefix="pylogd-blast-")) / "blast"
         done = subprocess.run(["gcc", "-O2", "-o", str(binary), str(ROOT / "bench/blast.c")], capture_output=True)
         _BLAST.append(str(binary) if done.returncode == 0 else "")
     if _BLAST and _BLAST[0]:
-        return [_BLAST[0], str(packets), str(rate), str(port)]
+        return [_BLAST[0], str(packets), str(rate), str(port), *(["flows"] if flows else [])]
+    if flows:
+        raise RuntimeError("the flow sender needs gcc (bench/blast.c)")
     return [sys.executable, "-c", SENDER, str(packets), str(rate), str(port)]
 
 
+#: what the kernel gives a socket whose owner sets no size (net.core.rmem_default on Debian): ulogd's
+#: receive buffer under a config without buffer options
+KERNEL_DEFAULT_RCVBUF = 212992
+
 CONFIGS = {
     # what most ulogd.conf files have: no netlink buffer options (ulogd: the kernel's ~208 KiB; pylogd: 16 MiB)
-    "no buffer options": {"sync": 1, "qthreshold": 0, "buffers": False},
+    "no buffer options": {"sync": 1, "qthreshold": 0, "buffers": None},
+    # the sizes of ulogd's example ulogd.conf (the kernel doubles the size asked: 434176 bytes)
+    "example buffers (217088)": {"sync": 1, "qthreshold": 0, "buffers": (217088, 1085440)},
+    # both daemons at the kernel's default: ulogd without options, pylogd told half of it (the kernel
+    # doubles what is asked), so neither side has more room than the other
+    "kernel default buffer": {"sync": 1, "qthreshold": 0, "buffers": "kernel"},
     "LOGEMU sync=1": {"sync": 1, "qthreshold": 0},
     "LOGEMU sync=0": {"sync": 0, "qthreshold": 0},
     "LOGEMU sync=1 qthreshold=32": {"sync": 1, "qthreshold": 32},
 }
 
+#: the buffers of the configs that name none: 8 MiB growing to 16 MiB
+LARGE_BUFFERS = (8388608, 16777216)
 
-def config_text(tmp: Path, name: str, sync: int, qthreshold: int, buffers: bool = True) -> str:
+
+def config_text(
+    tmp: Path,
+    name: str,
+    sync: int,
+    qthreshold: int,
+    buffers: tuple[int, int] | str | None = LARGE_BUFFERS,
+    daemon: str = "pylogd",
+) -> str:
     q = f"netlink_qthreshold={qthreshold}\nnetlink_qtimeout=10\n" if qthreshold else ""
-    b = "netlink_socket_buffer_size=8388608\nnetlink_socket_buffer_maxsize=16777216\n" if buffers else ""
+    if buffers == "kernel":
+        buffers = None if daemon == "ulogd" else (KERNEL_DEFAULT_RCVBUF // 2, 0)
+    b = ""
+    if buffers:
+        b = f"netlink_socket_buffer_size={buffers[0]}\n"
+        if buffers[1]:
+            b += f"netlink_socket_buffer_maxsize={buffers[1]}\n"
     return (
         f'[global]\nlogfile="{tmp}/{name}.log"\nloglevel=5\n'
         "stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,emu1:LOGEMU\n"
@@ -96,6 +127,7 @@ class Result:
     peak_rss_kb: int
     send_rate: float = 0.0
     worst_written: int | None = None  # of several runs: the one that lost the most
+    rate: float = 0.0  # packets per second asked of the sender (0: full speed)
 
     @property
     def loss(self) -> float:
@@ -156,16 +188,28 @@ def make_namespace(ns: str, ports: tuple[int, ...]) -> None:
     sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
 
 
+def daemon_command(daemon: str, conf: Path) -> list[str]:
+    """ulogd, pylogd of this tree, or ``pylogd@DIR``: the pylogd package of another tree (a variant
+    being compared), run by this tree's interpreter."""
+    if daemon == "ulogd":
+        return ["/usr/sbin/ulogd", "-c", str(conf)]
+    if daemon.startswith("pylogd@"):
+        tree = daemon.split("@", 1)[1]
+        return ["env", f"PYTHONPATH={tree}", str(ROOT / ".venv/bin/python"), "-m", "pylogd", "-c", str(conf)]
+    return [str(ROOT / ".venv/bin/pylogd"), "-c", str(conf)]
+
+
 def run_one(ns: str, daemon: str, config: str, opts: dict, packets: int, rate: float, tmp: Path, run: int) -> Result:
-    name = f"{daemon}-{config.replace(' ', '_').replace('=', '')}-{run}"  # each run its own files
+    label = daemon.replace("/", "_").replace("@", "-")
+    setting = config.replace(" ", "_").replace("=", "").replace("(", "").replace(")", "")
+    name = f"{label}-{setting}-{packets}-{rate:.0f}-{run}"  # each run its own files
     conf = tmp / f"{name}.conf"
-    conf.write_text(config_text(tmp, name, **opts))
+    conf.write_text(config_text(tmp, name, **opts, daemon="ulogd" if daemon == "ulogd" else "pylogd"))
     out = tmp / f"{name}.out"
-    cmd = (
-        ["/usr/sbin/ulogd", "-c", str(conf)] if daemon == "ulogd" else [str(ROOT / ".venv/bin/pylogd"), "-c", str(conf)]
-    )
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, "taskset", "-c", "1", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        ["ip", "netns", "exec", ns, "taskset", "-c", "1", *daemon_command(daemon, conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         # ready when a probe packet comes out the other end
@@ -191,7 +235,7 @@ def run_one(ns: str, daemon: str, config: str, opts: dict, packets: int, rate: f
         cpu = cpu_seconds(pid) - cpu0
         rss = peak_rss_kb(pid)
         stop(proc)  # ulogd with sync=0 writes its last buffered lines at exit
-        return Result(daemon, config, packets, count_lines(out, BURST_MARK), cpu, rss, send_rate)
+        return Result(daemon, config, packets, count_lines(out, BURST_MARK), cpu, rss, send_rate, rate=rate)
     finally:
         stop(proc)
 
@@ -258,21 +302,54 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def parse_cases(text: str) -> list[tuple[int, float]]:
+    """``100000@0,200000@400000``: (packets, rate) pairs, rate 0 for full speed."""
+    cases = []
+    for item in text.split(","):
+        packets, _, rate = item.partition("@")
+        cases.append((int(packets), float(rate or 0)))
+    return cases
+
+
+#: the cases of issue 11's table: a full-speed burst, then fixed rates below and above what ulogd holds
+ISSUE_CASES = "100000@0,200000@400000,200000@200000"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--packets", type=int, default=100_000)
     p.add_argument("--rate", type=float, default=0, help="packets per second; 0 = as fast as the sender can")
+    p.add_argument(
+        "--cases",
+        help=f"several bursts, PACKETS@RATE comma separated, instead of --packets/--rate (issue 11: {ISSUE_CASES})",
+    )
     p.add_argument("--only", choices=("pylogd", "ulogd"))
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also run the pylogd package of another tree (a variant to compare), shown as pylogd@DIR",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per daemon and configuration, taking turns")
     p.add_argument("--config", choices=list(CONFIGS), action="append")
     p.add_argument("--results", help="append a Markdown table to this file (e.g. bench/RESULTS.md)")
     p.add_argument(
         "--soak", type=int, metavar="SECONDS", help="run pylogd alone at --rate (default 2000) and watch RSS"
     )
+    p.add_argument(
+        "--sustained",
+        type=float,
+        metavar="SECONDS",
+        help="find the highest rate each daemon holds for SECONDS without loss (with --config)",
+    )
     args = p.parse_args()
     if os.geteuid() != 0 or not shutil.which("nft"):
         print("needs root, nft and ip (apt-get install nftables iproute2)", file=sys.stderr)
         return 1
+    cases = parse_cases(args.cases) if args.cases else [(args.packets, args.rate)]
+    daemons = [d for d in ("ulogd", "pylogd") if not args.only or d == args.only]
+    daemons += [f"pylogd@{tree}" for tree in args.also]
     ns = f"pylogd-bench-{os.getpid()}"
     results: list[Result] = []
     try:
@@ -286,23 +363,79 @@ def main() -> int:
                     with open(args.results, "a") as f:
                         f.write(f"\n{time.strftime('%Y-%m-%d')} {platform.node()}: {line}\n")
                 return 0
-            for config in args.config or list(CONFIGS):
-                for run in range(args.repeat):
-                    for daemon in ("ulogd", "pylogd"):
-                        if args.only and daemon != args.only:
-                            continue
-                        opts = CONFIGS[config]
-                        results.append(run_one(ns, daemon, config, opts, args.packets, args.rate, tmp, run))
-                        print_result(results[-1])
+            if args.sustained:
+                table = sustained(ns, tmp, daemons, args.config or ["no buffer options"], args.sustained)
+            else:
+                for packets, rate in cases:
+                    for config in args.config or list(CONFIGS):
+                        for run in range(args.repeat):
+                            for daemon in daemons:
+                                opts = CONFIGS[config]
+                                results.append(run_one(ns, daemon, config, opts, packets, rate, tmp, run))
+                                print_result(results[-1])
+                table = render(results, args)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
-    table = render(results, args)
     print()
     print(table)
     if args.results:
         with open(args.results, "a") as f:
             f.write(table + "\n")
     return 0
+
+
+def sustained(ns: str, tmp: Path, daemons: list[str], configs: list[str], seconds: float) -> str:
+    """The highest rate each daemon holds for ``seconds`` with no packet lost: the rate doubles from
+    25,000/s until a run loses, then a bisection to within 5 %; every probe is a fresh daemon."""
+    lines = [
+        f"### {time.strftime('%Y-%m-%d')} — {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}, "
+        f"highest rate held {seconds:g} s without loss (bench/packet_path.py --sustained {seconds:g})",
+        "",
+        "| config | daemon | highest rate without loss (pps) | CPU µs/record there "
+        "| first rate that lost (pps, loss) |",
+        "|---|---|---|---|---|",
+    ]
+    probes = iter(range(1000, 10**6))  # each probe its own files
+
+    def attempt(daemon: str, config: str, rate: float) -> Result:
+        r = run_one(ns, daemon, config, CONFIGS[config], int(rate * seconds), rate, tmp, next(probes))
+        print_result(r)
+        return r
+
+    for config in configs:
+        for daemon in daemons:
+            good, bad = sustained_search(functools.partial(attempt, daemon, config))
+            held = f"{good.rate:.0f}" if good else "none"
+            cpu = f"{good.us_per_record:.2f}" if good else ""
+            lost = f"{bad.rate:.0f} ({bad.loss:.2%})" if bad else "none (sender's limit)"
+            lines.append(f"| {config} | {daemon} | {held} | {cpu} | {lost} |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def sustained_search(attempt: Callable[[float], Any], start: float = 25_000, top: float = 2_000_000) -> tuple:
+    """(the fastest lossless result, the slowest lossy one) by doubling then bisecting the rate;
+    a run that could not send at the rate asked (the sender's own limit) ends the climb."""
+    good = bad = None
+    rate = start
+    while rate <= top:
+        r = attempt(rate)
+        if r.written < r.sent:
+            bad = r
+            break
+        good = r
+        if r.send_rate < 0.9 * rate:
+            return good, None
+        rate *= 2
+    low = good.rate if good else 0.0
+    while bad is not None and bad.rate - low > 0.05 * bad.rate:
+        rate = (low + bad.rate) / 2
+        r = attempt(rate)
+        if r.written < r.sent:
+            bad = r
+        else:
+            good, low = r, rate
+    return good, bad
 
 
 def print_result(r: Result) -> None:
@@ -322,27 +455,27 @@ def summary(runs: list) -> Any:
 
 
 def render(results: list[Result], args: argparse.Namespace) -> str:
-    rate = "full speed" if not args.rate else f"{args.rate:.0f} pps"
     runs = f", median of {args.repeat} runs (loss: the largest)" if args.repeat > 1 else ""
     lines = [
         f"### {time.strftime('%Y-%m-%d')} — {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}, "
-        f"{args.packets} packets at {rate}{runs}",
+        f"NFLOG→BASE→IFINDEX→IP2STR→PRINTPKT→LOGEMU{runs}",
         "",
-        "| config | daemon | sent | sent at pps | written | loss | CPU µs/record | peak RSS MiB "
+        "| burst | config | daemon | sent | sent at pps | written | loss | CPU µs/record | peak RSS MiB "
         "| CPU ratio pylogd/ulogd |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    groups: dict[tuple[str, str], list[Result]] = {}
+    groups: dict[tuple[int, float, str, str], list[Result]] = {}
     for r in results:
-        groups.setdefault((r.config, r.daemon), []).append(r)
+        groups.setdefault((r.sent, r.rate, r.config, r.daemon), []).append(r)
     by = {k: summary(v) for k, v in groups.items()}
-    for (config, daemon), r in by.items():
+    for (sent, rate, config, daemon), r in by.items():
         ratio = ""
-        u = by.get((config, "ulogd"))
-        if daemon == "pylogd" and u and u.written and r.written:
+        u = by.get((sent, rate, config, "ulogd"))
+        if daemon != "ulogd" and u and u.written and r.written:
             ratio = f"{r.us_per_record / u.us_per_record:.2f}"
+        burst = f"{sent} at {'full speed' if not rate else f'{rate:.0f}/s'}"
         lines.append(
-            f"| {config} | {daemon} | {r.sent} | {r.send_rate:.0f} | {r.written} | {r.worst_loss:.1%} "
+            f"| {burst} | {config} | {daemon} | {r.sent} | {r.send_rate:.0f} | {r.written} | {r.worst_loss:.1%} "
             f"| {r.us_per_record:.2f} | {r.peak_rss_kb / 1024:.1f} | {ratio} |"
         )
     return "\n".join(lines)
