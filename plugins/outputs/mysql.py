@@ -24,8 +24,9 @@ socket path; any other host is reached over TCP (``port`` 0 is 3306).  The passw
 when that is empty, the first line of the file ``pass_file``, else the environment variable
 ``PYLOGD_<ID>_PASS`` (the instance id in capitals, other characters as ``_``: ``PYLOGD_MYSQL1_PASS``).
 
-Rows are written from a worker thread in batches, one transaction each, the values bound as
-parameters (a table takes each batch as one multi-row INSERT). The server need not be up at start;
+Rows are written from a worker thread in batches (up to 5000 rows), one transaction each, the values
+bound as parameters (a table takes each batch as one multi-row INSERT; a function's calls go a
+thousand to a ``DO`` statement, each value escaped by the driver). The server need not be up at start;
 while it is away (stopped, restarted, connections killed) rows wait in the stack's backlog
 (``backlog_memcap`` bytes, if set) and are written once, in order, after reconnecting with back-off.
 Each batch is an XA transaction: when a connection is lost around COMMIT, XA RECOVER tells after
@@ -79,8 +80,10 @@ from pylogd.sql import (
 )
 
 DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
-#: function calls per DO statement
-DO_ROWS = 100
+#: function calls per DO statement (measured on INSERT_PACKET_FULL: 1000 a statement and 5000 rows a
+#: transaction write 4650 rows/s, 100 and 1000 3070 rows/s; 1000 calls are ~400 KB of SQL, far below
+#: the smallest max_allowed_packet a server has by default, 4 MiB)
+DO_ROWS = 1000
 #: a server that stops answering mid-batch is given up after this long (the rows wait and go again)
 IO_TIMEOUT = 60
 
@@ -130,6 +133,8 @@ class Mysql(SqlOutput):
     first_inactive: ClassVar[str] = "always"
     dialect: ClassVar[str] = "mysql"
     mark: ClassVar[str] = "%s"
+    #: rows per (XA) transaction: a commit costs two more round trips and a log flush or two
+    batch_rows = 5000
 
     def __init__(self, instance_id: str, options: dict[str, Any], log: Any) -> None:
         super().__init__(instance_id, options, log)
@@ -255,9 +260,15 @@ class Mysql(SqlOutput):
         if not call:
             cur.executemany(self.statement, rows)
             return
-        mogrify = cur.mogrify  # the driver's own parameter binding, as execute() does it
+        # the driver's own binding, Connection.escape, which execute() and mogrify() apply to each value;
+        # called here directly with NULL and integers spelled inline: an eighth of mogrify's CPU per row
+        escape = cur.connection.escape
         for i in range(0, len(rows), DO_ROWS):
-            cur.execute("DO " + ", ".join([mogrify(call, row) for row in rows[i : i + DO_ROWS]]))
+            calls = [
+                call % tuple([("NULL" if v is None else str(v) if v.__class__ is int else escape(v)) for v in row])
+                for row in rows[i : i + DO_ROWS]
+            ]
+            cur.execute("DO " + ", ".join(calls))
             # DO turns a call's error into a warning and undoes the whole statement: fail the batch, so
             # its rows go again one by one, where each error is the row's own
             result = getattr(cur, "_result", None)
