@@ -128,6 +128,7 @@ class Result:
     send_rate: float = 0.0
     worst_written: int | None = None  # of several runs: the one that lost the most
     rate: float = 0.0  # packets per second asked of the sender (0: full speed)
+    waited_s: float = 0.0  # runnable but waiting for the CPU (other work on it) while the packets flowed
 
     @property
     def loss(self) -> float:
@@ -141,6 +142,13 @@ class Result:
     @property
     def us_per_record(self) -> float:
         return self.cpu_s / self.written * 1e6 if self.written else float("nan")
+
+
+def queue_wait_seconds(pid: int) -> float:
+    """Time the process's threads were runnable but waited for a CPU (schedstat's second field):
+    what other work on the daemon's CPU took from it.  A daemon preempted for longer than its
+    receive buffer lasts loses packets whatever it does."""
+    return sum(int((task / "schedstat").read_text().split()[1]) for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
 
 
 def cpu_seconds(pid: int) -> float:
@@ -222,7 +230,7 @@ def run_one(ns: str, daemon: str, config: str, opts: dict, packets: int, rate: f
             sh("ip", "netns", "exec", ns, sys.executable, "-c", SENDER, "1", "0", str(PROBE_PORT))
             time.sleep(0.2)
         pid = daemon_pid(proc.pid)
-        cpu0 = cpu_seconds(pid)
+        cpu0, wait0 = cpu_seconds(pid), queue_wait_seconds(pid)
         t0 = time.monotonic()
         sh("ip", "netns", "exec", ns, "taskset", "-c", "0", *sender(packets, rate, PORT))
         send_rate = packets / (time.monotonic() - t0)
@@ -232,10 +240,11 @@ def run_one(ns: str, daemon: str, config: str, opts: dict, packets: int, rate: f
             if n != last:
                 last, stable_since = n, time.monotonic()
             time.sleep(0.1)
-        cpu = cpu_seconds(pid) - cpu0
+        cpu, waited = cpu_seconds(pid) - cpu0, queue_wait_seconds(pid) - wait0
         rss = peak_rss_kb(pid)
         stop(proc)  # ulogd with sync=0 writes its last buffered lines at exit
-        return Result(daemon, config, packets, count_lines(out, BURST_MARK), cpu, rss, send_rate, rate=rate)
+        written = count_lines(out, BURST_MARK)
+        return Result(daemon, config, packets, written, cpu, rss, send_rate, rate=rate, waited_s=waited)
     finally:
         stop(proc)
 
@@ -441,7 +450,8 @@ def sustained_search(attempt: Callable[[float], Any], start: float = 25_000, top
 def print_result(r: Result) -> None:
     print(
         f"{r.daemon:6} {r.config:30} sent={r.sent} written={r.written} loss={r.loss:.1%} "
-        f"cpu={r.us_per_record:.2f}µs/record rss={r.peak_rss_kb / 1024:.1f}MiB sent at {r.send_rate:.0f} pps",
+        f"cpu={r.us_per_record:.2f}µs/record rss={r.peak_rss_kb / 1024:.1f}MiB sent at {r.send_rate:.0f} pps "
+        f"waited for the CPU {r.waited_s * 1000:.0f} ms",
         flush=True,
     )
 
@@ -461,8 +471,8 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
         f"NFLOG→BASE→IFINDEX→IP2STR→PRINTPKT→LOGEMU{runs}",
         "",
         "| burst | config | daemon | sent | sent at pps | written | loss | CPU µs/record | peak RSS MiB "
-        "| CPU ratio pylogd/ulogd |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU ratio pylogd/ulogd | most ms waiting for the CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[int, float, str, str], list[Result]] = {}
     for r in results:
@@ -476,7 +486,8 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
         burst = f"{sent} at {'full speed' if not rate else f'{rate:.0f}/s'}"
         lines.append(
             f"| {burst} | {config} | {daemon} | {r.sent} | {r.send_rate:.0f} | {r.written} | {r.worst_loss:.1%} "
-            f"| {r.us_per_record:.2f} | {r.peak_rss_kb / 1024:.1f} | {ratio} |"
+            f"| {r.us_per_record:.2f} | {r.peak_rss_kb / 1024:.1f} | {ratio} "
+            f"| {max(x.waited_s for x in groups[sent, rate, config, daemon]) * 1000:.0f} |"
         )
     return "\n".join(lines)
 
