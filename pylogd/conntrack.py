@@ -5,8 +5,9 @@
   what could be read.  ctnetlink attribute payloads are big-endian.
 * :class:`CtSocket` subscribes to the NEW / UPDATE / DESTROY multicast groups of a network
   namespace and decodes what arrives (:meth:`CtSocket.drain`).
-* :func:`dump` reads the whole table over a short-lived socket (optionally resetting the
-  counters, as ``conntrack -L -z`` does).
+* :func:`dump_each` reads the whole table over a short-lived socket (optionally resetting the
+  counters, as ``conntrack -L -z`` does), handing each entry on as it is decoded;
+  :func:`dump` collects them in a list.
 * :func:`compile_filter` turns address and protocol filters into a classic BPF program that
   :meth:`CtSocket.attach_filter` installs, so rejected flows never leave the kernel.
 
@@ -61,6 +62,7 @@ __all__ = [
     "decode",
     "decode_bytes",
     "dump",
+    "dump_each",
     "owned",
 ]
 
@@ -307,14 +309,26 @@ def _open(netns: str | None, groups: int = 0) -> socket.socket:
     return sock
 
 
-def dump(netns: str | None = None, reset_counters: bool = False, timeout: float = 30.0) -> list[tuple]:
-    """The whole conntrack table (both families) as owned records with F_EVENT = EVENT_UPDATE.
+def dump_each(
+    on_record: Callable[[list], object],
+    netns: str | None = None,
+    reset_counters: bool = False,
+    timeout: float = 30.0,
+) -> int:
+    """Read the whole conntrack table (both families), calling ``on_record(rec)`` per entry.
 
-    ``reset_counters`` zeroes the counters as they are read (IPCTNL_MSG_CT_GET_CTRZERO).
-    Raises :class:`NetlinkError` when the kernel refuses the dump.
+    ``rec`` is one reused record with F_EVENT = EVENT_UPDATE and F_MSG a memoryview into the
+    receive buffer, valid only during the call (as :meth:`CtSocket.drain` hands them on).  Each
+    datagram is decoded and handed on before the next is read, so a table of any size never
+    exists here as a list: a caller keeping what it needs (NFCT's table keeps the message
+    bytes) costs per entry what the event path costs.  ``reset_counters`` zeroes the counters
+    as they are read (IPCTNL_MSG_CT_GET_CTRZERO).  Returns the entries handed on.  Raises
+    :class:`NetlinkError` when the kernel refuses the dump or stops answering; the entries
+    handed on until then stay handed on.
     """
     sock = _open(netns)
-    out: list[tuple] = []
+    count = 0
+    rec: list = [None] * NFIELDS
     try:
         set_rcvbuf(sock, 4 << 20)
         seq = int(time.time()) & 0xFFFFFF
@@ -333,20 +347,29 @@ def dump(netns: str | None = None, reset_counters: bool = False, timeout: float 
                 continue
             for mtype, _flags, start, end in iter_messages(mv, n):
                 if mtype == NLMSG_DONE:
-                    return out
+                    return count
                 if mtype == NLMSG_ERROR:
                     err = nlmsg_error(mv, start, end)
                     if err is None:
                         err = errno.EIO
                     if err:
                         raise NetlinkError(err, f"conntrack dump refused: {errno.errorcode.get(err, err)}")
-                    return out
-                rec: list = [None] * NFIELDS
+                    return count
                 if decode(mv, start, end, rec):
                     rec[F_EVENT] = EVENT_UPDATE
-                    out.append(owned(rec))
+                    count += 1
+                    on_record(rec)
     finally:
+        rec[F_MSG] = None  # no view into the buffer outlives the dump
         sock.close()
+
+
+def dump(netns: str | None = None, reset_counters: bool = False, timeout: float = 30.0) -> list[tuple]:
+    """The whole conntrack table as a list of owned records (:func:`dump_each` keeping every
+    one): for tools and tests; a daemon walks a table of unknown size with :func:`dump_each`."""
+    out: list[tuple] = []
+    dump_each(lambda rec: out.append(owned(rec)), netns, reset_counters, timeout)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ Differences from ulogd 2.0.8
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import signal
 import socket
@@ -107,7 +108,7 @@ from pylogd.conntrack import (
     ProtoRule,
     compile_filter,
     decode_bytes,
-    dump,
+    dump_each,
 )
 from pylogd.keys import KeyType
 from pylogd.log import NOTICE
@@ -253,6 +254,30 @@ def make_filter(s: list[NetRule], d: list[NetRule], p: list[ProtoRule]) -> Calla
         )
 
     return accept
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None on another C library."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the kernel after a table dump.
+
+    Why: a dump's transient blocks (the dict being rebuilt, the decoder's temporaries) are freed
+    in the middle of glibc's heap, which only gives back memory at its top by itself.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def flow_key(rec: tuple | list) -> object:
@@ -503,32 +528,57 @@ class Nfct(Input):
 
     def _sync(self, emit_gone: bool) -> int:
         """Read the kernel table into ours; with ``emit_gone`` emit cached flows that are gone
-        as DESTROY (flow.end = now). Returns how many were emitted."""
-        recs = dump(self.netns)
-        self.stats["dumps"] += 1
+        as DESTROY (flow.end = now). Returns how many were emitted.
+
+        The dump is walked as it arrives (:func:`dump_each`) and each flow stored as the event
+        path stores it (the message as bytes, the start), so a flow costs the same however it
+        entered the table.  Flows the dump shows move into a new dict; what is left in the old
+        one has ended.  The table is then rebuilt from the new dict: sized for the flows alive,
+        not for the most it ever held.  A dump that fails purges nothing: the flows it read are
+        kept (refreshed), the others stay.
+        """
+        table, accept, max_entries = self.table, self.accept, self.max_entries
         now = time.time_ns()
-        table, accept = self.table, self.accept
-        seen = set()
-        for rec in recs:
+        current: dict[object, list] = {}
+        counts = {"filtered": 0, "hash_full": 0}
+        pop = table.pop
+
+        def keep(rec: list) -> None:
             if accept is not None and not accept(rec):
-                self.stats["filtered"] += 1
-                continue
+                counts["filtered"] += 1
+                return
             k = flow_key(rec)
-            seen.add(k)
-            entry = table.get(k)
+            entry = pop(k, None)
+            if entry is None:
+                entry = current.get(k)
             if entry is not None:
-                entry[0] = rec[F_MSG]
-            elif len(table) < self.max_entries:
-                table[k] = [rec[F_MSG], rec[F_START] or now]
+                entry[0] = rec[F_MSG].tobytes()
+            elif len(table) + len(current) < max_entries:
+                entry = [rec[F_MSG].tobytes(), rec[F_START] or now]
             else:
-                self.stats["hash_full"] += 1
-        gone = [k for k in table if k not in seen]
+                counts["hash_full"] += 1
+                return
+            current[k] = entry
+
+        try:
+            dump_each(keep, self.netns)
+        except BaseException:
+            table.update(current)
+            raise
+        self.stats["dumps"] += 1
+        self.stats["filtered"] += counts["filtered"]
+        self.stats["hash_full"] += counts["hash_full"]
         emitted = 0
-        for k in gone:
-            msg, start = table.pop(k)
+        try:
             if emit_gone:
-                self._emit(decode_bytes(msg), EVENT_DESTROY, start, now)
-                emitted += 1
+                for msg, start in table.values():
+                    self._emit(decode_bytes(msg), EVENT_DESTROY, start, now)
+                    emitted += 1
+        finally:
+            table.clear()
+            table.update(current)  # into an empty dict: one copy of the new dict's storage
+            current.clear()
+            release_free_memory()
         if emitted:
             self.feed.flush()
         self.stats["purged"] += emitted
@@ -569,19 +619,24 @@ class Nfct(Input):
     def on_signal(self, signum: int) -> None:
         if signum != signal.SIGUSR2:
             return super().on_signal(signum)
-        recs = dump(self.netns, reset_counters=True)
-        self.stats["dumps"] += 1
         accept, table, emit_flow = self.accept, self.table, self._emit
         filtered = 0
-        for rec in recs:
+
+        def write(rec: list) -> None:  # each flow as the dump brings it: no list of the table
+            nonlocal filtered
             if accept is not None and not accept(rec):
                 filtered += 1
-                continue
+                return
             entry = table.get(flow_key(rec))
             emit_flow(rec, EVENT_UPDATE, entry[1] if entry is not None else rec[F_START], None)
-        self.feed.flush()
+
+        try:
+            total = dump_each(write, self.netns, reset_counters=True)
+        finally:
+            self.feed.flush()
+        self.stats["dumps"] += 1
         self.stats["filtered"] += filtered
-        self.log.notice(f"SIGUSR2: {len(recs) - filtered} flows of the conntrack table written ({filtered} filtered)")
+        self.log.notice(f"SIGUSR2: {total - filtered} flows of the conntrack table written ({filtered} filtered)")
         return None
 
     def statistics(self) -> dict[str, int]:
