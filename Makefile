@@ -18,18 +18,24 @@ DESTDIR ?=
 # the system's interpreter: a service outlives any per-user Python
 INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 
-.PHONY: run test test-deps check lint bench clean install uninstall
+.PHONY: run test test-deps check lint bench clean install uninstall compiled
 
-$(VENV)/.base: pyproject.toml
+$(VENV)/.base: pyproject.toml setup.py pylogd/compiled.py
 	scripts/ensure-venv $(PYTHON) $(VENV)
-	$(VENV)/bin/pip install -q -e .
+	PYLOGD_NO_EXTENSIONS=1 $(VENV)/bin/pip install -q -e .
 	touch $@
 
 $(VENV)/.dev: pyproject.toml $(VENV)/.base
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	PYLOGD_NO_EXTENSIONS=1 $(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-run: $(VENV)/.base
+# the hot modules compiled in place from their source, again after an edit (cythonize and build_ext
+# redo only what changed); without a C compiler pylogd runs as pure Python
+compiled: $(VENV)/.base
+	$(VENV)/bin/python -c 'import Cython' 2>/dev/null || $(VENV)/bin/pip install -q 'Cython>=3.0' 'setuptools>=77'
+	$(VENV)/bin/python setup.py -q build_ext --inplace
+
+run: $(VENV)/.base compiled
 	mkdir -p /var/log/pylogd
 	$(VENV)/bin/pylogd -c $(CONF)
 
@@ -43,14 +49,17 @@ lint: $(VENV)/.dev
 test-deps:
 	scripts/test-deps
 
-test: test-deps lint
+# twice: the compiled build, then the pure-Python source it is compiled from (the reference)
+test: test-deps lint compiled
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	PYLOGD_PURE_PYTHON=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev
 	$(VENV)/bin/python bench/empty_stack.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	find pylogd plugins -name '*.so' -delete
 
 install:
 	scripts/ensure-venv $(INSTALL_PYTHON) $(DESTDIR)$(PREFIX)

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-from . import __version__
+from . import __version__, compiled
 from .config import ConfigError, load
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_PATH
 from .daemon import Daemon, DaemonError, PidFile, daemonize, drop_privileges, lookup_user
@@ -50,7 +50,7 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=f"where `pylogd stats` reads the live counters (default {DEFAULT_CONTROL_PATH}; '' for none)",
     )
-    p.add_argument("-V", "--version", action="version", version=f"pylogd {__version__}")
+    p.add_argument("-V", "--version", action="version", version=f"pylogd {__version__} ({compiled.describe()})")
     return p
 
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
     SINK.hold()
     pidfile = PidFile(args.pidfile) if args.pidfile else None
     daemon = Daemon(topology, log, args.control_socket or None)
-    log.info(f"pylogd {__version__} starting with {args.configfile}")
+    log.info(f"pylogd {__version__} ({compiled.describe()}) starting with {args.configfile}")
     try:
         user = lookup_user(args.uid) if args.uid else None
         if pidfile:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from pylogd import compiled
 from pylogd.log import LogSink
 
 # CI runs the property tests on a fixed sequence of examples so that a red run can be reproduced
@@ -22,6 +23,26 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # the daemons the tests start have no control socket unless a test gives them one (tests/test_stats.py)
 os.environ["PYLOGD_CONTROL_SOCKET"] = ""
 settings.load_profile("ci" if IN_CI else "dev")
+
+
+def stale_compiled_modules() -> list[str]:
+    """Compiled modules in the source tree older than their source: they would shadow the edit."""
+    stale = []
+    for path in compiled.HOT_MODULES.values():
+        source = ROOT / path
+        for built in source.parent.glob(f"{source.stem}.*.so"):
+            if built.stat().st_mtime < source.stat().st_mtime:
+                stale.append(str(built.relative_to(ROOT)))
+    return stale
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not compiled.pure_requested() and (stale := stale_compiled_modules()):
+        pytest.exit(f"compiled modules older than their source: {', '.join(stale)}; run `make compiled`", 4)
+
+
+def pytest_report_header() -> str:
+    return f"pylogd build: {compiled.describe()}"
 
 
 @pytest.hookimpl(hookwrapper=True)

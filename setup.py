@@ -1,0 +1,65 @@
+"""Optional compiled build: the hot modules compiled by Cython from their unchanged Python source.
+
+The pure-Python modules stay the reference and the fallback: without Cython, without a C compiler, with
+PYLOGD_NO_EXTENSIONS=1 at build time, or when compiling fails, pylogd installs as pure Python.  At run
+time PYLOGD_PURE_PYTHON=1 ignores compiled modules that are installed (see pylogd/__init__.py).
+"""
+
+import os
+import runpy
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+from setuptools.extension import Extension
+
+# read from the source file: importing pylogd here would need it installed
+HOT_MODULES = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pylogd", "compiled.py"))[
+    "HOT_MODULES"
+]
+
+
+def warn(message: str) -> None:
+    print(f"pylogd: {message}; installing the pure-Python modules only", file=sys.stderr)
+
+
+class OptionalBuildExt(build_ext):
+    """A module that does not compile is left to its pure-Python source, never a failed install."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if self.parallel is None:  # gcc on the generated C is most of an install's time
+            self.parallel = os.cpu_count() or 1
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # no compiler, no headers
+            warn(f"compiled modules not built ({exc})")
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            warn(f"{ext.name} not compiled ({exc})")
+
+
+def extensions() -> list[Extension]:
+    if os.environ.get("PYLOGD_NO_EXTENSIONS"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        warn("Cython is not available")
+        return []
+    modules = [Extension(name, [path]) for name, path in HOT_MODULES.items()]
+    return cythonize(
+        modules,
+        compiler_directives={"language_level": "3", "binding": True},
+        build_dir="build/cython",
+        nthreads=os.cpu_count() or 1,
+        quiet=True,
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
