@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import IN_CI, ROOT
 
+from pylogd import compiled
 from pylogd.manpage import roff
 from pylogd.registry import Registry
 
@@ -29,11 +30,31 @@ def dest(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("dest")
     (dest / "etc").mkdir()
     (dest / "etc/pylogd.conf").write_text("# the operator's own config\n")
+    # the install compiles the hot modules as a user's does in the compiled run of the suite; the
+    # pure-Python run installs without them (the same compile twice would add minutes to CI)
+    env = {**os.environ, "PYLOGD_NO_EXTENSIONS": "1"} if compiled.pure_requested() else None
     done = subprocess.run(
-        ["make", "-C", str(ROOT), "install", f"DESTDIR={dest}"], capture_output=True, text=True, timeout=600
+        ["make", "-C", str(ROOT), "install", f"DESTDIR={dest}"], capture_output=True, text=True, timeout=900, env=env
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return dest
+
+
+def test_the_installed_build_is_the_one_asked_for(dest: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
+    version = subprocess.run(
+        [str(dest / "opt/pylogd/bin/python"), "-m", "pylogd", "-V"],
+        cwd=dest,  # not the source tree
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert version.returncode == 0, version.stderr
+    if compiled.pure_requested():
+        assert "pure Python: no compiled modules installed" in version.stdout
+    else:
+        assert f"compiled: all {len(compiled.HOT_MODULES)} hot modules" in version.stdout
 
 
 def test_the_environment_runs_and_names_its_final_place(dest: Path) -> None:
