@@ -68,6 +68,9 @@ class OutputRunner:
         self._backlog: collections.deque = collections.deque()
         self._backlog_bytes = 0
         self.spool = spool
+        keep_state_in = getattr(output, "keep_state_in", None)
+        if spool is not None and keep_state_in is not None:
+            keep_state_in(spool.directory)  # an SQL output's record of a COMMIT in doubt, for the next start
         self._lock = threading.Lock()  # the backlog, with a worker thread
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None

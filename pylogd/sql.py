@@ -41,7 +41,9 @@ Value conversion, by key type and by the kind of the column (its declared type):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import ipaddress
+import json
 import os
 import re
 import threading
@@ -58,6 +60,10 @@ from .plugin import Output, PluginError, RejectedEntries, Slots, int_option, str
 BATCH_ROWS = 1000
 #: ulogd's connect_timeout=0 means "no timeout"; a daemon that must never hang waits this long instead
 DEFAULT_CONNECT_TIMEOUT = 10
+#: seconds a server may leave a write unanswered (io_timeout=0) before the connection is given up
+DEFAULT_IO_TIMEOUT = 60
+#: the record of a transaction whose COMMIT was cut off, in the output's spool directory
+IN_DOUBT_FILE = "in-doubt.json"
 
 INTEGER = "int"
 TEXT = "text"
@@ -306,6 +312,22 @@ def db_options() -> tuple:
     )
 
 
+def io_timeout_option() -> Any:
+    return int_option(
+        "io_timeout",
+        0,
+        f"seconds the server may leave a write unanswered before pylogd gives the connection up and the rows "
+        f"wait for the next try (0: {DEFAULT_IO_TIMEOUT})",
+        min=0,
+    )
+
+
+def batch_mark(entries: Sequence[tuple]) -> str:
+    """Tells a batch again after a restart, when it comes back from the spool: its first and last
+    entries and its length (entries hold plain values, whose repr survives the spool's round trip)."""
+    return hashlib.blake2b(repr((entries[0], entries[-1], len(entries))).encode(), digest_size=16).hexdigest()
+
+
 def password_env(instance_id: str) -> str:
     """The environment variable that may hold an instance's password: PYLOGD_<ID>_PASS, the id in
     capitals with every other character than a letter or digit as _."""
@@ -366,6 +388,10 @@ class SqlOutput(Output):
         self._reconnect = False
         self.connects = 0
         self._warned_down = False
+        #: the transaction whose COMMIT was cut off: {"rows": n, "mark": batch_mark(...), ...the driver's id}
+        self._in_doubt: dict[str, Any] | None = None
+        self._state_path: str | None = None  # where that record is kept on disk (with a spool)
+        self._state_on_disk = False
 
     # -- for subclasses -----------------------------------------------------------------------
 
@@ -407,6 +433,60 @@ class SqlOutput(Output):
             [c.name for c in columns],
             self.mark,
         )
+
+    # -- a transaction in doubt, kept on disk when there is a spool ---------------------------------
+    #
+    # The runner hands an output with a spool its directory.  The record of a batch is written there
+    # (atomically, synced) before its COMMIT and removed once COMMIT answered: a pylogd that stops or
+    # is killed in between leaves it, and the next start asks the server whether that transaction
+    # committed before writing the same batch again from the spool.
+
+    def keep_state_in(self, directory: str) -> None:
+        self._state_path = os.path.join(directory, IN_DOUBT_FILE)
+        try:
+            with open(self._state_path, encoding="utf-8") as f:
+                record = json.load(f)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self.log.error(f"cannot read {self._state_path} ({exc}); a batch cut off at COMMIT may be written twice")
+            return
+        self._state_on_disk = True
+        if self._in_doubt is None and isinstance(record, dict):
+            self._in_doubt = record
+            self.log.notice(f"the last run stopped with {record.get('rows')} rows in doubt at COMMIT; settling first")
+
+    def save_state(self, record: dict[str, Any]) -> None:
+        path = self._state_path
+        if path is None:
+            return
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(record).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        self._state_on_disk = True
+        dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself must reach the disk before COMMIT goes out
+        finally:
+            os.close(dir_fd)
+
+    def clear_state(self) -> None:
+        if self._state_on_disk and self._state_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._state_path)
+            self._state_on_disk = False
+
+    def take_settled(self, entries: list, record: dict[str, Any], committed: bool) -> None:
+        """The batch in doubt was committed after all: its rows leave ``entries`` when they are it."""
+        n = record.get("rows") or 0
+        if committed and 0 < n <= len(entries) and batch_mark(entries[:n]) == record.get("mark"):
+            self.log.notice(f"the {n} rows whose commit was cut off were committed; not writing them again")
+            del entries[:n]
 
     # -- configuration ----------------------------------------------------------------------------
 

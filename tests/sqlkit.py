@@ -240,13 +240,13 @@ def my_kill(admin: Any, database: str, spare: tuple[int, ...] = ()) -> int:
 class PipeDaemon:
     """pylogd with ``in1:PIPEIN`` feeding the given output section; ``send(n)`` sends test.n values."""
 
-    def __init__(self, tmp: Path, out: str, section: str, filters: str = "") -> None:
+    def __init__(self, tmp: Path, out: str, section: str, filters: str = "", global_options: str = "") -> None:
         self.tmp = tmp
         self.log = tmp / "pylogd.log"
         self.fifo = tmp / "fifo"
         self.conf = tmp / "pylogd.conf"
         self.conf.write_text(
-            f'[global]\nlogfile="{self.log}"\nloglevel=3\nplugin="{TEST_PLUGINS}"\n'
+            f'[global]\nlogfile="{self.log}"\nloglevel=3\nplugin="{TEST_PLUGINS}"\n{global_options}'
             f"stack=in1:PIPEIN,{filters}{out}\n"
             f'[in1]\npath="{self.fifo}"\n{section}'
         )

@@ -492,3 +492,62 @@ def test_an_overloaded_function_is_called_row_by_row(pg_schema: PgSchema) -> Non
     assert s.plugin._unnest == ""
     assert pg_schema.rows("SELECT test_n FROM t ORDER BY _id") == [(n,) for n in range(1, 101)]
     s.stop()
+
+
+SLOW_COMMIT = """
+CREATE TABLE t (_id serial, test_n integer, test_text text);
+CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN IF NEW.test_n = 1 THEN PERFORM pg_sleep(4); END IF; RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON t DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    EXECUTE FUNCTION slow_commit();
+"""
+
+
+@pytest.mark.parametrize("committed", [True, False], ids=["server-committed", "server-aborted"])
+def test_a_daemon_killed_during_commit_settles_the_batch_at_the_next_start(
+    pg_schema: PgSchema, tmp_path: Path, committed: bool
+) -> None:
+    """With a spool, the record of a batch is on disk before its COMMIT: pylogd killed (-9) while COMMIT
+    is under way (here a deferred trigger holds it 4 s) leaves the batch in the spool and the record
+    beside it, and the next start asks the server before writing the batch again."""
+    pg_schema.load(SLOW_COMMIT)
+    fwd = TcpForwarder(("127.0.0.1", 5432))
+    spool = tmp_path / "spool"
+    section = pg_schema.section("pg1", host="127.0.0.1", port=fwd.port, table="t", procedure="INSERT")
+    d = PipeDaemon(tmp_path, "pg1:PGSQL", section, global_options=f'spool_dir="{spool}"\n')
+    try:
+        fwd.up()
+        d.start()  # the table is read at start, then the server goes away: the rows wait, and are spooled at exit
+        fwd.down()
+        d.send(range(1, 51))
+        wait_for(lambda: "rows wait" in read_text(d.log) or "wait in memory" in read_text(d.log), timeout=20)
+        assert d.stop() == 0
+        assert list(spool.glob("*/*.seg")), "nothing was spooled at exit"
+        fwd.up()
+        d.start()
+        in_doubt = lambda: list(spool.glob("*/in-doubt.json"))  # noqa: E731
+        wait_for(lambda: bool(in_doubt()), timeout=20, what="the batch's COMMIT under way")
+        d.proc.kill()
+        d.proc.wait()
+        if not committed:
+            assert pg_kill(pg_schema.admin, "pylogd pg1") == 1
+        wait_for(
+            lambda: (
+                pg_schema.rows("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pylogd pg1'") == [(0,)]
+            ),
+            timeout=20,
+            what="the killed daemon's server process to end",
+        )
+        assert pg_schema.rows("SELECT count(*) FROM t") == [(50 if committed else 0,)]
+        assert in_doubt(), "the record of the batch in doubt is gone"
+        d.start()
+        wait_for(lambda: pg_schema.rows("SELECT count(*) FROM t") == [(50,)] and not in_doubt(), timeout=30)
+        d.send(range(51, 61))
+        wait_for(lambda: pg_schema.rows("SELECT count(*) FROM t") == [(60,)], timeout=30, what="the rows after")
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+        fwd.down()
+    exactly_once(pg_schema, 60)
+    if committed:
+        assert "the 50 rows whose commit was cut off were committed" in read_text(d.log)

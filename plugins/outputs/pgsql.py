@@ -54,19 +54,27 @@ Differences from ulogd 2.0.8
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, str_option
 from pylogd.sql import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IO_TIMEOUT,
     Column,
     SchemaError,
     SqlOutput,
     Transient,
+    batch_mark,
     build_statement,
     check_identifier,
     column_kind,
     db_options,
+    io_timeout_option,
     procedure_form,
     read_password,
     require_module,
@@ -102,6 +110,7 @@ class Pgsql(SqlOutput):
             str_option("schema", "public", "the schema of the table"),
             str_option("connstring", "", "a libpq connection string, used instead of db, host, port and user"),
             str_option("pass_file", "", "a file whose first line is the password"),
+            io_timeout_option(),
         ),
         wildcard_inputs=True,
         section_required=True,
@@ -117,8 +126,9 @@ class Pgsql(SqlOutput):
     def __init__(self, instance_id: str, options: dict[str, Any], log: Any) -> None:
         super().__init__(instance_id, options, log)
         self.psycopg: Any = None
-        self._in_doubt: tuple[int, Any, int] | None = None  # (txid, first entry, rows) of a cut-off COMMIT
         self._xid: int | None = None
+        self._backend = 0  # the server process of the connection, to end it should it hold a transaction in doubt
+        self._batch: dict[str, Any] = {}  # the rows and mark of the batch being written
         self._plain = False  # the table is a table (not a view): batches go by COPY with procedure=INSERT
         self._copy = ""
         self._arg_types: list[str] = []  # the function's argument types (procedure names a function)
@@ -148,6 +158,8 @@ class Pgsql(SqlOutput):
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
+            # data sent and not acknowledged for io_timeout (a host that went away) ends the connection too
+            "tcp_user_timeout": (o["io_timeout"] or DEFAULT_IO_TIMEOUT) * 1000,
         }
         password = read_password(o, self.id)
         if password is not None:
@@ -285,34 +297,84 @@ class Pgsql(SqlOutput):
         with conn.cursor() as cur:
             cur.execute("SELECT txid_current()")
             self._xid = cur.fetchone()[0]
+        self._backend = conn.info.backend_pid
 
     def commit(self, conn: Any, cur: Any) -> None:
+        self.save_state({"txid": self._xid, **self._batch})
         conn.commit()
         self._xid = None
+        self.clear_state()
 
     def _write_chunk(self, conn: Any, chunk: list, rows: list[tuple]) -> list:
+        self._batch = {"rows": len(chunk), "mark": batch_mark(chunk)}
         try:
             return super()._write_chunk(conn, chunk, rows)
         except Exception as exc:
             if self.transient(exc) and self._xid is not None:
-                self._in_doubt = (self._xid, chunk[0], len(chunk))
+                # the backend, to end it should it still hold the transaction (a server that froze)
+                self._in_doubt = {"txid": self._xid, "backend": self._backend, **self._batch}
             raise
 
     def _write(self, entries: list) -> None:
-        if self._in_doubt is not None:
-            self._settle(entries)
-        super()._write(entries)
+        with self._watchdog():
+            if self._in_doubt is not None:
+                self._settle(entries)
+            super()._write(entries)
 
     def _settle(self, entries: list) -> None:
         """The last transaction failed on its way: if the server committed it after all, its rows
         are written and leave ``entries``."""
-        xid, first, n = self._in_doubt  # type: ignore[misc]
+        record = self._in_doubt
+        assert record is not None
         conn = self._ensure()
         with conn.cursor() as cur:
-            cur.execute("SELECT txid_status(%s)", (xid,))
+            cur.execute("SELECT txid_status(%s)", (record["txid"],))
             status = cur.fetchone()[0]
+            if status == "in progress":
+                # its backend has not seen its client go (a server that was stopped, a network that
+                # dropped the connection silently): end it, and ask again at the next try
+                if record.get("backend"):
+                    cur.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE pid = %s AND backend_xid::text::bigint = %s",
+                        (record["backend"], record["txid"] & 0xFFFFFFFF),
+                    )
+                conn.commit()
+                raise Transient("the transaction cut off at COMMIT is still open on the server")
         conn.commit()
         self._in_doubt = None
-        if status == "committed" and entries and entries[0] == first:
-            self.log.notice(f"the {n} rows whose commit was cut off were committed; not writing them again")
-            del entries[:n]
+        if status is None:
+            self.log.error(f"the server no longer knows transaction {record['txid']}; its rows are written again")
+        self.take_settled(entries, record, status == "committed")
+        self.clear_state()
+
+    # -- a server that stops answering ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _watchdog(self) -> Iterator[None]:
+        """libpq waits for an answer for ever, and TCP keepalives do not help when the server's host is
+        up but the server is not (stopped, swapped out, a unix socket): past io_timeout the connection
+        is shut down under the waiting call, which then fails like a lost connection."""
+        timer = threading.Timer(self.options["io_timeout"] or DEFAULT_IO_TIMEOUT, self._cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def _cut(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            fd = conn.pgconn.socket
+            sock = socket.socket(fileno=os.dup(fd))
+        except Exception:
+            return
+        with sock, contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # libpq keeps its descriptor; the connection is over
+        self.log.error(
+            f"the database left a write unanswered for {self.options['io_timeout'] or DEFAULT_IO_TIMEOUT} s; "
+            "dropping the connection (the rows wait and go again)"
+        )
