@@ -457,3 +457,48 @@ def test_a_function_takes_text_as_the_driver_escapes_it(my_db: MyDb) -> None:
     assert s.write([s.entry({"test.n": n, "test.text": x}) for n, x in values]) == ([], [])
     assert my_db.rows("SELECT test_n, test_text FROM t ORDER BY id") == values
     s.stop()
+
+
+class Crash(BaseException):
+    """pylogd dies here: nothing after it runs, no handler sees it."""
+
+
+@pytest.mark.parametrize("stage", ["before-prepare", "prepared", "committed"])
+def test_a_batch_in_doubt_when_pylogd_died_is_settled_at_the_next_start(
+    my_db: MyDb, tmp_path: Path, stage: str
+) -> None:
+    """With a spool, the record of a batch is on disk around XA PREPARE and COMMIT; a pylogd that died
+    there (its connection gone, its memory lost) leaves it, and the next one settles the batch the
+    spool gives it again: written once whatever the stage."""
+    my_db.execute("CREATE TABLE t (id serial, test_n integer, test_text text)")
+    section = my_db.section("my1", table="t", procedure="INSERT") + '[in1]\npath="/nonexistent/fifo"\n'
+    first = SqlStack("in1:PIPEIN,my1:MYSQL", section)
+    first.plugin.keep_state_in(str(tmp_path))
+    save_state, plugin = first.plugin.save_state, first.plugin
+
+    def die() -> None:
+        plugin.conn.close()  # the process is gone: so is its session
+        raise Crash
+
+    def save_then_maybe_die(record: dict) -> None:
+        save_state(record)
+        if record["prepared"] == (stage == "prepared") and stage != "committed":
+            die()
+
+    plugin.save_state = save_then_maybe_die
+    if stage == "committed":
+        plugin.clear_state = die
+    batch = [first.entry({"test.n": n, "test.text": "x"}) for n in range(1, 6)]
+    with pytest.raises(Crash):
+        plugin.write(list(batch))
+    assert (tmp_path / "in-doubt.json").exists()
+    assert len(my_db.rows("XA RECOVER")) == (1 if stage == "prepared" else 0)
+
+    second = SqlStack("in1:PIPEIN,my1:MYSQL", section)  # the next start, the same batch from the spool
+    second.plugin.keep_state_in(str(tmp_path))
+    more = [second.entry({"test.n": n, "test.text": "x"}) for n in range(6, 11)]
+    assert second.write(batch + more) == ([], [])
+    assert [r[0] for r in my_db.rows("SELECT test_n FROM t ORDER BY id")] == list(range(1, 11))
+    assert my_db.rows("XA RECOVER") == []
+    assert not (tmp_path / "in-doubt.json").exists()
+    second.stop()

@@ -63,17 +63,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any, ClassVar
 
 from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, str_option
 from pylogd.sql import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IO_TIMEOUT,
     Column,
     SchemaError,
     SqlOutput,
     Transient,
+    batch_mark,
     column_kind,
     db_options,
+    io_timeout_option,
     procedure_form,
     read_password,
     require_module,
@@ -84,8 +88,6 @@ DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
 #: transaction write 4650 rows/s, 100 and 1000 3070 rows/s; 1000 calls are ~400 KB of SQL, far below
 #: the smallest max_allowed_packet a server has by default, 4 MiB)
 DO_ROWS = 1000
-#: a server that stops answering mid-batch is given up after this long (the rows wait and go again)
-IO_TIMEOUT = 60
 
 #: server errors that concern the server, the session or the schema rather than a row
 _TRANSIENT_CODES = frozenset(
@@ -125,6 +127,7 @@ class Mysql(SqlOutput):
             int_option("port", 0, "server port (0: 3306)", min=0, max=65535),
             str_option("socket", "", f"the unix socket for host=localhost (default {DEFAULT_SOCKET})"),
             str_option("pass_file", "", "a file whose first line is the password"),
+            io_timeout_option(),
         ),
         wildcard_inputs=True,
         section_required=True,
@@ -142,7 +145,9 @@ class Mysql(SqlOutput):
         self._serial = 0
         self._do_call = ""
         self._xa: list | None = None  # [xid, prepared] of the open batch
-        self._in_doubt: tuple[str, bool, Any, int] | None = None
+        self._batch: dict[str, Any] = {}  # the rows and mark of the batch being written
+        self._thread_id = 0  # the server's id of the connection, to end it should it hold a batch in doubt
+        self._orphans_committed: set[str] = set()
 
     def configure(self) -> None:
         super().configure()
@@ -172,8 +177,9 @@ class Mysql(SqlOutput):
             "password": read_password(o, self.id) or "",
             "database": o["db"],
             "connect_timeout": o["connect_timeout"] or DEFAULT_CONNECT_TIMEOUT,
-            "read_timeout": IO_TIMEOUT,
-            "write_timeout": IO_TIMEOUT,
+            # a server that stops answering (stopped, a network that drops packets) fails the write
+            "read_timeout": o["io_timeout"] or DEFAULT_IO_TIMEOUT,
+            "write_timeout": o["io_timeout"] or DEFAULT_IO_TIMEOUT,
             "autocommit": False,
             "charset": "utf8mb4",
         }
@@ -221,6 +227,7 @@ class Mysql(SqlOutput):
                     xid = row[3].decode() if isinstance(row[3], bytes) else row[3]
                     if xid.startswith(prefix) and not xid.startswith(mine):
                         cur.execute("XA COMMIT %s", (xid,))
+                        self._orphans_committed.add(xid)  # a batch in doubt at the last stop: settled
                         self.log.notice(f"committed batch {xid}, prepared by an earlier pylogd that stopped before")
         except Exception as exc:
             if not _denied(exc):
@@ -284,15 +291,21 @@ class Mysql(SqlOutput):
         with conn.cursor() as cur:
             cur.execute("XA START %s", (xid,))
         self._xa = [xid, False]
+        self._thread_id = conn.thread_id()
 
     def commit(self, conn: Any, cur: Any) -> None:
         assert self._xa is not None
         xid = self._xa[0]
         cur.execute("XA END %s", (xid,))
+        # on disk (with a spool) before PREPARE and again after it: a later start that finds the branch
+        # neither prepared nor pending knows by the flag whether it was committed or rolled back
+        self.save_state({"xid": xid, "prepared": False, **self._batch})
         cur.execute("XA PREPARE %s", (xid,))
         self._xa[1] = True
+        self.save_state({"xid": xid, "prepared": True, **self._batch})
         cur.execute("XA COMMIT %s", (xid,))
         self._xa = None
+        self.clear_state()
 
     def _rollback(self, conn: Any) -> None:
         if self._xa is None:
@@ -309,11 +322,17 @@ class Mysql(SqlOutput):
         self._xa = None
 
     def _write_chunk(self, conn: Any, chunk: list, rows: list[tuple]) -> list:
+        self._batch = {"rows": len(chunk), "mark": batch_mark(chunk)}
         try:
             return super()._write_chunk(conn, chunk, rows)
         except Exception as exc:
             if self.transient(exc) and self._xa is not None:
-                self._in_doubt = (self._xa[0], self._xa[1], chunk[0], len(chunk))
+                self._in_doubt = {
+                    "xid": self._xa[0],
+                    "prepared": self._xa[1],
+                    "thread": self._thread_id,
+                    **self._batch,
+                }
             self._xa = None
             raise
 
@@ -323,7 +342,9 @@ class Mysql(SqlOutput):
         super()._write(entries)
 
     def _settle(self, entries: list) -> None:
-        xid, prepared, first, n = self._in_doubt  # type: ignore[misc]
+        record = self._in_doubt
+        assert record is not None
+        xid, prepared, n = record["xid"], record["prepared"], record["rows"]
         conn = self._ensure()
         try:
             # XA COMMIT of a branch another session prepared is refused inside a local transaction,
@@ -331,13 +352,17 @@ class Mysql(SqlOutput):
             conn.autocommit(True)
             try:
                 with conn.cursor() as cur:
+                    if record.get("thread"):
+                        self._end_session(cur, record["thread"])
                     cur.execute("XA RECOVER")
                     pending = {row[3].decode() if isinstance(row[3], bytes) else row[3] for row in cur.fetchall()}
                     if xid in pending:
                         cur.execute("XA COMMIT %s", (xid,))
                         committed = True
                     else:
-                        committed = prepared  # prepared and gone: committed; never prepared: rolled back
+                        # prepared and gone: committed (by that pylogd, or at this start); never prepared:
+                        # rolled back when its session ended
+                        committed = prepared or xid in self._orphans_committed
             finally:
                 conn.autocommit(False)
         except Exception as exc:
@@ -347,9 +372,23 @@ class Mysql(SqlOutput):
             self.log.error(f"cannot tell whether {n} rows cut off at COMMIT were written ({exc}); writing them again")
             committed = False
         self._in_doubt = None
-        if committed and entries and entries[0] == first:
-            self.log.notice(f"the {n} rows whose commit was cut off were committed; not writing them again")
-            del entries[:n]
+        self.take_settled(entries, record, committed)
+        self.clear_state()
+
+    def _end_session(self, cur: Any, thread: int) -> None:
+        """The session that wrote the batch may still be on the server (the server froze, or the
+        network dropped the connection without a word): end it, so its branch is either prepared and
+        listed by XA RECOVER or rolled back, not still on its way."""
+        if thread == cur.connection.thread_id():
+            return
+        with contextlib.suppress(self.pymysql.err.MySQLError):  # 1094: that session is gone already
+            cur.execute(f"KILL {int(thread)}")
+        for _ in range(50):
+            cur.execute("SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID = %s", (thread,))
+            if cur.fetchone()[0] == 0:
+                return
+            time.sleep(0.1)
+        raise Transient(f"the session {thread} that wrote the batch in doubt does not end")
 
     def refused(self, exc: BaseException) -> bool:
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
