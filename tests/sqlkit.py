@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -157,6 +158,25 @@ def pg_kill(admin: Any, application_name: str) -> int:
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (application_name,)
     ).fetchall()
     return len(rows)
+
+
+def pg_backends(admin: Any, application_name: str) -> list[int]:
+    """The server processes of pylogd's instance's connections."""
+    rows = admin.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,))
+    return [r[0] for r in rows.fetchall()]
+
+
+@contextlib.contextmanager
+def frozen(pids: list[int]) -> Iterator[None]:
+    """The processes stopped (SIGSTOP) for the block: a server that no longer answers, its connections open."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -343,7 +363,9 @@ def run_outage(
 
 class TcpForwarder:
     """A TCP port that forwards to a database server while ``up``; ``down()`` closes the port and every
-    connection through it (a server that is away), ``up()`` opens the same port again."""
+    connection through it (a server that is away), ``up()`` opens the same port again.  ``freeze()``
+    holds every byte in either direction, connections and port left open (a server that stopped
+    answering, or a network that drops everything); ``thaw()`` delivers what was held and goes on."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -354,6 +376,14 @@ class TcpForwarder:
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     def up(self) -> None:
         listener = socket.socket()
@@ -393,10 +423,10 @@ class TcpForwarder:
             for src, dst in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

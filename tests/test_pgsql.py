@@ -27,7 +27,9 @@ from sqlkit import (
     SqlStack,
     TcpForwarder,
     expected_row,
+    frozen,
     need_ulogd,
+    pg_backends,
     pg_kill,
     pg_schema_fixture,  # noqa: F401  (the fixture pg_schema)
     run_outage,
@@ -551,3 +553,56 @@ def test_a_daemon_killed_during_commit_settles_the_batch_at_the_next_start(
     exactly_once(pg_schema, 60)
     if committed:
         assert "the 50 rows whose commit was cut off were committed" in read_text(d.log)
+
+
+SLOW_ROWS = """
+CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN IF NEW.test_n = 350 THEN PERFORM pg_sleep(1.5); END IF; RETURN NEW; END $$;
+CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow_row();
+"""
+
+
+@pytest.mark.parametrize("procedure", ["INSERT", "add_fn"])
+def test_a_frozen_server_process_costs_a_timeout_and_every_row_is_written_once(
+    pg_schema: PgSchema, tmp_path: Path, procedure: str
+) -> None:
+    """The server process of pylogd's connection stopped (SIGSTOP) in the middle of a transaction for
+    8 s under steady traffic: past io_timeout (3 s) pylogd drops the connection, finds the transaction
+    still open on the stopped process, ends it and waits; once the process runs again the batch is
+    settled, and every row is written once, in order."""
+    pg_schema.load(PROCEDURES + SLOW_ROWS)
+    section = pg_schema.section("pg1", host="", table="t", procedure=procedure, io_timeout=3)
+    d = PipeDaemon(tmp_path, "pg1:PGSQL", section).start()
+    sent = 0
+
+    def burst(n: int = 50) -> None:
+        nonlocal sent
+        d.send(range(sent + 1, sent + n + 1))
+        sent += n
+
+    count = lambda: pg_schema.rows("SELECT count(*) FROM t")[0][0]  # noqa: E731
+    try:
+        burst(100)
+        wait_for(lambda: count() == 100, timeout=20, what="the first rows")
+        burst(250)  # row 350 takes the server 1.5 s: its transaction is open for that long
+        in_transaction = (
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pylogd pg1' AND backend_xid IS NOT NULL"
+        )
+        backends = wait_for(lambda: [r[0] for r in pg_schema.rows(in_transaction)], timeout=20, what="a transaction")
+        assert backends == pg_backends(pg_schema.admin, "pylogd pg1")
+        with frozen(backends):
+            end = time.monotonic() + 8
+            while time.monotonic() < end:
+                burst()
+                time.sleep(0.1)
+            assert "left a write unanswered for 3 s" in read_text(d.log)
+            assert "is still open on the server" in read_text(d.log)
+        for _ in range(10):
+            burst()
+            time.sleep(0.1)
+        wait_for(lambda: count() >= sent, timeout=60, what="every row")
+        time.sleep(1)
+    finally:
+        assert d.stop() == 0
+    numbers = [r[0] for r in pg_schema.rows("SELECT test_n FROM t ORDER BY _id")]
+    assert numbers == list(range(1, sent + 1)), f"{len(numbers)} rows for {sent}"

@@ -333,7 +333,12 @@ class Pgsql(SqlOutput):
             if status == "in progress":
                 # its backend has not seen its client go (a server that was stopped, a network that
                 # dropped the connection silently): end it, and ask again at the next try
-                if record.get("backend"):
+                if record.get("backend") and not record.get("ending"):
+                    record["ending"] = True
+                    self.log.notice(
+                        f"the transaction of {record['rows']} rows cut off before is still open on the server "
+                        f"(process {record['backend']}); ending it, its rows wait until it has ended"
+                    )
                     cur.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                         "WHERE pid = %s AND backend_xid::text::bigint = %s",
