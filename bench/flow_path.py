@@ -22,7 +22,8 @@ the largest loss seen.
 without losing a NEW event (doubling from 5,000/s, then a bisection to 5 %).
 
 Memory: pylogd and ulogd in hash mode while ``--live`` UDP flows stay alive (udp timeout 600 s):
-RSS before and after the flows entered the table.
+RSS per flow for each way a flow enters the table (NEW events, the start-up dump), and after an
+overrun and its resync on each (see :func:`memory_phase`).
 """
 
 from __future__ import annotations
@@ -200,11 +201,12 @@ def run_once(
         else:
             time.sleep(1)
         sh("ip", "netns", "exec", ns, "taskset", "-c", "0", "conntrack", "-F")
-        written = settle(out)
+        settle(out)
         cpu = cpu_seconds(proc.pid) - cpu0
         rss = status_kb(proc.pid, "VmHWM")
     finally:
         stop(proc)
+    written = count_lines(out)  # after the stop: ulogd's LOGEMU with sync=0 holds its last lines until exit
     expected = 2 * flows if mode == "event" else flows
     return Run(mode, rate, daemon, expected, written, cpu / (2 * flows) * 1e6, rss, send_rate, buffers)
 
@@ -258,12 +260,13 @@ def sustained_phase(ns: str, tmp: Path, args: argparse.Namespace) -> str:
         try:
             cpu0 = cpu_seconds(proc.pid)
             send_rate = send_flows(ns, flows, rate)
-            written = settle(out)
+            settle(out)
             cpu = cpu_seconds(proc.pid) - cpu0
         finally:
             stop(proc)
+        written = count_lines(out)  # after the stop: ulogd's LOGEMU with sync=0 holds its last lines until exit
         sh("ip", "netns", "exec", ns, "conntrack", "-F")
-        r = Run("event", rate, daemon, flows, written, cpu / flows * 1e6, 0, send_rate, buffers)
+        r = Run("event", rate, daemon, flows, written, cpu / max(flows, 1) * 1e6, 0, send_rate, buffers)
         print(f"  {daemon} {buffers} {rate:.0f}/s: {written}/{flows} lines, sent at {send_rate:,.0f}/s", flush=True)
         return r
 
@@ -295,7 +298,7 @@ def climb(attempt: Callable[[float], Run], start: float = 5_000, top: float = 2_
         if r.send_rate < 0.9 * rate:
             return good, None
         rate *= 2
-    low = good.rate if good else 0.0
+    low = good.rate if good else start / 16  # losing even at the start: look no lower than this
     while bad is not None and bad.rate - low > 0.05 * bad.rate:
         rate = (low + bad.rate) / 2
         r = attempt(rate)
@@ -349,34 +352,133 @@ def render(groups: list[list[Run]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+#: the memory phase's overruns: short flows that come and go while the daemons are stopped, each a
+#: NEW and a DESTROY event, more than the receive buffer holds (the kernel charges ~1 KiB each):
+#: with 32 MiB asked (64 MiB granted), and with 106496 asked (the kernel's default 212992)
+OVERRUN_LARGE, OVERRUN_SMALL = 50_000, 5000
+OVERRUN_SENDER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[1])):
+    s.sendto(b"x", ("127.0.250.1", 1024 + i))
+"""
+MEMORY_RESYNC_AFTER = 2  # netlink_resync_timeout of the memory phase's daemons (seconds)
+MEMORY_SETTLE = 10  # seconds after a resync before RSS is read again
+
+
+def pylogd_counter(log: Path, proc: subprocess.Popen, name: str) -> int:
+    """A counter of pylogd's NFCT instance, from the statistics that SIGUSR1 writes to its log."""
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    value = -1
+    for line in log.read_text().splitlines():
+        if f" {name}=" in line:
+            value = int(line.split(f" {name}=")[1].split()[0])
+    return value
+
+
 def memory_phase(ns: str, tmp: Path, live: int) -> str:
+    """RSS per flow in hash mode, ``live`` UDP flows alive (udp timeout 600 s), for each way a flow
+    enters the table, both daemons side by side:
+
+    1. NEW events: started on an empty table (32 MiB buffer), the flows created at 50,000/s;
+       then an overrun and its resync on that table;
+    2. the start-up dump: started on the live flows (the kernel's default buffer); then an
+       overrun and its resync on that table.
+
+    An overrun: the daemons are stopped (SIGSTOP) while short flows come and go (OVERRUN_*), more
+    events than their buffer holds; the DESTROY events lost leave some of those flows in the
+    tables until the resync ``netlink_resync_timeout`` seconds later purges them.  RSS is read
+    once the resync is done (pylogd's counters; ulogd: when it stops using the CPU) and again
+    MEMORY_SETTLE seconds later.  Per flow is (RSS - the RSS of the daemon on the empty table) / live.
+    """
     sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=600")
     sh("ip", "netns", "exec", ns, "conntrack", "-F")
-    ct = f"hash_max_entries={live + 10000}\nnetlink_socket_buffer_size=33554432\n"
-    procs = {d: start(ns, d, conf(tmp, f"{d}-m", ct), tmp / f"{d}-m.log") for d in DAEMONS}
-    try:
-        before = {n: status_kb(p.pid, "VmRSS") for n, p in procs.items()}
-        sh(*in_ns(ns, 0, sys.executable, "-c", SENDER, str(live), "50000"))
-        entries = 0
-        deadline = time.monotonic() + 60
-        while entries < live and time.monotonic() < deadline:
-            procs["pylogd"].send_signal(signal.SIGUSR1)
-            time.sleep(1)
-            for line in (tmp / "pylogd-m.log").read_text().splitlines():
-                if "hash_entries=" in line:
-                    entries = int(line.split("hash_entries=")[1].split()[0])
+    common = f"hash_max_entries={live + OVERRUN_LARGE + 10000}\nnetlink_resync_timeout={MEMORY_RESYNC_AFTER}\n"
+    rss: dict[str, dict[str, int]] = {d: {} for d in DAEMONS}
+    notes = []
+
+    def read_rss(procs: dict[str, subprocess.Popen], what: str) -> None:
+        for d, p in procs.items():
+            rss[d][what] = status_kb(p.pid, "VmRSS")
+
+    def wait_for(procs: dict[str, subprocess.Popen], log: Path, what: str, done) -> None:
+        deadline = time.monotonic() + 120
+        while not done(procs["pylogd"], log):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pylogd: {what} not seen in 120 s (see {log})")
         time.sleep(1)
-        after = {n: status_kb(p.pid, "VmRSS") for n, p in procs.items()}
+
+    def table_full(proc: subprocess.Popen, log: Path) -> bool:
+        # ct.id is 32 bits of a hash: two flows of 100,000 may share one
+        return abs(pylogd_counter(log, proc, "hash_entries") - live) <= 10
+
+    def overrun_and_resync(procs: dict[str, subprocess.Popen], log: Path, flows: int, step: str) -> None:
+        for p in procs.values():
+            p.send_signal(signal.SIGSTOP)
+        try:
+            sh(*in_ns(ns, 0, sys.executable, "-c", OVERRUN_SENDER, str(flows)))
+            subprocess.run(["ip", "netns", "exec", ns, "conntrack", "-D", "-d", "127.0.250.1"], capture_output=True)
+        finally:
+            for p in procs.values():
+                p.send_signal(signal.SIGCONT)
+        resyncs = lambda p, log: pylogd_counter(log, p, "resyncs") >= 1 and table_full(p, log)  # noqa: E731
+        wait_for(procs, log, "a resync", resyncs)
+        for p in procs.values():  # ulogd's resync is its own: done when it stops using the CPU
+            busy, deadline = cpu_seconds(p.pid), time.monotonic() + 60
+            while time.monotonic() < deadline:
+                time.sleep(1)
+                if (now := cpu_seconds(p.pid)) - busy < 0.01:
+                    break
+                busy = now
+        read_rss(procs, f"{step} resync")
+        time.sleep(MEMORY_SETTLE)
+        read_rss(procs, f"{step} settled")
+        counters = {n: pylogd_counter(log, procs["pylogd"], n) for n in ("enobufs", "purged")}
+        notes.append(f"{step}: {flows} short flows, pylogd {counters['enobufs']} overruns, {counters['purged']} purged")
+
+    # 1. NEW events, then an overrun
+    ct = common + "netlink_socket_buffer_size=33554432\n"
+    procs = {d: start(ns, d, conf(tmp, f"{d}-m1", ct), tmp / f"{d}-m1.log") for d in DAEMONS}
+    try:
+        time.sleep(1)
+        read_rss(procs, "empty")
+        sh(*in_ns(ns, 0, sys.executable, "-c", SENDER, str(live), "50000"))
+        wait_for(procs, tmp / "pylogd-m1.log", "the table full", table_full)
+        read_rss(procs, "events")
         table = int(sh("ip", "netns", "exec", ns, "conntrack", "-C").stdout.strip())
+        overrun_and_resync(procs, tmp / "pylogd-m1.log", OVERRUN_LARGE, "events")
     finally:
         for p in procs.values():
             stop(p)
-    out = [f"Hash mode with {table} live flows in the kernel table (pylogd's table: {entries}):", ""]
-    for n in procs:
-        d = after[n] - before[n]
+
+    # 2. the start-up dump, then an overrun
+    ct = common + "netlink_socket_buffer_size=106496\n"
+    procs = {d: start(ns, d, conf(tmp, f"{d}-m2", ct), tmp / f"{d}-m2.log") for d in DAEMONS}
+    try:
+        wait_for(procs, tmp / "pylogd-m2.log", "the table full", table_full)
+        read_rss(procs, "dump")
+        overrun_and_resync(procs, tmp / "pylogd-m2.log", OVERRUN_SMALL, "dump")
+    finally:
+        for p in procs.values():
+            stop(p)
+
+    def per_flow(d: str, when: str) -> str:
+        return f"{(rss[d][when] - rss[d]['empty']) * 1024 / live:.0f}"
+
+    out = [
+        f"Hash mode, {table} live flows in the kernel table; B/flow = (RSS - RSS on the empty table) / {live}; "
+        f"resyncs {MEMORY_RESYNC_AFTER} s after an overrun ({'; '.join(notes)}).",
+        "",
+        "| daemon | RSS empty table MiB | events B/flow | events, after a resync | 10 s later (RSS MiB) "
+        "| start-up dump B/flow | dump, after a resync | 10 s later (RSS MiB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for d in DAEMONS:
         out.append(
-            f"- {n}: RSS {before[n] / 1024:.1f} → {after[n] / 1024:.1f} MiB "
-            f"(+{d / 1024:.1f} MiB, {d * 1024 / live:.0f} B/flow)"
+            f"| {d} | {rss[d]['empty'] / 1024:.1f} | {per_flow(d, 'events')} | {per_flow(d, 'events resync')} "
+            f"| {per_flow(d, 'events settled')} ({rss[d]['events settled'] / 1024:.1f}) | {per_flow(d, 'dump')} "
+            f"| {per_flow(d, 'dump resync')} | {per_flow(d, 'dump settled')} ({rss[d]['dump settled'] / 1024:.1f}) |"
         )
     return "\n".join(out)
 

@@ -436,7 +436,7 @@ def sustained_search(attempt: Callable[[float], Any], start: float = 25_000, top
         if r.send_rate < 0.9 * rate:
             return good, None
         rate *= 2
-    low = good.rate if good else 0.0
+    low = good.rate if good else start / 16  # losing even at the start: look no lower than this
     while bad is not None and bad.rate - low > 0.05 * bad.rate:
         rate = (low + bad.rate) / 2
         r = attempt(rate)
