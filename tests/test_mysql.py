@@ -502,3 +502,60 @@ def test_a_batch_in_doubt_when_pylogd_died_is_settled_at_the_next_start(
     assert my_db.rows("XA RECOVER") == []
     assert not (tmp_path / "in-doubt.json").exists()
     second.stop()
+
+
+SLOW_FN = """
+CREATE TABLE t (id serial, test_n integer, test_text text);
+DELIMITER $$
+CREATE FUNCTION ADD_FN(n integer, x text) RETURNS integer MODIFIES SQL DATA
+BEGIN IF n = 350 THEN DO SLEEP(1.5); END IF; INSERT INTO t (test_n, test_text) VALUES (n, x); RETURN 0; END$$
+DELIMITER ;
+"""
+
+
+def test_a_server_that_stops_answering_costs_a_timeout_and_every_row_is_written_once(
+    my_db: MyDb, tmp_path: Path
+) -> None:
+    """Every byte between pylogd and MariaDB held for 8 s, from the middle of a batch, under steady traffic
+    (a server that froze, a network that drops everything): past io_timeout (3 s) pylogd gives the
+    connection up, its connects time out while the silence lasts, and once it ends every row is written
+    once, in order."""
+    my_db.load(SLOW_FN)
+    fwd = TcpForwarder(("127.0.0.1", 3306))
+    fwd.up()
+    section = my_db.section(
+        "my1", host="127.0.0.1", port=fwd.port, table="t", procedure="ADD_FN", io_timeout=3, connect_timeout=2
+    )
+    d = PipeDaemon(tmp_path, "my1:MYSQL", section).start()
+    sent = 0
+
+    def burst(n: int = 50) -> None:
+        nonlocal sent
+        d.send(range(sent + 1, sent + n + 1))
+        sent += n
+
+    busy = "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND INFO LIKE 'DO %%'"
+    try:
+        burst(100)
+        wait_for(lambda: count(my_db) == 100, timeout=20, what="the first rows")
+        burst(250)  # row 350 takes the server 1.5 s: its batch is under way for that long
+        wait_for(lambda: my_db.rows(busy, (my_db.name,)), timeout=20, what="a batch under way")
+        fwd.freeze()
+        try:
+            end = time.monotonic() + 8
+            while time.monotonic() < end:
+                burst()
+                time.sleep(0.1)
+            assert "Lost connection" in read_text(d.log) or "timed out" in read_text(d.log)
+        finally:
+            fwd.thaw()
+        for _ in range(10):
+            burst()
+            time.sleep(0.1)
+        wait_for(lambda: count(my_db) >= sent, timeout=60, what="every row")
+        time.sleep(1)
+    finally:
+        assert d.stop() == 0
+        fwd.down()
+    exactly_once(my_db, sent)
+    assert my_db.rows("XA RECOVER") == []
