@@ -243,7 +243,7 @@ def sustained_phase(ns: str, tmp: Path, args: argparse.Namespace) -> str:
         f"highest rate of new flows followed {seconds:g} s without loss, event mode, NEW events "
         f"(bench/flow_path.py --sustained {seconds:g} --buffers {args.buffers})",
         "",
-        "| buffers | daemon | highest flows/s without loss | CPU µs/event there "
+        "| buffers | daemon | highest flows/s asked without loss | CPU µs/event there "
         "| first rate that lost (flows/s, loss) |",
         "|---|---|---|---|---|",
     ]
@@ -274,7 +274,7 @@ def sustained_phase(ns: str, tmp: Path, args: argparse.Namespace) -> str:
         for buffers in args.buffers.split(","):
             for daemon in daemons_of(args):
                 good, bad = climb(functools.partial(attempt, daemon, buffers))
-                held = f"{good.rate:.0f}" if good else "none"
+                held = f"{good.rate:.0f} (sent at {good.send_rate:,.0f})" if good else "none"
                 cpu = f"{good.cpu_us:.2f}" if good else ""
                 lost = f"{bad.rate:.0f} ({1 - bad.written / bad.expected:.2%})" if bad else "none (sender's limit)"
                 lines.append(f"| {buffers} | {daemon} | {held} | {cpu} | {lost} |")

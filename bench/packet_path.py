@@ -400,7 +400,7 @@ def sustained(ns: str, tmp: Path, daemons: list[str], configs: list[str], second
         f"### {time.strftime('%Y-%m-%d')} — {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}, "
         f"highest rate held {seconds:g} s without loss (bench/packet_path.py --sustained {seconds:g})",
         "",
-        "| config | daemon | highest rate without loss (pps) | CPU µs/record there "
+        "| config | daemon | highest rate asked without loss (pps) | CPU µs/record there "
         "| first rate that lost (pps, loss) |",
         "|---|---|---|---|---|",
     ]
@@ -414,7 +414,7 @@ def sustained(ns: str, tmp: Path, daemons: list[str], configs: list[str], second
     for config in configs:
         for daemon in daemons:
             good, bad = sustained_search(functools.partial(attempt, daemon, config))
-            held = f"{good.rate:.0f}" if good else "none"
+            held = f"{good.rate:.0f} (sent at {good.send_rate:,.0f})" if good else "none"
             cpu = f"{good.us_per_record:.2f}" if good else ""
             lost = f"{bad.rate:.0f} ({bad.loss:.2%})" if bad else "none (sender's limit)"
             lines.append(f"| {config} | {daemon} | {held} | {cpu} | {lost} |")
