@@ -319,6 +319,7 @@ def io_timeout_option() -> Any:
         f"seconds the server may leave a write unanswered before pylogd gives the connection up and the rows "
         f"wait for the next try (0: {DEFAULT_IO_TIMEOUT})",
         min=0,
+        max=86400,
     )
 
 

@@ -24,17 +24,23 @@ variable ``PYLOGD_<ID>_PASS`` (the instance id in capitals, other characters as 
 ``PYLOGD_PGSQL1_PASS``), else libpq's own (``PGPASSWORD``, ``~/.pgpass``).
 
 Rows are written from a worker thread in batches (up to 5000 rows), one transaction each, the values
-bound as parameters.  With ``procedure="INSERT"`` into a table (not a view) each batch goes by COPY,
-which takes a third of the time and a tenth of the CPU; a function (ulogd's INSERT_PACKET_FULL) takes
-a batch as one prepared statement, ``SELECT count(f(a0, ...)) FROM unnest($1::type[], ...)``, one array
-per argument, so the server calls it on every row in order without a round trip per row. The server need not be up at
-start; while it is away (stopped, restarted, connections killed) rows wait in the stack's backlog
-(``backlog_memcap`` bytes, if set) and are written once, in order, after reconnecting with back-off.
-A transaction whose COMMIT was cut off is looked up by its id after reconnecting (``txid_status``),
-so it is neither lost nor written twice. A row the server refuses (a constraint, a value out of
-range) is logged and set aside and the others are written. When the server is up at start, a missing
-table, schema, function, database or user, a wrong password, or a column no key of the stack fills,
-refuses the start naming it. SIGHUP reconnects.
+bound as parameters. With ``procedure="INSERT"`` into a table (not a view) each batch goes by COPY,
+which takes a third of the time and a tenth of the CPU; a function (ulogd's INSERT_PACKET_FULL)
+takes a batch as one prepared statement, ``SELECT count(f(a0, ...)) FROM unnest($1::type[], ...)``,
+one array per argument, so the server calls it on every row in order without a round trip per row.
+The server need not be up at start; while it is away (stopped, restarted, connections killed) rows
+wait in the stack's backlog (``backlog_memcap`` bytes, if set) and are written once, in order, after
+reconnecting with back-off. A transaction whose COMMIT was cut off is looked up by its id after
+reconnecting (``txid_status``), so it is neither lost nor written twice; with ``[global] spool_dir``
+its record is also on disk (``in-doubt.json`` in the output's spool directory, from just before
+COMMIT until it answered), so a pylogd stopped or killed meanwhile settles it at the next start
+before writing the spooled batch again. A server that leaves a write unanswered for ``io_timeout``
+seconds (0: 60; stopped, swapped out, a network that drops everything) loses the connection: the
+rows wait and go again, and a transaction still open on the old server process is ended and settled
+first. A row the server refuses (a constraint, a value out of range) is logged and set aside and the
+others are written. When the server is up at start, a missing table, schema, function, database or
+user, a wrong password, or a column no key of the stack fills, refuses the start naming it. SIGHUP
+reconnects.
 
 Differences from ulogd 2.0.8
 ----------------------------
