@@ -18,6 +18,10 @@ event mode, N in hash mode.  CPU is the daemon's time on a CPU (schedstat) over 
 divided by the 2N events the kernel offered; the median of ``--repeat`` runs is reported with
 the largest loss seen.
 
+Issue 11's cases: ``--modes event --flows 30000 --rates 0 --buffers default,example,kernel`` (30,000
+flows at full speed and their flush, 60,000 events) and ``--modes hash --flows 100000 --rates 0``
+(a flush of 100,000 entries).
+
 ``--sustained SECONDS``: the highest rate of new flows each daemon follows for SECONDS in event mode
 without losing a NEW event (doubling from 5,000/s, then a bisection to 5 %).
 
