@@ -385,6 +385,14 @@ class Mysql(SqlOutput):
         listed by XA RECOVER or rolled back, not still on its way."""
         if thread == cur.connection.thread_id():
             return
+        # only a session of this user on this database: after a server restart the id may be another's
+        cur.execute(
+            "SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID = %s "
+            "AND USER = SUBSTRING_INDEX(USER(), '@', 1) AND DB = DATABASE()",
+            (thread,),
+        )
+        if cur.fetchone()[0] == 0:
+            return
         with contextlib.suppress(self.pymysql.err.MySQLError):  # 1094: that session is gone already
             cur.execute(f"KILL {int(thread)}")
         for _ in range(50):
