@@ -204,7 +204,10 @@ def make_namespace(ns: str, ports: tuple[int, ...]) -> None:
 
 def daemon_command(daemon: str, conf: Path) -> list[str]:
     """ulogd, pylogd of this tree, or ``pylogd@DIR``: the pylogd package of another tree (a variant
-    being compared), run by this tree's interpreter."""
+    being compared), run by this tree's interpreter.  ``pylogd:rr`` (or ``pylogd@DIR:rr``) runs it
+    under SCHED_RR priority 99, the scheduling ulogd 2.0.8 gives itself at start."""
+    if daemon.endswith(":rr"):
+        return ["chrt", "--rr", "99", *daemon_command(daemon.removesuffix(":rr"), conf)]
     if daemon == "ulogd":
         return ["/usr/sbin/ulogd", "-c", str(conf)]
     if daemon.startswith("pylogd@"):
@@ -214,7 +217,7 @@ def daemon_command(daemon: str, conf: Path) -> list[str]:
 
 
 def run_one(ns: str, daemon: str, config: str, opts: dict, packets: int, rate: float, tmp: Path, run: int) -> Result:
-    label = daemon.replace("/", "_").replace("@", "-")
+    label = daemon.replace("/", "_").replace("@", "-").replace(":", "-")
     setting = config.replace(" ", "_").replace("=", "").replace("(", "").replace(")", "")
     name = f"{label}-{setting}-{packets}-{rate:.0f}-{run}"  # each run its own files
     conf = tmp / f"{name}.conf"
@@ -346,6 +349,11 @@ def main() -> int:
         metavar="DIR",
         help="also run the pylogd package of another tree (a variant to compare), shown as pylogd@DIR",
     )
+    p.add_argument(
+        "--rr",
+        action="store_true",
+        help="also run pylogd under SCHED_RR 99 (ulogd sets that for itself: it then never waits for its CPU)",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per daemon and configuration, taking turns")
     p.add_argument("--config", choices=list(CONFIGS), action="append")
     p.add_argument("--results", help="append a Markdown table to this file (e.g. bench/RESULTS.md)")
@@ -365,6 +373,7 @@ def main() -> int:
     cases = parse_cases(args.cases) if args.cases else [(args.packets, args.rate)]
     daemons = [d for d in ("ulogd", "pylogd") if not args.only or d == args.only]
     daemons += [f"pylogd@{tree}" for tree in args.also]
+    daemons += ["pylogd:rr"] if args.rr else []
     ns = f"pylogd-bench-{os.getpid()}"
     results: list[Result] = []
     try:
