@@ -316,8 +316,8 @@ def io_timeout_option() -> Any:
     return int_option(
         "io_timeout",
         0,
-        f"seconds the server may leave a write unanswered before pylogd gives the connection up and the rows "
-        f"wait for the next try (0: {DEFAULT_IO_TIMEOUT})",
+        "seconds the server may take over a batch (PGSQL) or leave a read or write unanswered (MYSQL) before "
+        f"pylogd gives the connection up; the rows wait for the next try (0: {DEFAULT_IO_TIMEOUT})",
         min=0,
         max=86400,
     )

@@ -595,7 +595,7 @@ def test_a_frozen_server_process_costs_a_timeout_and_every_row_is_written_once(
             while time.monotonic() < end:
                 burst()
                 time.sleep(0.1)
-            assert "left a write unanswered for 3 s" in read_text(d.log)
+            assert "left a batch unanswered for 3 s" in read_text(d.log)
             assert "is still open on the server" in read_text(d.log)
         for _ in range(10):
             burst()

@@ -34,7 +34,7 @@ reconnecting with back-off. A transaction whose COMMIT was cut off is looked up 
 reconnecting (``txid_status``), so it is neither lost nor written twice; with ``[global] spool_dir``
 its record is also on disk (``in-doubt.json`` in the output's spool directory, from just before
 COMMIT until it answered), so a pylogd stopped or killed meanwhile settles it at the next start
-before writing the spooled batch again. A server that leaves a write unanswered for ``io_timeout``
+before writing the spooled batch again. A server that has not finished a batch after ``io_timeout``
 seconds (0: 60; stopped, swapped out, a network that drops everything) loses the connection: the
 rows wait and go again, and a transaction still open on the old server process is ended and settled
 first. A row the server refuses (a constraint, a value out of range) is logged and set aside and the
@@ -386,6 +386,6 @@ class Pgsql(SqlOutput):
         with sock, contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)  # libpq keeps its descriptor; the connection is over
         self.log.error(
-            f"the database left a write unanswered for {self.options['io_timeout'] or DEFAULT_IO_TIMEOUT} s; "
+            f"the database left a batch unanswered for {self.options['io_timeout'] or DEFAULT_IO_TIMEOUT} s; "
             "dropping the connection (the rows wait and go again)"
         )
