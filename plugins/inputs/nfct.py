@@ -6,7 +6,8 @@ Options, the first 26 keys (order, names, types) and the three modes are ulogd's
   is passed on; ``flow.start`` is the kernel's start stamp or the receive time (NEW),
   ``flow.end`` the kernel's stop stamp or the receive time (DESTROY).
 * hash mode (``hash_enable=1``, the default): NEW and UPDATE only fill a table of live flows
-  (a dict keyed by ``ct.id``); a DESTROY is emitted with ``flow.start`` from the table.
+  (a dict keyed by the flow's original tuple, ``ct.id`` and ``ct.zone``: see :func:`flow_key`);
+  a DESTROY is emitted with ``flow.start`` from the table.
   At start the current conntrack table is loaded into it.
 * polling mode (``pollinterval=N``, needs the hash): the table is dumped every N seconds;
   flows gone since the last dump are emitted as DESTROY.
@@ -65,17 +66,20 @@ import ctypes
 import ipaddress
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 
 from pylogd.config import INT_MAX
 from pylogd.conntrack import (
+    CTA_TUPLE_ORIG,
     EVENT_DESTROY,
     EVENT_NEW,
     EVENT_UPDATE,
     F_EVENT,
     F_FAMILY,
     F_ICMP_CODE,
+    F_ICMP_ID,
     F_ICMP_TYPE,
     F_ID,
     F_MARK,
@@ -113,7 +117,7 @@ from pylogd.conntrack import (
 from pylogd.keys import KeyType
 from pylogd.log import NOTICE
 from pylogd.loop import BacklogReader, EventLoop
-from pylogd.netlink import DEFAULT_RCVBUF, NetlinkError, backlog_option, rcvbuf_options
+from pylogd.netlink import DEFAULT_RCVBUF, NLA, NLA_TYPE_MASK, NetlinkError, backlog_option, rcvbuf_options
 from pylogd.plugin import Input, Kind, PluginError, PluginSpec, int_option, key, str_option
 
 #: the longest timer, in seconds: the loop's epoll timeout is a C int of milliseconds (24.8 days)
@@ -280,12 +284,37 @@ def release_free_memory() -> None:
         _TRIM(0)
 
 
-def flow_key(rec: tuple | list) -> object:
-    """The table key: ct.id, or the original tuple when the kernel gave no id."""
-    cid = rec[F_ID]
-    if cid is not None:
-        return cid
-    return (rec[F_ORIG_SRC], rec[F_ORIG_DST], rec[F_ORIG_PROTO], rec[F_ORIG_SPORT], rec[F_ORIG_DPORT], rec[F_ZONE])
+#: where the first attribute of a ctnetlink message starts (after nlmsghdr and nfgenmsg): the
+#: kernel puts CTA_TUPLE_ORIG there in events and dumps alike
+_FIRST_ATTR = 20
+_ID_AND_ZONE = struct.Struct(">IH")
+_read_attr_header = NLA.unpack_from
+
+
+def flow_key(rec: tuple | list) -> bytes | tuple:
+    """The table key of a flow: its CTA_TUPLE_ORIG attribute as the kernel wrote it, then ct.id
+    and ct.zone (0 when absent), as one bytes object.
+
+    Why not ct.id alone: the kernel's id is 32 bits of a keyed hash (of the entry's address and
+    tuple), not a unique number, so among 100,000 live flows two share one about once, and one
+    would replace the other here (its start lost or given to the other).  Two live entries of
+    one zone never share an original tuple (the kernel refuses the second), which is how ulogd
+    2.0.8 tells flows apart (it compares tuples, never the id).  The id stays in the key so that
+    a new flow on the tuple of an old one whose DESTROY was lost (or is still to come, with
+    ``reliable=1``) gets its own entry.  The attribute is cut from the message without decoding:
+    the same bytes in NEW, UPDATE, DESTROY and dumps, directional zones (CTA_TUPLE_ZONE) and the
+    ICMP id included.  A message whose first attribute is not the original tuple (no kernel
+    sends one) is keyed by its decoded fields instead.
+    """
+    msg = rec[F_MSG]
+    if len(msg) >= _FIRST_ATTR + 4:
+        size, atype = _read_attr_header(msg, _FIRST_ATTR)
+        if atype & NLA_TYPE_MASK == CTA_TUPLE_ORIG and 4 < size <= len(msg) - _FIRST_ATTR:
+            return bytes(msg[_FIRST_ATTR : _FIRST_ATTR + size]) + _ID_AND_ZONE.pack(rec[F_ID] or 0, rec[F_ZONE] or 0)
+    return (
+        rec[F_ID], rec[F_FAMILY], rec[F_ORIG_SRC], rec[F_ORIG_DST], rec[F_ORIG_PROTO], rec[F_ORIG_SPORT],
+        rec[F_ORIG_DPORT], rec[F_ICMP_TYPE], rec[F_ICMP_CODE], rec[F_ICMP_ID], rec[F_ZONE],
+    )  # fmt: skip
 
 
 class Nfct(Input):
@@ -337,7 +366,7 @@ class Nfct(Input):
             self.bpf = compile_filter(*parsed)
         except ValueError as exc:  # too many entries for one program: userspace alone filters
             self.bpf, self.bpf_problem = None, str(exc)
-        self.table: dict[object, list] = {}  # key -> [last message (bytes), start ns]
+        self.table: dict[object, list] = {}  # flow_key() -> [last message (bytes), start ns]
         self.stats = {"hash_full": 0, "resyncs": 0, "purged": 0, "filtered": 0, "dumps": 0}
 
     # -- start ----------------------------------------------------------------------------------
