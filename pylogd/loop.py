@@ -70,10 +70,11 @@ class EventLoop:
     def add_signal(self, signum: int, callback: Callable[[int], None]) -> None:
         """Run ``callback(signum)`` from the loop after ``signum`` arrives.
 
-        Signals are state, not a stream: the handler only marks the signal pending, so a storm
-        of one signal costs one callback and never hides another (the wake-up socket may fill up
-        and lose bytes; it only wakes the loop).  The order of :meth:`add_signal` calls is the
-        order pending signals are handled in: register the terminating ones first.
+        Signals are state, not a stream: the handler and the signal's byte on the wake-up socket
+        only mark the signal pending, so a storm of one signal costs one callback and never hides
+        another (the wake-up socket may fill up and lose bytes; the handler still marks it).
+        The order of :meth:`add_signal` calls is the order pending signals are handled in:
+        register the terminating ones first.
         """
         if self._wake_r is None:
             self._wake_r, self._wake_w = socket.socketpair()
@@ -92,13 +93,19 @@ class EventLoop:
 
     def _read_signals(self) -> None:
         assert self._wake_r is not None
+        pending = self._pending_signals
+        # Each byte is a signal's number, written by the C-level handler.  It marks the signal too:
+        # the Python-level handler runs only when the interpreter next executes bytecode, which a
+        # loop compiled by Cython may not do before it waits again (a SIGTERM would then wait
+        # for the next packet).
         try:
-            while self._wake_r.recv(4096):
-                pass
+            while data := self._wake_r.recv(4096):
+                for signum in set(data):
+                    if signum in self._signal_handlers:
+                        pending[signum] = True
         except BlockingIOError:
             pass
         # after the drain: a signal marked from here on leaves a byte behind and wakes the loop again
-        pending = self._pending_signals
         for signum, handler in self._signal_handlers.items():
             if pending.get(signum):
                 pending[signum] = False
