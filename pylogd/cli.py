@@ -17,6 +17,7 @@ from .daemon import Daemon, DaemonError, PidFile, daemonize, drop_privileges, lo
 from .log import SINK, Logger
 from .plugin import Kind, OptType, Plugin, PluginSpec
 from .registry import Registry
+from .scheduling import run_realtime
 from .stack import Topology, build
 
 DEFAULT_CONFIG = "/etc/pylogd.conf"
@@ -119,6 +120,8 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
             daemonize()
         if pidfile:
             pidfile.create(log)
+        if opts["realtime"]:
+            run_realtime(log)  # before the service user, who may not have CAP_SYS_NICE
         if user:
             kept = drop_privileges(*user)
             caps = "keeping CAP_NET_ADMIN" if kept else "without CAP_NET_ADMIN: conntrack dumps will fail"

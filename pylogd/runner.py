@@ -22,6 +22,7 @@ import time
 
 from .log import ERROR, Logger
 from .plugin import Output, RejectedEntries
+from .scheduling import run_normal
 from .spool import Spool
 
 #: entries per write while the backlog is worked off: one retry of a full disk costs about this much
@@ -348,6 +349,7 @@ class OutputRunner:
     # -- the worker thread of a blocking output -----------------------------------------------
 
     def _worker(self) -> None:
+        run_normal()  # the loop may run at real-time priority; writes wait on disks and servers
         wake = self._wake
         while True:
             with wake:

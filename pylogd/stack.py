@@ -120,6 +120,13 @@ GLOBAL_OPTIONS = (
         "after a restart. Unset: past the memory backlog entries are dropped (counted and logged)",
     ),
     int_option(
+        "realtime",
+        1,
+        "1: the thread reading the kernel runs under SCHED_RR at the highest priority, as ulogd's does "
+        "(needs root or CAP_SYS_NICE; the systemd unit sets it); 0: the normal scheduler",
+        choices=("0", "1"),
+    ),
+    int_option(
         "spool_max_bytes",
         1 << 30,
         "the most disk each output's spool may take, in bytes; past that new entries are dropped",
