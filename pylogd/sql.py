@@ -47,6 +47,7 @@ import json
 import os
 import re
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -357,10 +358,11 @@ class Layout:
     """The keys one stack's entries carry, in entry order: the active columns' keys when the table was
     known when the stack was built, else every key of the stack."""
 
-    def __init__(self, keys: list[Key], from_table: bool) -> None:
+    def __init__(self, keys: list[Key], from_table: bool, spooled_only: bool = False) -> None:
         self.keys = keys
         self.types = [k.type for k in keys]
         self.from_table = from_table
+        self.spooled_only = spooled_only  # no stack makes entries of it: only a spool may hold some
 
 
 class SqlOutput(Output):
@@ -382,7 +384,10 @@ class SqlOutput(Output):
         super().__init__(instance_id, options, log)
         self.conn: Any = None
         self.columns: list[Column] | None = None  # the active columns, once the table was read
-        self.layouts: list[Layout] = []
+        # by tag, the first value of each entry: a number made from the layout's key names, so entries
+        # a spool kept from an earlier run find their layout again
+        self.layouts: dict[int, Layout] = {}
+        self._stack_keys: list[list[Key]] = []  # stacks whose table was not known at start: all their keys
         self._rows: dict[int, Callable[[tuple], tuple]] = {}  # layout -> row function, for self.columns
         self.statement = ""
         self._lock = threading.Lock()  # the connection, between the workers, SIGHUP and stop()
@@ -538,17 +543,19 @@ class SqlOutput(Output):
     def handler(self, slots: Slots) -> Callable[[list], Any]:
         keys = [k for k, _ in slots.wildcard]
         slot_of = {k.name: s for k, s in slots.wildcard}
+        # every key a column may name, but raw data (a copy of each packet and netlink message), which
+        # ulogd's tables never hold: the entries of a stack whose table is not known at start
+        all_keys = [k for k in keys if k.type is not KeyType.RAW]
         if self.columns is not None:
             found, missing = match_keys(self.columns, keys)
             if missing:
                 raise SchemaError(missing_message(missing, self.target()), option="table")
             layout_keys = [keys[i] for i in found if i is not None]
+            self._layout(all_keys, False, spooled_only=True)  # what a run that started without the server spooled
         else:
-            # the table is not known yet: keep every key a column may name, but raw data (a copy of each
-            # packet and netlink message), which ulogd's tables never hold
-            layout_keys = [k for k in keys if k.type is not KeyType.RAW]
-        tag = len(self.layouts)
-        self.layouts.append(Layout(layout_keys, self.columns is not None))
+            layout_keys = all_keys
+            self._stack_keys.append(all_keys)
+        tag = self._layout(layout_keys, self.columns is not None)
         read = [slot_of[k.name] for k in layout_keys]
         raw = [j for j, k in enumerate(layout_keys) if k.type is KeyType.RAW]
         if not raw:
@@ -566,6 +573,13 @@ class SqlOutput(Output):
             return (tag, *row)
 
         return entry
+
+    def _layout(self, keys: list[Key], from_table: bool, spooled_only: bool = False) -> int:
+        tag = zlib.crc32("\0".join(k.name for k in keys).encode())
+        known = self.layouts.get(tag)
+        if known is None or (known.spooled_only and not spooled_only):
+            self.layouts[tag] = Layout(keys, from_table, spooled_only)
+        return tag
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -615,8 +629,15 @@ class SqlOutput(Output):
         if not self._rows:
             assert self.columns is not None
             self.statement = self.statement_for(self.columns)
-            for tag, layout in enumerate(self.layouts):
+            for keys in self._stack_keys:
+                # what a run that read this table at start spooled carries the columns' keys only
+                found, missing = match_keys(self.columns, keys)
+                if not missing:
+                    self._layout([keys[i] for i in found if i is not None], True, spooled_only=True)
+            for tag, layout in list(self.layouts.items()):
                 found, missing = match_keys(self.columns, layout.keys)
+                if missing and layout.spooled_only:
+                    continue  # its entries, if a spool holds any, are set aside
                 if missing:
                     # the next try reads the table again: it may have been fixed by then
                     self._rows.clear()
@@ -640,6 +661,12 @@ class SqlOutput(Output):
         rows_of = self._rows
         rejected: list[tuple[Any, str]] = []
         done = 0
+        if any(e[0] not in rows_of for e in entries):
+            unknown = [e for e in entries if e[0] not in rows_of]
+            entries[:] = [e for e in entries if e[0] in rows_of]
+            rejected.extend(
+                (e, "kept by an earlier run for a table of other columns, which this run cannot map") for e in unknown
+            )
         try:
             while done < len(entries):
                 chunk = entries[done : done + self.batch_rows]

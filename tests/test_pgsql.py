@@ -606,3 +606,38 @@ def test_a_frozen_server_process_costs_a_timeout_and_every_row_is_written_once(
         assert d.stop() == 0
     numbers = [r[0] for r in pg_schema.rows("SELECT test_n FROM t ORDER BY _id")]
     assert numbers == list(range(1, sent + 1)), f"{len(numbers)} rows for {sent}"
+
+
+@pytest.mark.parametrize("first_start", ["server-down", "server-up"])
+def test_rows_spooled_by_a_run_that_did_not_see_the_table_are_written_by_one_that_did(
+    pg_schema: PgSchema, tmp_path: Path, first_start: str
+) -> None:
+    """A run that starts without the server keeps every key of an event (the columns are not known);
+    one that starts with it, only the columns'.  Whatever the first run spooled, the next, started the
+    other way, writes it."""
+    pg_schema.load("CREATE TABLE t (_id serial, test_n integer, test_text text);")
+    fwd = TcpForwarder(("127.0.0.1", 5432))
+    section = pg_schema.section("pg1", host="127.0.0.1", port=fwd.port, table="t", procedure="INSERT")
+    d = PipeDaemon(tmp_path, "pg1:PGSQL", section, global_options=f'spool_dir="{tmp_path / "spool"}"\n')
+    count = lambda: pg_schema.rows("SELECT count(*) FROM t")[0][0]  # noqa: E731
+    try:
+        if first_start == "server-up":
+            fwd.up()
+        d.start()
+        fwd.down()
+        d.send(range(1, 51))
+        wait_for(lambda: "wait in memory" in read_text(d.log), timeout=20, what="the rows waiting")
+        assert d.stop() == 0
+        if first_start == "server-down":
+            fwd.up()
+        d.start()
+        if first_start == "server-up":
+            fwd.up()
+        d.send(range(51, 61))
+        wait_for(lambda: count() == 60, timeout=40, what="every row")
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            assert d.stop() == 0
+        fwd.down()
+    exactly_once(pg_schema, 60)
+    assert "rejected=0" in read_text(d.log).split("starting with")[-1]

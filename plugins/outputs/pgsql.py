@@ -324,7 +324,13 @@ class Pgsql(SqlOutput):
     def _write(self, entries: list) -> None:
         with self._watchdog():
             if self._in_doubt is not None:
-                self._settle(entries)
+                try:
+                    self._settle(entries)
+                except Exception as exc:
+                    self._close()  # the next try starts on a fresh connection, as after a failed batch
+                    if isinstance(exc, Transient):
+                        raise
+                    raise Transient(f"cannot settle the batch cut off before: {exc}") from exc
             super()._write(entries)
 
     def _settle(self, entries: list) -> None:
