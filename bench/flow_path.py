@@ -42,11 +42,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from packet_path import daemon_command, sender  # bench/ is the script's directory
+from packet_path import daemon_command, sender, sustained_search  # bench/ is the script's directory
 
 ROOT = Path(__file__).resolve().parent.parent
 DAEMONS = {"ulogd": ["/usr/sbin/ulogd"], "pylogd": [str(ROOT / ".venv/bin/pylogd")]}
@@ -277,7 +276,9 @@ def sustained_phase(ns: str, tmp: Path, args: argparse.Namespace) -> str:
     try:
         for buffers in args.buffers.split(","):
             for daemon in daemons_of(args):
-                good, bad = climb(functools.partial(attempt, daemon, buffers))
+                good, bad = sustained_search(
+                    functools.partial(attempt, daemon, buffers), start=5_000, lost=lambda r: r.written < r.expected
+                )
                 held = f"{good.rate:.0f} (sent at {good.send_rate:,.0f})" if good else "none"
                 cpu = f"{good.cpu_us:.2f}" if good else ""
                 lost = f"{bad.rate:.0f} ({1 - bad.written / bad.expected:.2%})" if bad else "none (sender's limit)"
@@ -286,31 +287,6 @@ def sustained_phase(ns: str, tmp: Path, args: argparse.Namespace) -> str:
     finally:
         limit_path.write_text(str(old_limit))
     return "\n".join(lines)
-
-
-def climb(attempt: Callable[[float], Run], start: float = 5_000, top: float = 2_000_000) -> tuple:
-    """(the fastest lossless run, the slowest lossy one): the rate doubles until a run loses, then
-    a bisection to within 5 %; a run the sender could not keep up ends the climb."""
-    good = bad = None
-    rate = start
-    while rate <= top:
-        r = attempt(rate)
-        if r.written < r.expected:
-            bad = r
-            break
-        good = r
-        if r.send_rate < 0.9 * rate:
-            return good, None
-        rate *= 2
-    low = good.rate if good else start / 16  # losing even at the start: look no lower than this
-    while bad is not None and bad.rate - low > 0.05 * bad.rate:
-        rate = (low + bad.rate) / 2
-        r = attempt(rate)
-        if r.written < r.expected:
-            bad = r
-        else:
-            good, low = r, rate
-    return good, bad
 
 
 def summary(runs: list[Run]) -> tuple[Run, float, int]:

@@ -437,14 +437,20 @@ def sustained(ns: str, tmp: Path, daemons: list[str], configs: list[str], second
     return "\n".join(lines)
 
 
-def sustained_search(attempt: Callable[[float], Any], start: float = 25_000, top: float = 2_000_000) -> tuple:
-    """(the fastest lossless result, the slowest lossy one) by doubling then bisecting the rate;
-    a run that could not send at the rate asked (the sender's own limit) ends the climb."""
+def sustained_search(
+    attempt: Callable[[float], Any],
+    start: float = 25_000,
+    top: float = 2_000_000,
+    lost: Callable[[Any], bool] = lambda r: r.written < r.sent,
+) -> tuple:
+    """(the fastest lossless result, the slowest lossy one) by doubling then bisecting the rate to
+    within 5 %; a run that could not send at the rate asked (the sender's own limit) ends the climb.
+    Shared by bench/flow_path.py, whose runs say what they lost in their own terms (``lost``)."""
     good = bad = None
     rate = start
     while rate <= top:
         r = attempt(rate)
-        if r.written < r.sent:
+        if lost(r):
             bad = r
             break
         good = r
@@ -455,7 +461,7 @@ def sustained_search(attempt: Callable[[float], Any], start: float = 25_000, top
     while bad is not None and bad.rate - low > 0.05 * bad.rate:
         rate = (low + bad.rate) / 2
         r = attempt(rate)
-        if r.written < r.sent:
+        if lost(r):
             bad = r
         else:
             good, low = r, rate
