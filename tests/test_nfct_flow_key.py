@@ -190,6 +190,20 @@ def test_the_key_is_the_same_in_every_message_of_a_flow_and_differs_between_flow
     assert len({key, *others}) == 5
 
 
+def test_a_message_not_led_by_the_original_tuple_is_keyed_by_its_decoded_fields() -> None:
+    """No kernel sends one, but the decoder reads attributes in any order: such a message is keyed
+    by the fields it decodes, a key no message led by its tuple can have."""
+    msg = ct_message("new", "10.1.0.1", 40000, SHARED_ID)
+    first = struct.unpack_from("=H", msg, 20)[0]  # CTA_TUPLE_ORIG, moved to the end
+    body = msg[16:20] + msg[20 + first :] + msg[20 : 20 + first]
+    moved = struct.pack("=IHHII", 16 + len(body), 0x100, 0x600, 1, 0) + body
+    key = key_of(moved)
+    assert isinstance(key, tuple) and SHARED_ID in key and socket.inet_aton("10.1.0.1") in key
+    assert key != key_of(msg)
+    bare = struct.pack("=IHHII", 20, 0x100, 0x600, 1, 0) + struct.pack("=BBH", socket.AF_INET, 0, 0)
+    assert key_of(bare) == (None, socket.AF_INET, *[None] * 9)
+
+
 def test_a_resync_dump_finds_both_flows_sharing_an_id(reader: HashReader, monkeypatch: pytest.MonkeyPatch) -> None:
     """Flows learned from events, then a resync whose dump (attributes in the dump's order) shows
     both still alive: nothing is purged and each keeps its start."""

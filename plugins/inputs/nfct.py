@@ -306,11 +306,13 @@ def flow_key(rec: tuple | list) -> bytes | tuple:
     ICMP id included.  A message whose first attribute is not the original tuple (no kernel
     sends one) is keyed by its decoded fields instead.
     """
-    msg = rec[F_MSG]
-    if len(msg) >= _FIRST_ATTR + 4:
+    msg = rec[F_MSG]  # a memoryview (the decoder's)
+    try:
         size, atype = _read_attr_header(msg, _FIRST_ATTR)
-        if atype & NLA_TYPE_MASK == CTA_TUPLE_ORIG and 4 < size <= len(msg) - _FIRST_ATTR:
-            return bytes(msg[_FIRST_ATTR : _FIRST_ATTR + size]) + _ID_AND_ZONE.pack(rec[F_ID] or 0, rec[F_ZONE] or 0)
+    except struct.error:  # a message without attributes
+        atype = 0
+    if atype & NLA_TYPE_MASK == CTA_TUPLE_ORIG:
+        return msg[_FIRST_ATTR : _FIRST_ATTR + size].tobytes() + _ID_AND_ZONE.pack(rec[F_ID] or 0, rec[F_ZONE] or 0)
     return (
         rec[F_ID], rec[F_FAMILY], rec[F_ORIG_SRC], rec[F_ORIG_DST], rec[F_ORIG_PROTO], rec[F_ORIG_SPORT],
         rec[F_ORIG_DPORT], rec[F_ICMP_TYPE], rec[F_ICMP_CODE], rec[F_ICMP_ID], rec[F_ZONE],
