@@ -20,7 +20,7 @@ HOT_MODULES = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file
 
 
 def warn(message: str) -> None:
-    print(f"pylogd: {message}; installing the pure-Python modules only", file=sys.stderr)
+    print(f"pylogd: {message}", file=sys.stderr)
 
 
 class OptionalBuildExt(build_ext):
@@ -35,13 +35,13 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # no compiler, no headers
-            warn(f"compiled modules not built ({exc})")
+            warn(f"compiled modules not built ({exc}); installing the pure-Python modules only")
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
         except Exception as exc:
-            warn(f"{ext.name} not compiled ({exc})")
+            warn(f"{ext.name} not compiled ({exc}); it runs as pure Python")
 
 
 def extensions() -> list[Extension]:
@@ -50,7 +50,7 @@ def extensions() -> list[Extension]:
     try:
         from Cython.Build import cythonize
     except ImportError:
-        warn("Cython is not available")
+        warn("Cython is not available; installing the pure-Python modules only")
         return []
     modules = [Extension(name, [path]) for name, path in HOT_MODULES.items()]
     return cythonize(
