@@ -16,28 +16,21 @@ PYLOGD_PURE_PYTHON=1); bench/flow_path.py compares the daemons with ulogd.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nflog_replay import ReplaySocket  # noqa: E402  (bench/ is the script's directory)
+from nflog_replay import replay, report  # noqa: E402  (bench/ is the script's directory)
 from packet_path import sh  # noqa: E402
 
-from pylogd.config import parse_ini  # noqa: E402
 from pylogd.conntrack import EVENT_DESTROY, EVENT_NEW, CtSocket  # noqa: E402
-from pylogd.daemon import Daemon  # noqa: E402
-from pylogd.log import Logger  # noqa: E402
 from pylogd.netlink import iter_messages, netns_context  # noqa: E402
-from pylogd.registry import Registry  # noqa: E402
-from pylogd.stack import build  # noqa: E402
 
 NS = f"pylogd-flowreplay-{os.getpid()}"
 DEFAULT_STACK = "ct1:NFCT,ip2str1:IP2STR,print1:PRINTFLOW,emu1:LOGEMU"
@@ -101,53 +94,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         sh("ip", "netns", "add", NS)
         try:
-            text = (
+            config = (
                 f'[global]\nlogfile="{tmp}/replay.log"\nloglevel=5\nstack={args.stack}\n'
                 f"[ct1]\nhash_enable=0\nnetns={NS}\n"
                 f'[emu1]\nfile="{tmp}/replay.out"\nsync=0\n'
             )
-            topo = build(parse_ini("replay.conf", text), Registry(), Logger)
-            daemon = Daemon(topo, Logger("replay"))
-            daemon.start()
-            for stack in daemon.stacks:
-                stack.runner.start()
-            nfct = topo.instances["ct1"].plugin
-            sock = nfct.sock
-            real = sock._sock
-            work = nfct._reader.work
-            times = []
-            prof = cProfile.Profile() if args.profile else None
-            try:
-                for _ in range(args.rounds):
-                    replay = ReplaySocket(real, datagrams)
-                    sock._sock = replay
-                    t0 = time.process_time()
-                    if prof:
-                        prof.enable()
-                    while replay.next < len(datagrams) or sock.backlog:
-                        work()
-                    for stack in daemon.stacks:  # the writes of this round count, and finish in it
-                        while stack.runner.pending():
-                            time.sleep(0.0005)
-                    if prof:
-                        prof.disable()
-                    times.append(time.process_time() - t0)
-            finally:
-                sock._sock = real
-                daemon.shutdown()
-            if prof:
-                prof.dump_stats(args.profile)
+            times = replay(config, "ct1", lambda nfct: nfct._reader.work, datagrams, args)
             written = Path(f"{tmp}/replay.out").read_bytes().count(b"\n") if "LOGEMU" in args.stack else None
         finally:
             subprocess.run(["ip", "netns", "del", NS], capture_output=True)
-
-    best = min(times) / per_round * 1e6
-    median = sorted(times)[len(times) // 2] / per_round * 1e6
-    print(f"CPU per event: min {best:.3f} µs, median {median:.3f} µs over {args.rounds} rounds")
-    if written is not None and written != per_round * args.rounds:
-        print(f"WARNING: {written} lines written for {per_round * args.rounds} events", file=sys.stderr)
-        return 1
-    return 0
+    return report(times, per_round, args.rounds, written, "event")
 
 
 if __name__ == "__main__":

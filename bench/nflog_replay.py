@@ -24,7 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -96,6 +98,57 @@ class ReplaySocket:
         return getattr(self.real, name)
 
 
+def replay(
+    config: str, input_id: str, reader: Callable[[Any], Callable[[], int]], datagrams: list[bytes], args: Any
+) -> list[float]:
+    """Start the stacks of ``config`` (their input ``input_id`` opened in the namespace NS), then feed
+    ``datagrams`` ``args.rounds`` times through the input's own reader (``reader(plugin)``: its
+    work function); returns the CPU seconds of each round, the output's writes included."""
+    topo = build(parse_ini("replay.conf", config), Registry(), Logger)
+    daemon = Daemon(topo, Logger("replay"))
+    daemon.start()
+    for stack in daemon.stacks:
+        stack.runner.start()
+    plugin = topo.instances[input_id].plugin
+    sock = plugin.sock
+    real = sock._sock
+    work = reader(plugin)
+    times = []
+    prof = cProfile.Profile() if args.profile else None
+    try:
+        for _ in range(args.rounds):
+            fake = ReplaySocket(real, datagrams)
+            sock._sock = fake
+            t0 = time.process_time()
+            if prof:
+                prof.enable()
+            while fake.next < len(datagrams) or sock.backlog:
+                work()
+            for stack in daemon.stacks:  # the writes of this round count, and finish in it
+                while stack.runner.pending():
+                    time.sleep(0.0005)
+            if prof:
+                prof.disable()
+            times.append(time.process_time() - t0)
+    finally:
+        sock._sock = real
+        daemon.shutdown()
+    if prof:
+        prof.dump_stats(args.profile)
+    return times
+
+
+def report(times: list[float], per_round: int, rounds: int, written: int | None, what: str) -> int:
+    """Print CPU µs per ``what`` (min and median over the rounds); 1 when the output missed some."""
+    best = min(times) / per_round * 1e6
+    median = sorted(times)[len(times) // 2] / per_round * 1e6
+    print(f"CPU per {what}: min {best:.3f} µs, median {median:.3f} µs over {rounds} rounds")
+    if written is not None and written != per_round * rounds:
+        print(f"WARNING: {written} lines written for {per_round * rounds} {what}s", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--packets", type=int, default=20000, help="packets captured (default 20000)")
@@ -114,54 +167,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         sh("ip", "netns", "add", NS)
         try:
-            text = (
+            config = (
                 f'[global]\nlogfile="{tmp}/replay.log"\nloglevel=5\nstack={args.stack}\n'
                 f"[log1]\ngroup={GROUP}\nnetns={NS}\n"
                 f'[emu1]\nfile="{tmp}/replay.out"\nsync=0\n'
                 f'[json1]\nfile="{tmp}/replay.json"\n[pcap1]\nfile="{tmp}/replay.pcap"\n'
             )
-            topo = build(parse_ini("replay.conf", text), Registry(), Logger)
-            daemon = Daemon(topo, Logger("replay"))
-            daemon.start()
-            for stack in daemon.stacks:
-                stack.runner.start()
-            nflog = topo.instances["log1"].plugin
-            sock = nflog.sock
-            real = sock._sock
-            work = nflog._readable.work
-            times = []
-            prof = cProfile.Profile() if args.profile else None
-            try:
-                for _ in range(args.rounds):
-                    replay = ReplaySocket(real, datagrams)
-                    sock._sock = replay
-                    t0 = time.process_time()
-                    if prof:
-                        prof.enable()
-                    while replay.next < len(datagrams) or sock.backlog:
-                        work()
-                    for stack in daemon.stacks:  # the writes of this round count, and finish in it
-                        while stack.runner.pending():
-                            time.sleep(0.0005)
-                    if prof:
-                        prof.disable()
-                    times.append(time.process_time() - t0)
-            finally:
-                sock._sock = real
-                daemon.shutdown()
-            if prof:
-                prof.dump_stats(args.profile)
+            times = replay(config, "log1", lambda nflog: nflog._readable.work, datagrams, args)
             written = Path(f"{tmp}/replay.out").read_bytes().count(b"\n") if "LOGEMU" in args.stack else None
         finally:
             subprocess.run(["ip", "netns", "del", NS], capture_output=True)
-
-    best = min(times) / per_round * 1e6
-    median = sorted(times)[len(times) // 2] / per_round * 1e6
-    print(f"CPU per record: min {best:.3f} µs, median {median:.3f} µs over {args.rounds} rounds")
-    if written is not None and written != per_round * args.rounds:
-        print(f"WARNING: {written} lines written for {per_round * args.rounds} packets", file=sys.stderr)
-        return 1
-    return 0
+    return report(times, per_round, args.rounds, written, "record")
 
 
 if __name__ == "__main__":
