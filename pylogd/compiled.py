@@ -46,7 +46,9 @@ def pure_requested() -> bool:
 class SourceOnlyFinder:
     """Finds pylogd's modules as ``.py`` files only, so installed compiled modules are passed over."""
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None, target: object = None):
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if path is None or not fullname.startswith("pylogd."):
             return None
         for entry in path:
