@@ -10,6 +10,8 @@ pcap records or rows with the burst prefix), loss, CPU µs per record (schedstat
 or records per second (written / the time from the first packet until the count stopped growing),
 peak RSS and the ratio pylogd/ulogd.  The databases are the machine's PostgreSQL and MariaDB, reached
 through their unix sockets, each run in a database of its own with ulogd's shipped schema loaded.
+PGSQL and MYSQL call INSERT_PACKET_FULL per row as the example does; PGSQL-flat and MYSQL-flat load
+ulogd's flat schemas and insert into their plain table (``procedure="INSERT"``, ``table="ulog2"``).
 """
 
 from __future__ import annotations
@@ -91,11 +93,11 @@ def psql(sql: str, db: str = "test") -> str:
     return sh("psql", "-h", "/var/run/postgresql", "-U", "postgres", "-d", db, "-qtAc", sql).stdout.strip()
 
 
-def pg_setup(tmp: Path, name: str) -> None:
+def pg_setup(tmp: Path, name: str, schema_file: str = "pgsql-ulogd2.sql.gz") -> None:
     db = db_name(name)
     psql(f"drop database if exists {db}")
     psql(f"create database {db}")
-    schema = gzip.decompress((DOC / "pgsql-ulogd2.sql.gz").read_bytes()).decode()
+    schema = gzip.decompress((DOC / schema_file).read_bytes()).decode()
     sh("psql", "-h", "/var/run/postgresql", "-U", "postgres", "-d", db, "-q", "-v", "ON_ERROR_STOP=0", input=schema)
 
 
@@ -114,10 +116,10 @@ def mysql(sql: str, db: str | None = None) -> str:
     return sh("mariadb", "-uroot", "-N", "-B", *([db] if db else []), "-e", sql).stdout.strip()
 
 
-def my_setup(tmp: Path, name: str) -> None:
+def my_setup(tmp: Path, name: str, schema_file: str = "mysql-ulogd2.sql.gz") -> None:
     db = db_name(name)
     mysql(f"drop database if exists {db}; create database {db}")
-    schema = gzip.decompress((DOC / "mysql-ulogd2.sql.gz").read_bytes()).decode()
+    schema = gzip.decompress((DOC / schema_file).read_bytes()).decode()
     sh("mariadb", "-uroot", db, input=schema)
 
 
@@ -167,6 +169,26 @@ OUTPUTS = {
         ),
         my_count,
         my_setup,
+        my_teardown,
+    ),
+    # ulogd's flat schemas: one plain table, rows by INSERT (pylogd: COPY / multi-row INSERT per batch)
+    "PGSQL-flat": Output(
+        f"{PACKET_KEYS},ip2str1:IP2STR,mac2str1:HWHDR,pgsql1:PGSQL",
+        lambda tmp, name: (
+            f'[pgsql1]\ndb="{db_name(name)}"\nhost=""\nuser="postgres"\ntable="ulog2"\npass=""\nprocedure="INSERT"\n'
+        ),
+        pg_count,
+        lambda tmp, name: pg_setup(tmp, name, "pgsql-ulogd2-flat.sql.gz"),
+        pg_teardown,
+    ),
+    "MYSQL-flat": Output(
+        f"{PACKET_KEYS},ip2bin1:IP2BIN,mac2str1:HWHDR,mysql1:MYSQL",
+        lambda tmp, name: (
+            f'[mysql1]\ndb="{db_name(name)}"\nhost="localhost"\nuser="root"\ntable="ulog2"\npass=""\n'
+            'procedure="INSERT"\n'
+        ),
+        my_count,
+        lambda tmp, name: my_setup(tmp, name, "mysql-ulogd2-flat.sql.gz"),
         my_teardown,
     ),
 }
