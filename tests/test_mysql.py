@@ -448,12 +448,14 @@ def test_every_procedure_form_writes_the_rows(my_db: MyDb, procedure: str, state
     s.stop()
 
 
-def test_a_function_takes_text_as_the_driver_escapes_it(my_db: MyDb) -> None:
+@pytest.mark.parametrize("procedure", ["ADD_FN", "INSERT"])
+def test_text_is_written_as_the_driver_escapes_it(my_db: MyDb, procedure: str) -> None:
+    """Calls of a function many to a DO, and a table's rows many to an INSERT: both escaped by the driver."""
     my_db.load(PROCEDURES)
-    section = my_db.section("my1", table="t", procedure="ADD_FN") + '[in1]\npath="/nonexistent/fifo"\n'
+    section = my_db.section("my1", table="t", procedure=procedure) + '[in1]\npath="/nonexistent/fifo"\n'
     s = SqlStack("in1:PIPEIN,my1:MYSQL", section)
     texts = ["it's", 'a "quote"', "back\\slash", "%s %(x)s", "zero\x00byte", "äöü €", "", "NULL", None]
-    values = [(n, texts[n % len(texts)]) for n in range(1, 2501)]  # more than one DO statement
+    values = [(n, texts[n % len(texts)]) for n in range(1, 2501)]  # more than one statement
     assert s.write([s.entry({"test.n": n, "test.text": x}) for n, x in values]) == ([], [])
     assert my_db.rows("SELECT test_n, test_text FROM t ORDER BY id") == values
     s.stop()
