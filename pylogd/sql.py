@@ -498,6 +498,8 @@ class SqlOutput(Output):
 
     def configure(self) -> None:
         check_identifier(self.options["table"], "table")
+        if self.options.get("pass") and self.options.get("pass_file"):
+            raise PluginError("pass and pass_file both set; keep one", option="pass_file")
         if "procedure" in self.options:
             check_procedure(self.options["procedure"])
         memcap = self.options.get("backlog_memcap") or 0

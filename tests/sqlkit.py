@@ -502,3 +502,42 @@ def side_by_side_flows(rig: Any, tmp: Path, stack: str, sections: dict[str, str]
     ns.run(["conntrack", "-F"])
     wait_for(lambda: count("ulogd") >= 8 and count("pylogd") >= 8, timeout=20, what="8 flow rows each")
     time.sleep(0.5)
+
+
+#: a TCP SYN and an IPv6 UDP datagram as a packet stack gives them to an SQL output, without the
+#: address keys (IP2STR's text or IP2BIN's bytes: each test file adds the ones its schema takes)
+PACKET_SYN = {
+    "oob.time.sec": 1795388587,
+    "oob.time.usec": 721317,
+    "oob.hook": 1,
+    "oob.prefix": "TCPIN: ",
+    "oob.mark": 0,
+    "oob.in": "rsva",
+    "oob.out": "",
+    "oob.family": 2,
+    "oob.protocol": 2048,
+    "ip.protocol": 6,
+    "ip.ttl": 64,
+    "ip.totlen": 60,
+    "tcp.sport": 34358,
+    "tcp.dport": 2222,
+    "tcp.seq": 3537804397,
+    "tcp.ackseq": 0,
+    "tcp.syn": 1,
+    "tcp.ack": 0,
+    "tcp.window": 64240,
+    "raw.type": 1,
+    "mac.saddr.str": "42:69:33:72:3a:73",
+    "mac.daddr.str": "a6:0c:a2:bf:78:26",
+    "mac.str": "a6:0c:a2:bf:78:26:42:69:33:72:3a:73:08:00",
+    "raw.label": 0,
+}
+PACKET_UDP6 = {
+    "oob.prefix": "X6 ",
+    "oob.family": 10,
+    "ip.protocol": 17,
+    "ip6.hoplimit": 64,
+    "udp.sport": 40001,
+    "udp.dport": 7777,
+    "udp.len": 11,
+}

@@ -23,6 +23,8 @@ from pylogd.plugins.outputs.mysql import Mysql
 from rig import Rig, read_text, wait_for
 from sqlkit import (
     MYSQL_SOCKET,
+    PACKET_SYN,
+    PACKET_UDP6,
     MyDb,
     PipeDaemon,
     SqlStack,
@@ -56,39 +58,11 @@ FLOW_STACK = "ct1:NFCT,ip2bin1:IP2BIN,my2:MYSQL"
 
 V4_MAPPED = bytes(10) + b"\xff\xff"
 SYN = {
-    "oob.time.sec": 1795388587,
-    "oob.time.usec": 721317,
-    "oob.hook": 1,
-    "oob.prefix": "TCPIN: ",
-    "oob.mark": 0,
-    "oob.in": "rsva",
-    "oob.out": "",
-    "oob.family": 2,
-    "oob.protocol": 2048,
+    **PACKET_SYN,
     "ip.saddr.bin": "0x00000000000000000000ffff0a4d0002",
     "ip.daddr.bin": "0x00000000000000000000ffff0a4d0001",
-    "ip.protocol": 6,
-    "ip.ttl": 64,
-    "tcp.sport": 34358,
-    "tcp.dport": 2222,
-    "tcp.seq": 3537804397,
-    "tcp.syn": 1,
-    "tcp.ack": 0,
-    "raw.type": 1,
-    "mac.saddr.str": "42:69:33:72:3a:73",
-    "mac.daddr.str": "a6:0c:a2:bf:78:26",
-    "mac.str": "a6:0c:a2:bf:78:26:42:69:33:72:3a:73:08:00",
-    "raw.label": 0,
 }
-UDP6 = {
-    "oob.prefix": "X6 ",
-    "oob.family": 10,
-    "ip.saddr.bin": "0xfd770000000000000000000000000002",
-    "ip.protocol": 17,
-    "udp.sport": 40001,
-    "udp.dport": 7777,
-    "udp.len": 11,
-}
+UDP6 = {**PACKET_UDP6, "ip.saddr.bin": "0xfd770000000000000000000000000002"}
 
 
 @pytest.mark.parametrize(
@@ -283,6 +257,9 @@ def test_a_missing_driver_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     opts |= {"db": "x", "host": "localhost", "user": "u", "table": "t", "procedure": "INSERT"}
     with pytest.raises(PluginError, match="needs the Python package PyMySQL"):
         Mysql("my1", opts, Logger("my1")).configure()
+    with pytest.raises(PluginError, match="pass and pass_file both set; keep one") as refused:
+        Mysql("my1", opts | {"pass": "inline", "pass_file": "/etc/secret"}, Logger("my1")).configure()
+    assert refused.value.option == "pass_file"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from conftest import PYLOGD, ROOT, TEST_PLUGINS
 from pylogd.plugins.outputs.pgsql import Pgsql
 from rig import Rig, read_text, wait_for
 from sqlkit import (
+    PACKET_SYN,
+    PACKET_UDP6,
     PG_SOCKET_DIR,
     PgSchema,
     PipeDaemon,
@@ -54,45 +56,8 @@ CLOCK = ("oob_time_sec", "oob_time_usec", "flow_start_sec", "flow_start_usec")
 PACKET_STACK = "log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,mac2str1:HWHDR,pg1:PGSQL"
 FLOW_STACK = "ct1:NFCT,ip2str1:IP2STR,pg2:PGSQL"
 
-SYN = {
-    "oob.time.sec": 1795388587,
-    "oob.time.usec": 721317,
-    "oob.hook": 1,
-    "oob.prefix": "TCPIN: ",
-    "oob.mark": 0,
-    "oob.in": "rsva",
-    "oob.out": "",
-    "oob.family": 2,
-    "oob.protocol": 2048,
-    "ip.saddr.str": "10.77.0.2",
-    "ip.daddr.str": "10.77.0.1",
-    "ip.protocol": 6,
-    "ip.ttl": 64,
-    "ip.totlen": 60,
-    "tcp.sport": 34358,
-    "tcp.dport": 2222,
-    "tcp.seq": 3537804397,
-    "tcp.ackseq": 0,
-    "tcp.syn": 1,
-    "tcp.ack": 0,
-    "tcp.window": 64240,
-    "raw.type": 1,
-    "mac.saddr.str": "42:69:33:72:3a:73",
-    "mac.daddr.str": "a6:0c:a2:bf:78:26",
-    "mac.str": "a6:0c:a2:bf:78:26:42:69:33:72:3a:73:08:00",
-    "raw.label": 0,
-}
-UDP6 = {
-    "oob.prefix": "X6 ",
-    "oob.family": 10,
-    "ip.saddr.str": "fd77::2",
-    "ip.daddr.str": "fd77::1",
-    "ip.protocol": 17,
-    "ip6.hoplimit": 64,
-    "udp.sport": 40001,
-    "udp.dport": 7777,
-    "udp.len": 11,
-}
+SYN = {**PACKET_SYN, "ip.saddr.str": "10.77.0.2", "ip.daddr.str": "10.77.0.1"}
+UDP6 = {**PACKET_UDP6, "ip.saddr.str": "fd77::2", "ip.daddr.str": "fd77::1"}
 
 
 def view(schema: PgSchema, columns: str, table: str = "ulog") -> list[tuple]:
@@ -275,6 +240,9 @@ def test_password_sources_and_a_missing_driver(monkeypatch: pytest.MonkeyPatch, 
     }
     with pytest.raises(PluginError, match="needs the Python package psycopg"):
         Pgsql("pg1", opts, Logger("pg1")).configure()
+    with pytest.raises(PluginError, match="pass and pass_file both set; keep one") as refused:
+        Pgsql("pg1", opts | {"pass": "inline", "pass_file": str(f)}, Logger("pg1")).configure()
+    assert refused.value.option == "pass_file"
 
 
 # ------------------------------------------------------------------------------------------------

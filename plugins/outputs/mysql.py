@@ -156,8 +156,6 @@ class Mysql(SqlOutput):
 
     def configure(self) -> None:
         super().configure()
-        if self.options["pass"] and self.options["pass_file"]:
-            raise PluginError("pass and pass_file both set; keep one", option="pass_file")
         if not self.options["host"]:
             raise PluginError('host is empty; "localhost" is the server\'s unix socket', option="host")
         self.pymysql = require_module("pymysql", "PyMySQL", "mysql", "MYSQL")

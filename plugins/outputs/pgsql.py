@@ -67,7 +67,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, str_option
+from pylogd.plugin import Kind, PluginSpec, int_option, str_option
 from pylogd.sql import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IO_TIMEOUT,
@@ -143,8 +143,6 @@ class Pgsql(SqlOutput):
     def configure(self) -> None:
         super().configure()
         check_identifier(self.options["schema"], "schema")
-        if self.options["pass"] and self.options["pass_file"]:
-            raise PluginError("pass and pass_file both set; keep one", option="pass_file")
         self.psycopg = require_module("psycopg", "psycopg", "pgsql", "PGSQL")
 
     def target(self) -> str:
