@@ -396,6 +396,7 @@ class SqlOutput(Output):
         self._warned_down = False
         #: the transaction whose COMMIT was cut off: {"rows": n, "mark": batch_mark(...), ...the driver's id}
         self._in_doubt: dict[str, Any] | None = None
+        self._batch: dict[str, Any] = {}  # the rows and mark of the batch being written
         self._state_path: str | None = None  # where that record is kept on disk (with a spool)
         self._state_on_disk = False
 
@@ -686,7 +687,23 @@ class SqlOutput(Output):
             raise RejectedEntries(rejected)
 
     def _write_chunk(self, conn: Any, chunk: list, rows: list[tuple]) -> list[tuple[Any, str]]:
-        """Write one transaction; returns the rows refused for their data (the others are committed)."""
+        """Write one transaction; returns the rows refused for their data (the others are committed).
+        A connection lost with the transaction open leaves it in doubt: it may have committed."""
+        self._batch = {"rows": len(chunk), "mark": batch_mark(chunk)}
+        try:
+            return self._transaction(conn, chunk, rows)
+        except Exception as exc:
+            record = self.open_transaction()
+            if record is not None and self.transient(exc):
+                self._in_doubt = {**record, **self._batch}
+            raise
+
+    def open_transaction(self) -> dict[str, Any] | None:
+        """After a failed transaction: what identifies it on the server, to ask later whether it
+        committed (None: nothing to ask).  The transaction is over for this connection either way."""
+        return None
+
+    def _transaction(self, conn: Any, chunk: list, rows: list[tuple]) -> list[tuple[Any, str]]:
         try:
             self.begin(conn)
             cur = conn.cursor()

@@ -78,7 +78,6 @@ from pylogd.sql import (
     SchemaError,
     SqlOutput,
     Transient,
-    batch_mark,
     column_kind,
     db_options,
     io_timeout_option,
@@ -150,7 +149,6 @@ class Mysql(SqlOutput):
         self._do_call = ""
         self._insert: tuple[str, str] | None = None  # an INSERT's head and row form
         self._xa: list | None = None  # [xid, prepared] of the open batch
-        self._batch: dict[str, Any] = {}  # the rows and mark of the batch being written
         self._thread_id = 0  # the server's id of the connection, to end it should it hold a batch in doubt
         self._orphans_committed: set[str] = set()
 
@@ -338,20 +336,9 @@ class Mysql(SqlOutput):
             return  # the connection is gone: the batch stays in doubt until XA RECOVER says
         self._xa = None
 
-    def _write_chunk(self, conn: Any, chunk: list, rows: list[tuple]) -> list:
-        self._batch = {"rows": len(chunk), "mark": batch_mark(chunk)}
-        try:
-            return super()._write_chunk(conn, chunk, rows)
-        except Exception as exc:
-            if self.transient(exc) and self._xa is not None:
-                self._in_doubt = {
-                    "xid": self._xa[0],
-                    "prepared": self._xa[1],
-                    "thread": self._thread_id,
-                    **self._batch,
-                }
-            self._xa = None
-            raise
+    def open_transaction(self) -> dict[str, Any] | None:
+        xa, self._xa = self._xa, None
+        return None if xa is None else {"xid": xa[0], "prepared": xa[1], "thread": self._thread_id}
 
     def _write(self, entries: list) -> None:
         if self._in_doubt is not None:

@@ -75,7 +75,6 @@ from pylogd.sql import (
     SchemaError,
     SqlOutput,
     Transient,
-    batch_mark,
     build_statement,
     check_identifier,
     column_kind,
@@ -134,7 +133,6 @@ class Pgsql(SqlOutput):
         self.psycopg: Any = None
         self._xid: int | None = None
         self._backend = 0  # the server process of the connection, to end it should it hold a transaction in doubt
-        self._batch: dict[str, Any] = {}  # the rows and mark of the batch being written
         self._plain = False  # the table is a table (not a view): batches go by COPY with procedure=INSERT
         self._copy = ""
         self._arg_types: list[str] = []  # the function's argument types (procedure names a function)
@@ -309,15 +307,9 @@ class Pgsql(SqlOutput):
         self._xid = None
         self.clear_state()
 
-    def _write_chunk(self, conn: Any, chunk: list, rows: list[tuple]) -> list:
-        self._batch = {"rows": len(chunk), "mark": batch_mark(chunk)}
-        try:
-            return super()._write_chunk(conn, chunk, rows)
-        except Exception as exc:
-            if self.transient(exc) and self._xid is not None:
-                # the backend, to end it should it still hold the transaction (a server that froze)
-                self._in_doubt = {"txid": self._xid, "backend": self._backend, **self._batch}
-            raise
+    def open_transaction(self) -> dict[str, Any] | None:
+        # the backend, to end it should it still hold the transaction (a server that froze)
+        return None if self._xid is None else {"txid": self._xid, "backend": self._backend}
 
     def _write(self, entries: list) -> None:
         with self._watchdog():
