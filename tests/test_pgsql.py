@@ -304,57 +304,45 @@ def compare(u_rows: list[tuple], p_rows: list[tuple], names: list[str]) -> int:
     return fixed
 
 
-def test_ulogd_and_pylogd_write_the_same_packet_rows(pair, pg_schema: PgSchema, tmp_path: Path) -> None:  # noqa: F811
-    need_ulogd("PGSQL")
+@pytest.fixture
+def two_schemas(pg_schema: PgSchema) -> Any:
+    """A schema for ulogd and one for pylogd, ulogd's shipped schema loaded in each."""
     admin = pg_schema.admin
-    schemas = {"ulogd": pg_schema.name + "_u", "pylogd": pg_schema.name + "_p"}
+    names = {"ulogd": pg_schema.name + "_u", "pylogd": pg_schema.name + "_p"}
     try:
-        for name in schemas.values():
+        for name in names.values():
             admin.execute(f"CREATE SCHEMA {name}")
             PgSchema(admin, name).load(shipped("pgsql-ulogd2.sql"))
-        sections = {
-            n: PgSchema(admin, s).section("pg1", table="ulog", procedure="INSERT_PACKET_FULL")
-            for n, s in schemas.items()
-        }
-        query = "SELECT * FROM ulog ORDER BY _id"
-
-        def count(n: str) -> int:
-            return len(PgSchema(admin, schemas[n]).rows(query))
-
-        side_by_side_packets(pair, tmp_path, PACKET_STACK, sections, count)
-        u_rows, p_rows = (PgSchema(admin, schemas[n]).rows(query) for n in ("ulogd", "pylogd"))
-        names = [d.name for d in admin.execute(f"SELECT * FROM {schemas['ulogd']}.ulog LIMIT 0").description]
-        # _id is each database's own sequence: equal too, as both got the same rows in the same order
-        assert compare(u_rows, p_rows, names) >= 2  # the fragments at least
+        yield {n: PgSchema(admin, name) for n, name in names.items()}
     finally:
-        for name in schemas.values():
+        for name in names.values():
             admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
-def test_ulogd_and_pylogd_write_the_same_flow_rows(rig: Rig, pg_schema: PgSchema, tmp_path: Path) -> None:
+def test_ulogd_and_pylogd_write_the_same_packet_rows(pair, two_schemas: dict[str, PgSchema], tmp_path: Path) -> None:  # noqa: F811
     need_ulogd("PGSQL")
-    admin = pg_schema.admin
-    schemas = {"ulogd": pg_schema.name + "_u", "pylogd": pg_schema.name + "_p"}
-    try:
-        for name in schemas.values():
-            admin.execute(f"CREATE SCHEMA {name}")
-            PgSchema(admin, name).load(shipped("pgsql-ulogd2.sql"))
-        sections = {
-            n: PgSchema(admin, s).section("pg2", table="ulog2_ct", procedure="INSERT_CT") for n, s in schemas.items()
-        }
-        query = "SELECT * FROM ulog2_ct ORDER BY _ct_id"
+    sections = {n: s.section("pg1", table="ulog", procedure="INSERT_PACKET_FULL") for n, s in two_schemas.items()}
+    query = "SELECT * FROM ulog ORDER BY _id"
+    side_by_side_packets(pair, tmp_path, PACKET_STACK, sections, lambda n: len(two_schemas[n].rows(query)))
+    u_rows, p_rows = (two_schemas[n].rows(query) for n in ("ulogd", "pylogd"))
+    names = columns_of(two_schemas["ulogd"], "ulog")
+    # _id is each database's own sequence: equal too, as both got the same rows in the same order
+    assert compare(u_rows, p_rows, names) >= 2  # the fragments at least
 
-        def count(n: str) -> int:
-            return len(PgSchema(admin, schemas[n]).rows(query))
 
-        side_by_side_flows(rig, tmp_path, FLOW_STACK, sections, count)
-        u_rows, p_rows = (PgSchema(admin, schemas[n]).rows(query) for n in ("ulogd", "pylogd"))
-        names = [d.name for d in admin.execute(f"SELECT * FROM {schemas['ulogd']}.ulog2_ct LIMIT 0").description]
-        compare(u_rows, p_rows, names)
-        assert {str(r[names.index("orig_ip_saddr_str")]) for r in p_rows} >= {"127.0.0.1", "::1"}
-    finally:
-        for name in schemas.values():
-            admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+def test_ulogd_and_pylogd_write_the_same_flow_rows(rig: Rig, two_schemas: dict[str, PgSchema], tmp_path: Path) -> None:
+    need_ulogd("PGSQL")
+    sections = {n: s.section("pg2", table="ulog2_ct", procedure="INSERT_CT") for n, s in two_schemas.items()}
+    query = "SELECT * FROM ulog2_ct ORDER BY _ct_id"
+    side_by_side_flows(rig, tmp_path, FLOW_STACK, sections, lambda n: len(two_schemas[n].rows(query)))
+    u_rows, p_rows = (two_schemas[n].rows(query) for n in ("ulogd", "pylogd"))
+    names = columns_of(two_schemas["ulogd"], "ulog2_ct")
+    compare(u_rows, p_rows, names)
+    assert {str(r[names.index("orig_ip_saddr_str")]) for r in p_rows} >= {"127.0.0.1", "::1"}
+
+
+def columns_of(schema: PgSchema, table: str) -> list[str]:
+    return [d.name for d in schema.admin.execute(f"SELECT * FROM {schema.name}.{table} LIMIT 0").description]
 
 
 def test_a_table_that_does_not_fit_once_the_server_is_up_holds_the_rows_until_fixed(
