@@ -32,6 +32,10 @@ class Timer:
         self.cancelled = True
 
 
+#: bytecode to evaluate: the interpreter runs pending Python-level signal handlers as it starts it
+_RUN_PENDING_HANDLERS = compile("None", "<pending signal handlers>", "eval")
+
+
 class EventLoop:
     def __init__(self) -> None:
         # epoll itself rather than selectors: its Python-level key objects cost a microsecond per
@@ -105,6 +109,10 @@ class EventLoop:
                         pending[signum] = True
         except BlockingIOError:
             pass
+        # A storm fills the socket and the kernel drops later bytes (a TERM's among them): then only the
+        # Python-level handler marks the signal, and it runs when bytecode next does, which this loop,
+        # compiled, may never execute.  Evaluating a code object runs the handlers that wait.
+        eval(_RUN_PENDING_HANDLERS)
         # after the drain: a signal marked from here on leaves a byte behind and wakes the loop again
         for signum, handler in self._signal_handlers.items():
             if pending.get(signum):
