@@ -76,7 +76,8 @@ class EventLoop:
 
         Signals are state, not a stream: the handler and the signal's byte on the wake-up socket
         only mark the signal pending, so a storm of one signal costs one callback and never hides
-        another (the wake-up socket may fill up and lose bytes; the handler still marks it).
+        another (the wake-up socket may fill up and lose bytes; the handler, run after each drain, still
+        marks it).
         The order of :meth:`add_signal` calls is the order pending signals are handled in:
         register the terminating ones first.
         """
