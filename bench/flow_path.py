@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,20 @@ class Run:
     rss_kb: int
     send_rate: float
     buffers: str = "large"
+    sleeps: int = 0  # times the daemon's threads gave up the CPU (voluntary context switches)
+
+    @property
+    def cpu_written_us(self) -> float:
+        """CPU per event written: what a line cost (an event the kernel dropped costs the daemon nothing)."""
+        return self.cpu_us * self.expected_events / max(self.written_events, 1)
+
+    @property
+    def expected_events(self) -> int:
+        return 2 * self.expected if self.mode == "hash" else self.expected
+
+    @property
+    def written_events(self) -> int:
+        return 2 * self.written if self.mode == "hash" else self.written
 
 
 def sh(*cmd: str, **kw) -> subprocess.CompletedProcess:
@@ -113,6 +128,17 @@ def cpu_seconds(pid: int) -> float:
     """Time on a CPU, user and system, of all the process's threads: schedstat counts it in
     nanoseconds, where /proc/PID/stat's utime and stime move in 10 ms ticks."""
     return sum(int((task / "schedstat").read_text().split()[0]) for task in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+
+
+def voluntary_switches(pid: int) -> int:
+    """How often the process's threads went to sleep (each is a wake-up later): the cost of
+    reading a few events per wake-up shows here."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -197,7 +223,7 @@ def run_once(
     proc = start(ns, daemon, conf(tmp, name, MODES[mode] + buffer_options(buffers, daemon)), tmp / f"{name}.log")
     out = tmp / f"{name}.out"
     try:
-        cpu0 = cpu_seconds(proc.pid)
+        cpu0, sleeps0 = cpu_seconds(proc.pid), voluntary_switches(proc.pid)
         send_rate = send_flows(ns, flows, rate)
         if mode == "event":
             settle(out)
@@ -206,12 +232,13 @@ def run_once(
         sh("ip", "netns", "exec", ns, "taskset", "-c", "0", "conntrack", "-F")
         settle(out)
         cpu = cpu_seconds(proc.pid) - cpu0
+        sleeps = voluntary_switches(proc.pid) - sleeps0
         rss = status_kb(proc.pid, "VmHWM")
     finally:
         stop(proc)
     written = count_lines(out)  # after the stop: ulogd's LOGEMU with sync=0 holds its last lines until exit
     expected = 2 * flows if mode == "event" else flows
-    return Run(mode, rate, daemon, expected, written, cpu / (2 * flows) * 1e6, rss, send_rate, buffers)
+    return Run(mode, rate, daemon, expected, written, cpu / (2 * flows) * 1e6, rss, send_rate, buffers, sleeps)
 
 
 def daemons_of(args: argparse.Namespace) -> list[str]:
@@ -296,12 +323,22 @@ def summary(runs: list[Run]) -> tuple[Run, float, int]:
     return runs[0], cpu, worst
 
 
+def median_of(runs: list[Run], measure: Callable[[Run], float]) -> float:
+    return statistics.median(measure(r) for r in runs)
+
+
+def sleeps_per_100(r: Run) -> float:
+    return 100 * r.sleeps / r.expected_events
+
+
 def summary_line(runs: list[Run]) -> str:
     r, cpu, worst = summary(runs)
     rate = "max" if not r.rate else f"{r.rate:.0f}/s"
     return (
         f"{r.mode:5} {rate:>7} {r.buffers:7} {r.daemon:6} lines={min(x.written for x in runs)}/{r.expected} "
         f"worst loss={worst} cpu={cpu:.2f}µs/event (runs: {', '.join(f'{x.cpu_us:.1f}' for x in runs)}) "
+        f"per written {median_of(runs, lambda x: x.cpu_written_us):.2f} "
+        f"sleeps/100 events {median_of(runs, sleeps_per_100):.1f} "
         f"rss={max(x.rss_kb for x in runs) / 1024:.1f}MiB sent at {statistics.median(x.send_rate for x in runs):,.0f}/s"
     )
 
@@ -311,23 +348,28 @@ def render(groups: list[list[Run]], args: argparse.Namespace) -> str:
         f"### {time.strftime('%Y-%m-%d')} — {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}, "
         f"{args.flows} flows per run, median of {args.repeat} runs",
         "",
-        "| mode | buffers | flows/s asked (sent) | daemon | lines expected | worst loss | CPU µs/event "
-        "| peak RSS MiB | CPU ratio pylogd/ulogd |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "CPU µs per event offered (every event the kernel sent) and per event written (what a line cost: an "
+        "event the kernel dropped costs the daemon nothing); sleeps: the daemon's voluntary context switches "
+        "per 100 events offered (a wake-up each).",
+        "",
+        "| mode | buffers | flows/s asked (sent) | daemon | lines expected | worst loss | CPU µs/event offered "
+        "| CPU µs/event written | sleeps per 100 events | peak RSS MiB | CPU ratio pylogd/ulogd offered / written |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by = {(g[0].mode, g[0].rate, g[0].buffers, g[0].daemon): summary(g) for g in groups}
+    by = {(g[0].mode, g[0].rate, g[0].buffers, g[0].daemon): g for g in groups}
     for g in groups:
         r, cpu, worst = summary(g)
+        written_cpu = median_of(g, lambda x: x.cpu_written_us)
         ratio = ""
         u = by.get((r.mode, r.rate, r.buffers, "ulogd"))
         if r.daemon != "ulogd" and u:
-            ratio = f"{cpu / u[1]:.2f}"
+            ratio = f"{cpu / summary(u)[1]:.2f} / {written_cpu / median_of(u, lambda x: x.cpu_written_us):.2f}"
         asked = "max" if not r.rate else f"{r.rate:.0f}"
         sent = statistics.median(x.send_rate for x in g)
         lines.append(
             f"| {r.mode} | {r.buffers} | {asked} ({sent:,.0f}) | {r.daemon} | {r.expected} "
-            f"| {worst} ({worst / r.expected:.1%}) "
-            f"| {cpu:.2f} | {max(x.rss_kb for x in g) / 1024:.1f} | {ratio} |"
+            f"| {worst} ({worst / r.expected:.1%}) | {cpu:.2f} | {written_cpu:.2f} "
+            f"| {median_of(g, sleeps_per_100):.1f} | {max(x.rss_kb for x in g) / 1024:.1f} | {ratio} |"
         )
     return "\n".join(lines)
 
