@@ -63,6 +63,7 @@ __all__ = [
     "decode_bytes",
     "dump",
     "dump_each",
+    "learned_layout",
     "owned",
 ]
 
@@ -205,11 +206,12 @@ def _scan(mv: memoryview, start: int, end: int) -> tuple[list[tuple[int, str, in
     return [item for item in items if item[0] >= 0], sound
 
 
-#: (unpack, mask, expected, gather) for messages of one length: the message read as one big-endian
-#: integer, masked to its attribute header words, equals ``expected`` exactly when it has the
-#: shape (one comparison checks every header); ``unpack`` reads the values from the message's
-#: start and ``gather(values + extras)`` is the whole record, extras = (family, event, message, None).
-Layout = tuple[Callable, int, int, Callable]
+#: (unpack, mask, expected, gather, fields) for messages of one length: the message read as one
+#: big-endian integer, masked to its attribute header words, equals ``expected`` exactly when it has
+#: the shape (one comparison checks every header); ``unpack`` reads the values from the message's
+#: start and ``gather(values + extras)`` is the whole record, extras = (family, event, message,
+#: None); ``fields`` maps each F_* field the shape has to its place in what ``unpack`` returns.
+Layout = tuple[Callable, int, int, Callable, dict[int, int]]
 
 
 def _compile(mv: memoryview, start: int, end: int, items: list[tuple[int, str, int | None]]) -> Layout:
@@ -228,13 +230,26 @@ def _compile(mv: memoryview, start: int, end: int, items: list[tuple[int, str, i
     extra = {F_FAMILY: nvals, F_EVENT: nvals + 1, F_MSG: nvals + 2}
     gather = itemgetter(*(fields.get(f, extra.get(f, nvals + 3)) for f in range(NFIELDS)))
     expected = int.from_bytes(mv[start:end], "big") & mask
-    return struct.Struct("".join(fmt)).unpack_from, mask, expected, gather
+    return struct.Struct("".join(fmt)).unpack_from, mask, expected, gather, fields
 
 
 #: message length -> the layouts learned at that length; bounded, so a flood of odd shapes is
 #: scanned message by message instead of growing memory
 _LAYOUTS: dict[int, list[Layout]] = {}
 _MAX_LENGTHS, _MAX_PER_LENGTH = 512, 4
+
+
+def learned_layout(mv: memoryview, start: int, end: int) -> Layout | None:
+    """The layout :func:`decode` learned for the shape of the message at ``mv[start:end]``, or
+    None (a damaged message, or more shapes than the cache keeps): for code that specialises
+    what follows the decoding per shape, as NFCT's event mode does."""
+    layouts = _LAYOUTS.get(end - start)
+    if layouts:
+        word = int.from_bytes(mv[start:end], "big")
+        for layout in layouts:
+            if word & layout[1] == layout[2]:
+                return layout
+    return None
 
 
 def decode(mv: memoryview, start: int, end: int, rec: list) -> bool:
@@ -259,7 +274,7 @@ def decode(mv: memoryview, start: int, end: int, rec: list) -> bool:
     layouts = _LAYOUTS.get(size)
     if layouts is not None:
         word = int.from_bytes(msg, "big")
-        for unpack, mask, expected, gather in layouts:
+        for unpack, mask, expected, gather, _fields in layouts:
             if word & mask == expected:
                 rec[:] = gather(unpack(mv, start) + extras)
                 return True
@@ -547,10 +562,24 @@ class CtSocket(NetlinkSocket):
         """Decode what the kernel and the ring hold (:meth:`NetlinkSocket._drain_ring`):
         ``on_event(rec)`` runs per conntrack message with a reused record, valid only during
         the call.  Returns the messages handled."""
-        return self._drain_ring(on_event, limit)
+        rec = self._rec
 
-    def _walk(self, mv: memoryview, start: int, stop: int, on_event: Callable[[list], object]) -> int:
-        rec, unpack_hdr = self._rec, NLMSG_FULL.unpack_from
+        def decode_then(mv: memoryview, start: int, end: int) -> bool:
+            if decode(mv, start, end, rec):
+                on_event(rec)
+                return True
+            return False
+
+        return self.drain_messages(decode_then, limit)
+
+    def drain_messages(self, on_message: Callable[[memoryview, int, int], bool], limit: int = DRAIN_LIMIT) -> int:
+        """As :meth:`drain`, but ``on_message(mv, start, end)`` gets each message undecoded and
+        returns whether it was a conntrack entry message (counted in ``received``): for a
+        caller that decodes by itself."""
+        return self._drain_ring(on_message, limit)
+
+    def _walk(self, mv: memoryview, start: int, stop: int, on_message: Callable) -> int:
+        unpack_hdr = NLMSG_FULL.unpack_from
         count, off = 0, start
         while off + 16 <= stop:
             end = off + unpack_hdr(mv, off)[0]
@@ -558,9 +587,8 @@ class CtSocket(NetlinkSocket):
                 self.errors += 1
                 break
             count += 1
-            if decode(mv, off, end, rec):
+            if on_message(mv, off, end):
                 self.received += 1
-                on_event(rec)
             off = (end + 3) & ~3
         return count
 
