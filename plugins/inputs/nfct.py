@@ -69,6 +69,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
+from types import CodeType
 
 from pylogd.config import INT_MAX
 from pylogd.conntrack import (
@@ -106,13 +107,19 @@ from pylogd.conntrack import (
     FIELDS,
     IPS_DST_NAT,
     IPS_SRC_NAT,
+    MSG_CT_DELETE,
+    MSG_CT_NEW,
+    NLM_F_CREATE,
+    NLM_F_EXCL,
     PORT_PROTOCOLS,
     CtSocket,
     NetRule,
     ProtoRule,
     compile_filter,
+    decode,
     decode_bytes,
     dump_each,
+    learned_layout,
 )
 from pylogd.keys import KeyType
 from pylogd.log import NOTICE
@@ -317,6 +324,112 @@ def flow_key(rec: tuple | list) -> bytes | tuple:
         rec[F_ID], rec[F_FAMILY], rec[F_ORIG_SRC], rec[F_ORIG_DST], rec[F_ORIG_PROTO], rec[F_ORIG_SPORT],
         rec[F_ORIG_DPORT], rec[F_ICMP_TYPE], rec[F_ICMP_CODE], rec[F_ICMP_ID], rec[F_ZONE],
     )  # fmt: skip
+
+
+# -- event mode, specialised per message shape ----------------------------------------------------
+#
+# In event mode without userspace filters nearly every message has one of a few shapes (a UDP or TCP
+# flow of one family, with or without counters and stamps).  For each shape the decoder learns
+# (pylogd.conntrack.learned_layout) a small generated function reads the values with one unpack and
+# writes the keys as emit_flow would from the decoded record: no record, no copy, and the branches on
+# attributes the shape does not have are settled when the function is made.  Only slot numbers go
+# into the source; values are bound as names.  tests/test_nfct_fused.py holds it to emit_flow.
+
+_FUSED_PER_LENGTH, _FUSED_LENGTHS = 4, 512
+_FUSED_CODE: dict[str, CodeType] = {}
+#: the ct.event of a message: nlmsg_type and nlmsg_flags (host byte order) after nlmsg_len
+_TYPE_AND_FLAGS = struct.Struct("=HH").unpack_from
+_COUNTER_OR_ZERO = (F_ORIG_BYTES, F_ORIG_PKTS, F_REPLY_BYTES, F_REPLY_PKTS, F_MARK)
+
+
+def _fused_source(fields: dict[int, int], nvals: int) -> str:
+    """The source of ``emit_shape(mv, start, end) -> bool`` for messages whose decoded fields are
+    ``fields`` (F_* -> place in the layout's unpacked values); False: not an entry message."""
+    k = _KEY_INDEX
+
+    def name(field: int) -> str:
+        return f"f{field}" if field in fields else "None"
+
+    code = ["def emit_shape(mv, start, end):"]
+    if nvals:
+        targets = [""] * nvals
+        for field, place in fields.items():
+            targets[place] = f"f{field}"
+        code.append(f"    {', '.join(t or '_' for t in targets)}, = unpack(mv, start)")
+    code += [
+        "    mtype, mflags = type_and_flags(mv, start + 4)",
+        "    if mtype == MSG_CT_NEW:",
+        "        event = EVENT_NEW if mflags & NEW_FLAGS else EVENT_UPDATE",
+        "    elif mtype == MSG_CT_DELETE:",
+        "        event = EVENT_DESTROY",
+        "    else:",
+        "        return False",
+    ]
+    for field in range(_COPIED - 1):  # the first keys are the first fields; ct.event is set below
+        value = name(field)
+        if field in _COUNTER_OR_ZERO and value == "None":
+            value = "0"  # counters and the mark are 0 when the kernel leaves them out
+        code.append(f"    values[{field}] = {value}")
+    code.append(f"    values[{k['ct.event']}] = event")
+    proto, reply_proto = name(F_ORIG_PROTO), name(F_REPLY_PROTO)
+    icmp_type, icmp_code = name(F_ICMP_TYPE), name(F_ICMP_CODE)
+    code += [
+        f"    if {proto} not in ports:",
+        f"        values[{k['orig.l4.sport']}] = values[{k['orig.l4.dport']}] = None",
+        f"        if {proto} == 58:",
+        f"            values[{k['icmpv6.type']}], values[{k['icmpv6.code']}] = {icmp_type}, {icmp_code}",
+        f"            values[{k['icmp.type']}] = values[{k['icmp.code']}] = None",
+        f"        elif {proto} != 1:",
+        f"            values[{k['icmp.type']}] = values[{k['icmp.code']}] = None",
+        f"    if {reply_proto} not in ports:",
+        f"        values[{k['reply.l4.sport']}] = values[{k['reply.l4.dport']}] = None",
+        # flow.start and flow.end as event mode's on_event gives them to emit_flow
+        "    if event == EVENT_DESTROY:",
+        f"        first, last = {name(F_START)}, {name(F_STOP)} or sock.arrived",
+        "    elif event == EVENT_NEW:",
+        f"        first, last = {name(F_START)} or sock.arrived, None",
+        "    else:",
+        f"        first, last = {name(F_START)}, None",
+        "    if first:",
+        f"        values[{k['flow.start.sec']}], values[{k['flow.start.usec']}] = divmod(first // 1000, 1_000_000)",
+        "    if last:",
+        f"        values[{k['flow.end.sec']}], values[{k['flow.end.usec']}] = divmod(last // 1000, 1_000_000)",
+        f"    values[{k['oob.family']}] = mv[start + 16]",
+        f"    values[{k['oob.protocol']}] = 0",
+        f"    values[{k['ct']}] = mv[start:end]",
+        f"    values[{k['ct.zone']}] = {name(F_ZONE) if F_ZONE in fields else '0'}",
+        f"    values[{k['ct.status']}] = {name(F_STATUS)}",
+        f"    values[{k['ct.timeout']}] = {name(F_TIMEOUT)}",
+        f"    values[{k['oob.netns']}] = netns",
+    ]
+    if F_STATUS in fields:
+        code += [
+            f"    values[{k['nat.snat']}] = 1 if {name(F_STATUS)} & IPS_SRC_NAT else 0",
+            f"    values[{k['nat.dnat']}] = 1 if {name(F_STATUS)} & IPS_DST_NAT else 0",
+        ]
+    elif F_REPLY_SRC in fields and F_REPLY_DST in fields:
+        osrc, odst, osport, odport = (name(f) for f in (F_ORIG_SRC, F_ORIG_DST, F_ORIG_SPORT, F_ORIG_DPORT))
+        rsrc, rdst, rsport, rdport = (name(f) for f in (F_REPLY_SRC, F_REPLY_DST, F_REPLY_SPORT, F_REPLY_DPORT))
+        code += [
+            f"    values[{k['nat.snat']}] = int({osrc} != {rdst} or {osport} != {rdport})",
+            f"    values[{k['nat.dnat']}] = int({odst} != {rsrc} or {odport} != {rsport})",
+        ]
+    code += ["    emit()", "    return True"]
+    return "\n".join(code)
+
+
+def _make_fused(unpack: Callable, fields: dict[int, int], names: dict) -> Callable[[memoryview, int, int], bool]:
+    source = _fused_source(fields, max(fields.values(), default=-1) + 1)
+    compiled = _FUSED_CODE.get(source)
+    if compiled is None:  # shapes that differ only in offsets share their code
+        if len(_FUSED_CODE) >= _FUSED_LENGTHS:
+            _FUSED_CODE.clear()
+        compiled = _FUSED_CODE[source] = compile(source, "<nfct event shape>", "exec")
+    scope = dict(names, unpack=unpack)
+    exec(compiled, scope)
+    emit_shape = scope["emit_shape"]
+    emit_shape.source = source  # for debugging: what a shape does
+    return emit_shape
 
 
 class Nfct(Input):
@@ -546,6 +659,18 @@ class Nfct(Input):
                 else:
                     stats["hash_full"] += 1
 
+        if not self.hash and accept is None:
+            on_message, drain_messages = self._event_mode_by_shape(on_event), sock.drain_messages
+
+            def work() -> int:
+                handled = drain_messages(on_message)
+                flush()
+                if (sock.enobufs, sock.errors) != self._reported:
+                    self._on_trouble()
+                return handled
+
+            return BacklogReader(self.loop, work, lambda: sock.backlog)
+
         def work() -> int:
             handled = drain(on_event)
             flush()
@@ -554,6 +679,51 @@ class Nfct(Input):
             return handled
 
         return BacklogReader(self.loop, work, lambda: sock.backlog)
+
+    def _event_mode_by_shape(self, on_event: Callable[[list], None]) -> Callable[[memoryview, int, int], bool]:
+        """Event mode without userspace filters: ``on_message(mv, start, end)`` for
+        :meth:`CtSocket.drain_messages`, emitting each message through the function made for its
+        shape (:func:`_fused_source`), or decoded and handed to ``on_event`` when its shape has
+        none yet (then one is made, up to a bound)."""
+        feed = self.feed
+        names = {
+            "values": feed.values, "emit": feed.emit, "sock": self.sock, "ports": PORT_PROTOCOLS,
+            "netns": self.netns, "type_and_flags": _TYPE_AND_FLAGS, "MSG_CT_NEW": MSG_CT_NEW,
+            "MSG_CT_DELETE": MSG_CT_DELETE, "NEW_FLAGS": NLM_F_CREATE | NLM_F_EXCL, "EVENT_NEW": EVENT_NEW,
+            "EVENT_UPDATE": EVENT_UPDATE, "EVENT_DESTROY": EVENT_DESTROY, "IPS_SRC_NAT": IPS_SRC_NAT,
+            "IPS_DST_NAT": IPS_DST_NAT,
+        }  # fmt: skip
+        shapes: dict[int, list[tuple[int, int, Callable[[memoryview, int, int], bool]]]] = {}
+        rec: list = [None] * len(FIELDS)
+        from_bytes = int.from_bytes
+
+        def learn(mv: memoryview, start: int, end: int) -> None:
+            layout = learned_layout(mv, start, end)
+            if layout is None:
+                return
+            unpack, mask, expected, _gather, fields = layout
+            known = shapes.get(end - start)
+            if known is None:
+                if len(shapes) >= _FUSED_LENGTHS:
+                    return
+                known = shapes[end - start] = []
+            if len(known) < _FUSED_PER_LENGTH:
+                known.append((mask, expected, _make_fused(unpack, fields, names)))
+
+        def on_message(mv: memoryview, start: int, end: int) -> bool:
+            known = shapes.get(end - start)
+            if known is not None:
+                word = from_bytes(mv[start:end], "big")
+                for mask, expected, emit_shape in known:
+                    if word & mask == expected:
+                        return emit_shape(mv, start, end)
+            if not decode(mv, start, end, rec):
+                return False
+            on_event(rec)
+            learn(mv, start, end)
+            return True
+
+        return on_message
 
     # -- table dumps ----------------------------------------------------------------------------
 
