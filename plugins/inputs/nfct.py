@@ -332,13 +332,16 @@ def flow_key(rec: tuple | list) -> bytes | tuple:
 # flow of one family, with or without counters and stamps).  For each shape the decoder learns
 # (pylogd.conntrack.learned_layout) a small generated function reads the values with one unpack and
 # writes the keys as emit_flow would from the decoded record: no record, no copy, and the branches on
-# attributes the shape does not have are settled when the function is made.  Only slot numbers go
-# into the source; values are bound as names.  tests/test_nfct_fused.py holds it to emit_flow.
+# attributes the shape does not have are settled when the function is made.  Only numbers go into
+# the source; what it uses is bound as closure variables (a compiled caller's exec leaves global
+# names unspecialised: a dictionary lookup each).  tests/test_nfct_fused.py holds it to emit_flow.
 
 _FUSED_PER_LENGTH, _FUSED_LENGTHS = 4, 512
 _FUSED_CODE: dict[str, CodeType] = {}
 #: the ct.event of a message: nlmsg_type and nlmsg_flags (host byte order) after nlmsg_len
 _TYPE_AND_FLAGS = struct.Struct("=HH").unpack_from
+#: what a shape's function uses, bound once per shape
+_FUSED_NAMES = ("values", "emit", "sock", "ports", "netns", "type_and_flags", "unpack", "divmod", "int")
 _COUNTER_OR_ZERO = (F_ORIG_BYTES, F_ORIG_PKTS, F_REPLY_BYTES, F_REPLY_PKTS, F_MARK)
 
 
@@ -350,7 +353,7 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
     def name(field: int) -> str:
         return f"f{field}" if field in fields else "None"
 
-    code = ["def emit_shape(mv, start, end):"]
+    code = ["def emit_shape(mv, start, end):"]  # indented into its maker below
     if nvals:
         targets = [""] * nvals
         for field, place in fields.items():
@@ -358,10 +361,10 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
         code.append(f"    {', '.join(t or '_' for t in targets)}, = unpack(mv, start)")
     code += [
         "    mtype, mflags = type_and_flags(mv, start + 4)",
-        "    if mtype == MSG_CT_NEW:",
-        "        event = EVENT_NEW if mflags & NEW_FLAGS else EVENT_UPDATE",
-        "    elif mtype == MSG_CT_DELETE:",
-        "        event = EVENT_DESTROY",
+        f"    if mtype == {MSG_CT_NEW}:",
+        f"        event = {EVENT_NEW} if mflags & {NLM_F_CREATE | NLM_F_EXCL} else {EVENT_UPDATE}",
+        f"    elif mtype == {MSG_CT_DELETE}:",
+        f"        event = {EVENT_DESTROY}",
         "    else:",
         "        return False",
     ]
@@ -384,9 +387,9 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
         f"    if {reply_proto} not in ports:",
         f"        values[{k['reply.l4.sport']}] = values[{k['reply.l4.dport']}] = None",
         # flow.start and flow.end as event mode's on_event gives them to emit_flow
-        "    if event == EVENT_DESTROY:",
+        f"    if event == {EVENT_DESTROY}:",
         f"        first, last = {name(F_START)}, {name(F_STOP)} or sock.arrived",
-        "    elif event == EVENT_NEW:",
+        f"    elif event == {EVENT_NEW}:",
         f"        first, last = {name(F_START)} or sock.arrived, None",
         "    else:",
         f"        first, last = {name(F_START)}, None",
@@ -404,8 +407,8 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
     ]
     if F_STATUS in fields:
         code += [
-            f"    values[{k['nat.snat']}] = 1 if {name(F_STATUS)} & IPS_SRC_NAT else 0",
-            f"    values[{k['nat.dnat']}] = 1 if {name(F_STATUS)} & IPS_DST_NAT else 0",
+            f"    values[{k['nat.snat']}] = 1 if {name(F_STATUS)} & {IPS_SRC_NAT} else 0",
+            f"    values[{k['nat.dnat']}] = 1 if {name(F_STATUS)} & {IPS_DST_NAT} else 0",
         ]
     elif F_REPLY_SRC in fields and F_REPLY_DST in fields:
         osrc, odst, osport, odport = (name(f) for f in (F_ORIG_SRC, F_ORIG_DST, F_ORIG_SPORT, F_ORIG_DPORT))
@@ -415,19 +418,22 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
             f"    values[{k['nat.dnat']}] = int({odst} != {rsrc} or {odport} != {rsport})",
         ]
     code += ["    emit()", "    return True"]
-    return "\n".join(code)
+    return "\n".join(
+        [f"def make({', '.join(_FUSED_NAMES)}):", *(f"    {line}" for line in code), "    return emit_shape"]
+    )
 
 
 def _make_fused(unpack: Callable, fields: dict[int, int], names: dict) -> Callable[[memoryview, int, int], bool]:
+    """The function of a shape: ``names`` binds _FUSED_NAMES but ``unpack``, the layout's."""
     source = _fused_source(fields, max(fields.values(), default=-1) + 1)
     compiled = _FUSED_CODE.get(source)
     if compiled is None:  # shapes that differ only in offsets share their code
         if len(_FUSED_CODE) >= _FUSED_LENGTHS:
             _FUSED_CODE.clear()
         compiled = _FUSED_CODE[source] = compile(source, "<nfct event shape>", "exec")
-    scope = dict(names, unpack=unpack)
+    scope: dict = {}
     exec(compiled, scope)
-    emit_shape = scope["emit_shape"]
+    emit_shape = scope["make"](**names, unpack=unpack, divmod=divmod, int=int)
     emit_shape.source = source  # for debugging: what a shape does
     return emit_shape
 
@@ -688,10 +694,7 @@ class Nfct(Input):
         feed = self.feed
         names = {
             "values": feed.values, "emit": feed.emit, "sock": self.sock, "ports": PORT_PROTOCOLS,
-            "netns": self.netns, "type_and_flags": _TYPE_AND_FLAGS, "MSG_CT_NEW": MSG_CT_NEW,
-            "MSG_CT_DELETE": MSG_CT_DELETE, "NEW_FLAGS": NLM_F_CREATE | NLM_F_EXCL, "EVENT_NEW": EVENT_NEW,
-            "EVENT_UPDATE": EVENT_UPDATE, "EVENT_DESTROY": EVENT_DESTROY, "IPS_SRC_NAT": IPS_SRC_NAT,
-            "IPS_DST_NAT": IPS_DST_NAT,
+            "netns": self.netns, "type_and_flags": _TYPE_AND_FLAGS,
         }  # fmt: skip
         shapes: dict[int, list[tuple[int, int, Callable[[memoryview, int, int], bool]]]] = {}
         rec: list = [None] * len(FIELDS)
