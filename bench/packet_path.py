@@ -203,16 +203,23 @@ def make_namespace(ns: str, ports: tuple[int, ...]) -> None:
 
 
 def daemon_command(daemon: str, conf: Path) -> list[str]:
-    """ulogd, pylogd of this tree, or ``pylogd@DIR``: the pylogd package of another tree (a variant
-    being compared), run by this tree's interpreter.  ``pylogd:rr`` (or ``pylogd@DIR:rr``) runs it
-    under SCHED_RR priority 99, the scheduling ulogd 2.0.8 gives itself at start."""
+    """ulogd, pylogd of this tree, or ``pylogd@DIR``: the pylogd of another tree (a variant being
+    compared), installed in that tree's own ``.venv`` (``make run`` or ``make compiled`` there).
+    ``pylogd:rr`` (or ``pylogd@DIR:rr``) runs it under SCHED_RR priority 99, the scheduling ulogd
+    2.0.8 gives itself at start.
+
+    Why a venv per tree: this tree's interpreter with PYTHONPATH=DIR ran this tree's code all the
+    same (``-m`` puts the working directory, this tree, first on sys.path, and this venv's editable
+    install maps ``pylogd.plugins`` to this tree's plugins/ whatever the path says)."""
     if daemon.endswith(":rr"):
         return ["chrt", "--rr", "99", *daemon_command(daemon.removesuffix(":rr"), conf)]
     if daemon == "ulogd":
         return ["/usr/sbin/ulogd", "-c", str(conf)]
     if daemon.startswith("pylogd@"):
-        tree = daemon.split("@", 1)[1]
-        return ["env", f"PYTHONPATH={tree}", str(ROOT / ".venv/bin/python"), "-m", "pylogd", "-c", str(conf)]
+        program = Path(daemon.split("@", 1)[1]).resolve() / ".venv/bin/pylogd"
+        if not program.exists():
+            raise SystemExit(f"{program} is missing: run `make compiled` in that tree first")
+        return [str(program), "-c", str(conf)]
     return [str(ROOT / ".venv/bin/pylogd"), "-c", str(conf)]
 
 

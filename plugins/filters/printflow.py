@@ -78,7 +78,15 @@ class PrintFlow(Filter):
                 name = port_protocols.get(proto)
                 if name is not None:
                     sport, dport = v[i_sport], v[i_dport]
-                    if None not in (src, dst, sport, dport, pkts, nbytes):
+                    # identity tests: `None not in (...)` compares each value with None by ==
+                    if (
+                        src is not None
+                        and dst is not None
+                        and sport is not None
+                        and dport is not None
+                        and pkts is not None
+                        and nbytes is not None
+                    ):
                         return f"SRC={src} DST={dst} PROTO={name} SPT={sport} DPT={dport} PKTS={pkts} BYTES={nbytes} "
                 if proto is None:
                     part = ""
