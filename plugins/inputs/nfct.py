@@ -698,27 +698,25 @@ class Nfct(Input):
         }  # fmt: skip
         shapes: dict[int, list[tuple[int, int, Callable[[memoryview, int, int], bool]]]] = {}
         rec: list = [None] * len(FIELDS)
-        from_bytes = int.from_bytes
 
         def learn(mv: memoryview, start: int, end: int) -> None:
             layout = learned_layout(mv, start, end)
             if layout is None:
                 return
-            unpack, mask, expected, _gather, fields = layout
+            unpack, headers, expected, _gather, fields = layout
             known = shapes.get(end - start)
             if known is None:
                 if len(shapes) >= _FUSED_LENGTHS:
                     return
                 known = shapes[end - start] = []
             if len(known) < _FUSED_PER_LENGTH:
-                known.append((mask, expected, _make_fused(unpack, fields, names)))
+                known.append((headers, expected, _make_fused(unpack, fields, names)))
 
         def on_message(mv: memoryview, start: int, end: int) -> bool:
             known = shapes.get(end - start)
             if known is not None:
-                word = from_bytes(mv[start:end], "big")
-                for mask, expected, emit_shape in known:
-                    if word & mask == expected:
+                for headers, expected, emit_shape in known:
+                    if headers(mv, start) == expected:
                         return emit_shape(mv, start, end)
             if not decode(mv, start, end, rec):
                 return False
