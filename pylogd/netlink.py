@@ -173,7 +173,14 @@ def netns_context(netns: str | None) -> Iterator[None]:
 
 
 RING_KEEP = 1 << 20  # resident bytes a ring keeps after a burst; the rest goes back to the kernel
+READAHEAD_MIN_NS, READAHEAD_MAX_NS = 50_000, 5_000_000
 BACKLOG_SIZE = 64 << 20  # a socket's ring: address space, resident only while a burst fills it
+
+
+def readahead_interval(rcvbuf: int) -> int:
+    """ns between two reads of the kernel queue while the ring holds work, for a receive buffer of
+    ``rcvbuf`` bytes as the kernel reports it (see :attr:`NetlinkSocket.readahead_ns`)."""
+    return min(READAHEAD_MAX_NS, max(READAHEAD_MIN_NS, rcvbuf // 8))
 
 
 class DatagramRing:
@@ -274,9 +281,12 @@ class NetlinkSocket:
     _ring: DatagramRing
     _recv_flags = socket.MSG_DONTWAIT
     #: while datagrams wait in the ring, read the kernel queue again after this many ns of decoding:
-    #: a burst must not fill the receive buffer meanwhile.  The kernel's default buffer (208 KiB)
-    #: holds about 200 NFLOG packets or conntrack events (each is charged ~1 KiB); at 1,000,000 a
-    #: second they fill it in 200 µs, so reading every 50 µs keeps it at most a quarter full.
+    #: a burst must not fill the receive buffer meanwhile.  The kernel charges each NFLOG packet or
+    #: conntrack event ~1 KiB; a burst of 2 GB/s of such charges (2,000,000 events a second) fills a
+    #: quarter of the buffer in rcvbuf/8 ns, which is the interval (:func:`readahead_interval`) from
+    #: 50 µs (the kernel's default 208 KiB) to 5 ms (pylogd's default 16 MiB, reported as 32 MiB: 4.2
+    #: ms).  Why not always 50 µs: each read ends with a would-block recv, ~3 µs with its exception,
+    #: 6 % of the CPU when the queue is read every 50 µs; a large buffer has no need of it.
     readahead_ns = 50_000
     _clock = staticmethod(time.monotonic_ns)
     received = 0
@@ -362,6 +372,7 @@ class NetlinkSocket:
         self.grown = 0  # receive-buffer growths after ENOBUFS
         self.rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.rcvbuf_requested = self.rcvbuf // 2  # the kernel reports twice what was asked
+        self.readahead_ns = readahead_interval(self.rcvbuf)
         if rcvbuf:
             self.set_rcvbuf(rcvbuf)
 
@@ -369,6 +380,7 @@ class NetlinkSocket:
         """Set the socket receive buffer (SO_RCVBUFFORCE, else SO_RCVBUF); returns what the kernel reports."""
         self.rcvbuf_requested = size
         self.rcvbuf = set_rcvbuf(self._sock, size)
+        self.readahead_ns = readahead_interval(self.rcvbuf)
         return self.rcvbuf
 
     def _on_enobufs(self) -> None:

@@ -193,6 +193,32 @@ def test_a_quiet_socket_is_not_read_between_datagrams_of_the_ring() -> None:
     assert len(kernel.reads) <= decoding_ns // bound + 2
 
 
+def test_the_read_ahead_interval_follows_the_receive_buffer() -> None:
+    """A quarter of the buffer lasts rcvbuf/8 ns at 2 GB/s of kernel charges: a small buffer is
+    read every 50 µs, pylogd's default every 4 ms (a would-block read costs ~3 µs), and a buffer
+    grown after an overrun is read less often again, never beyond 5 ms."""
+    from pylogd.netlink import DEFAULT_RCVBUF, NetlinkSocket
+
+    def sock_with(rcvbuf: int) -> NetlinkSocket:
+        sock = NetlinkSocket()
+        sock._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+        sock._init_rcvbuf(rcvbuf, 0)
+        return sock
+
+    small, default = sock_with(106496), sock_with(DEFAULT_RCVBUF)
+    try:
+        assert small.readahead_ns == 50_000
+        assert default.rcvbuf == 2 * DEFAULT_RCVBUF
+        assert default.readahead_ns == 2 * DEFAULT_RCVBUF // 8
+        for sock in (small, default):  # at 2 bytes per ns, a quarter of the buffer or less between reads
+            assert 2 * sock.readahead_ns <= sock.rcvbuf // 4 or sock.readahead_ns == 50_000
+        default.set_rcvbuf(4 * DEFAULT_RCVBUF)
+        assert default.readahead_ns == 5_000_000
+    finally:
+        small.close()
+        default.close()
+
+
 def test_the_default_buffer_grows_after_an_overrun_and_a_named_size_only_when_told() -> None:
     """With no size in the config (pylogd's 16 MiB) an overrun doubles the buffer up to
     DEFAULT_RCVBUF_MAX; a size the config names keeps ulogd's rule (maxsize 0: never grows)."""
