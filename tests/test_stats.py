@@ -40,6 +40,7 @@ def test_table_json_and_prometheus(tmp_path) -> None:
     try:
         doc = json.loads(stats(sock, "--json").stdout)
         assert doc["pylogd"]["pid"] == d.proc.pid
+        assert doc["pylogd"]["gc_frozen_objects"] > 10_000  # start-up's objects, kept out of full collections
         one, two = doc["stacks"]
         assert (one["events"], one["written"], one["pending"], one["output"]) == (10, 10, 0, "emu1")
         assert (two["events"], two["stopped"], two["written"], two["pending"]) == (10, 5, 0, 5)
