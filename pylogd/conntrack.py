@@ -26,6 +26,7 @@ import itertools
 import select
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterator
 from operator import itemgetter
@@ -207,19 +208,43 @@ def _scan(mv: memoryview, start: int, end: int) -> tuple[list[tuple[int, str, in
 
 
 #: (unpack, headers, expected, gather, fields) for messages of one length: ``headers(mv, start)``
-#: reads the message's attribute header words (two adjacent words as one integer) and equals
-#: ``expected`` exactly when the message has the shape; ``unpack`` reads the values from the
-#: message's start and ``gather(values + extras)`` is the whole record, extras = (family, event,
-#: message, None); ``fields`` maps each F_* field the shape has to its place in what ``unpack`` returns.
+#: reads the message's attribute header words (each run of adjacent words as one bytes value) and
+#: equals ``expected`` exactly when the message has the shape; ``unpack(mv, start)`` reads the
+#: message type and flags (at AT_TYPE and AT_FLAGS, read big-endian: compare them with READ_*) and
+#: the values, and ``gather(values + extras)`` is the whole record, extras = (event, message, None);
+#: ``fields`` maps each F_* field the shape has (F_FAMILY always) to its place in what ``unpack`` returns.
 #: Why not the message as one integer, masked to its header words: converting and masking 148 bytes
 #: cost 6,300 instructions (callgrind), a dozen small integers compared a third of that.
 Layout = tuple[Callable, Callable, tuple, Callable, dict[int, int]]
 
 
+#: the places of nlmsg_type and nlmsg_flags in what a layout's unpack returns, and what they are
+#: there: a layout reads everything big-endian, these two are in host order, so the constants are
+#: their host-order bytes read big-endian (a flag test is the same on both byte orders)
+AT_TYPE, AT_FLAGS = 0, 1
+READ_CT_NEW, READ_CT_DELETE, READ_NEW_FLAGS = (
+    int.from_bytes(value.to_bytes(2, sys.byteorder), "big")
+    for value in (MSG_CT_NEW, MSG_CT_DELETE, NLM_F_CREATE | NLM_F_EXCL)
+)
+_TYPE_AND_FLAGS_READ = struct.Struct(">HH").unpack_from
+#: nlmsghdr's type and flags, then nfgenmsg's family: read by every layout before its values
+_UNNAMED = -1  # a value a layout reads that is no field of the record
+_MESSAGE_HEADER = ((4, "H", _UNNAMED), (6, "H", _UNNAMED), (16, "B", F_FAMILY))
+
+
+def _event_read(mtype: int, mflags: int) -> int:
+    """ct.event of nlmsg_type and nlmsg_flags as a layout reads them (0: not an entry message)."""
+    if mtype == READ_CT_NEW:
+        return EVENT_NEW if mflags & READ_NEW_FLAGS else EVENT_UPDATE
+    if mtype == READ_CT_DELETE:
+        return EVENT_DESTROY
+    return 0
+
+
 def _compile(mv: memoryview, start: int, end: int, items: list[tuple[int, str, int | None]]) -> Layout:
     fmt, pos, fields, nvals = [">"], 0, {}, 0
     runs: list[list[int]] = []  # [offset, length] of adjacent header words
-    for off, code, field in items:
+    for off, code, field in (*_MESSAGE_HEADER, *items):
         if field is _HEADER:
             if runs and runs[-1][0] + runs[-1][1] == off:
                 runs[-1][1] += 4
@@ -230,10 +255,11 @@ def _compile(mv: memoryview, start: int, end: int, items: list[tuple[int, str, i
             fmt.append(f"{off - pos}x")
         fmt.append(code)
         pos = off + struct.calcsize(">" + code)
-        fields[field] = nvals  # a repeated attribute: the last one wins, as a walk would have it
+        if field != _UNNAMED:
+            fields[field] = nvals  # a repeated attribute: the last one wins, as a walk would have it
         nvals += 1
-    extra = {F_FAMILY: nvals, F_EVENT: nvals + 1, F_MSG: nvals + 2}
-    gather = itemgetter(*(fields.get(f, extra.get(f, nvals + 3)) for f in range(NFIELDS)))
+    extra = {F_EVENT: nvals, F_MSG: nvals + 1}
+    gather = itemgetter(*(fields.get(f, extra.get(f, nvals + 2)) for f in range(NFIELDS)))
     header_fmt, pos = [">"], 0
     for off, length in sorted(runs):
         if off > pos:
@@ -269,22 +295,21 @@ def decode(mv: memoryview, start: int, end: int, rec: list) -> bool:
     """
     if end - start < 20 or end > len(mv):
         return False
-    _mlen, mtype, mflags, _seq, _pid = NLMSG_FULL.unpack_from(mv, start)
-    if mtype == MSG_CT_NEW:
-        event = EVENT_NEW if mflags & (NLM_F_CREATE | NLM_F_EXCL) else EVENT_UPDATE
-    elif mtype == MSG_CT_DELETE:
-        event = EVENT_DESTROY
-    else:
-        return False
     size = end - start
-    msg = mv[start:end]
-    extras = (mv[start + 16], event, msg, None)
     layouts = _LAYOUTS.get(size)
     if layouts is not None:
         for unpack, headers, expected, gather, _fields in layouts:
             if headers(mv, start) == expected:
-                rec[:] = gather(unpack(mv, start) + extras)
+                values = unpack(mv, start)
+                event = _event_read(values[AT_TYPE], values[AT_FLAGS])
+                if not event:
+                    return False
+                extras = (event, mv[start:end], None)
+                rec[:] = gather(values + extras)
                 return True
+    event = _event_read(*_TYPE_AND_FLAGS_READ(mv, start + 4))
+    if not event:
+        return False
     items, sound = _scan(mv, start, end)
     layout = _compile(mv, start, end, items)
     if sound:
@@ -292,6 +317,7 @@ def decode(mv: memoryview, start: int, end: int, rec: list) -> bool:
             layouts = _LAYOUTS[size] = []
         if layouts is not None and len(layouts) < _MAX_PER_LENGTH:
             layouts.append(layout)
+    extras = (event, mv[start:end], None)
     rec[:] = layout[3](layout[0](mv, start) + extras)
     return True
 

@@ -73,6 +73,8 @@ from types import CodeType
 
 from pylogd.config import INT_MAX
 from pylogd.conntrack import (
+    AT_FLAGS,
+    AT_TYPE,
     CTA_TUPLE_ORIG,
     EVENT_DESTROY,
     EVENT_NEW,
@@ -107,11 +109,10 @@ from pylogd.conntrack import (
     FIELDS,
     IPS_DST_NAT,
     IPS_SRC_NAT,
-    MSG_CT_DELETE,
-    MSG_CT_NEW,
-    NLM_F_CREATE,
-    NLM_F_EXCL,
     PORT_PROTOCOLS,
+    READ_CT_DELETE,
+    READ_CT_NEW,
+    READ_NEW_FLAGS,
     CtSocket,
     NetRule,
     ProtoRule,
@@ -338,10 +339,8 @@ def flow_key(rec: tuple | list) -> bytes | tuple:
 
 _FUSED_PER_LENGTH, _FUSED_LENGTHS = 4, 512
 _FUSED_CODE: dict[str, CodeType] = {}
-#: the ct.event of a message: nlmsg_type and nlmsg_flags (host byte order) after nlmsg_len
-_TYPE_AND_FLAGS = struct.Struct("=HH").unpack_from
 #: what a shape's function uses, bound once per shape
-_FUSED_NAMES = ("values", "emit", "sock", "ports", "netns", "type_and_flags", "unpack", "divmod", "int")
+_FUSED_NAMES = ("values", "emit", "sock", "ports", "netns", "unpack", "divmod", "int")
 _COUNTER_OR_ZERO = (F_ORIG_BYTES, F_ORIG_PKTS, F_REPLY_BYTES, F_REPLY_PKTS, F_MARK)
 
 
@@ -354,16 +353,15 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
         return f"f{field}" if field in fields else "None"
 
     code = ["def emit_shape(mv, start, end):"]  # indented into its maker below
-    if nvals:
-        targets = [""] * nvals
-        for field, place in fields.items():
-            targets[place] = f"f{field}"
-        code.append(f"    {', '.join(t or '_' for t in targets)}, = unpack(mv, start)")
+    targets = ["_"] * nvals
+    targets[AT_TYPE], targets[AT_FLAGS] = "mtype", "mflags"
+    for field, place in fields.items():
+        targets[place] = f"f{field}"
     code += [
-        "    mtype, mflags = type_and_flags(mv, start + 4)",
-        f"    if mtype == {MSG_CT_NEW}:",
-        f"        event = {EVENT_NEW} if mflags & {NLM_F_CREATE | NLM_F_EXCL} else {EVENT_UPDATE}",
-        f"    elif mtype == {MSG_CT_DELETE}:",
+        f"    {', '.join(targets)}, = unpack(mv, start)",
+        f"    if mtype == {READ_CT_NEW}:",
+        f"        event = {EVENT_NEW} if mflags & {READ_NEW_FLAGS} else {EVENT_UPDATE}",
+        f"    elif mtype == {READ_CT_DELETE}:",
         f"        event = {EVENT_DESTROY}",
         "    else:",
         "        return False",
@@ -397,7 +395,7 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
         f"        values[{k['flow.start.sec']}], values[{k['flow.start.usec']}] = divmod(first // 1000, 1_000_000)",
         "    if last:",
         f"        values[{k['flow.end.sec']}], values[{k['flow.end.usec']}] = divmod(last // 1000, 1_000_000)",
-        f"    values[{k['oob.family']}] = mv[start + 16]",
+        f"    values[{k['oob.family']}] = {name(F_FAMILY)}",
         f"    values[{k['oob.protocol']}] = 0",
         f"    values[{k['ct']}] = mv[start:end]",
         f"    values[{k['ct.zone']}] = {name(F_ZONE) if F_ZONE in fields else '0'}",
@@ -694,7 +692,7 @@ class Nfct(Input):
         feed = self.feed
         names = {
             "values": feed.values, "emit": feed.emit, "sock": self.sock, "ports": PORT_PROTOCOLS,
-            "netns": self.netns, "type_and_flags": _TYPE_AND_FLAGS,
+            "netns": self.netns,
         }  # fmt: skip
         shapes: dict[int, list[tuple[int, int, Callable[[memoryview, int, int], bool]]]] = {}
         rec: list = [None] * len(FIELDS)
