@@ -227,8 +227,8 @@ READ_CT_NEW, READ_CT_DELETE, READ_NEW_FLAGS = (
     for value in (MSG_CT_NEW, MSG_CT_DELETE, NLM_F_CREATE | NLM_F_EXCL)
 )
 _TYPE_AND_FLAGS_READ = struct.Struct(">HH").unpack_from
-#: nlmsghdr's type and flags, then nfgenmsg's family: read by every layout before its values
 _UNNAMED = -1  # a value a layout reads that is no field of the record
+#: nlmsghdr's type and flags, then nfgenmsg's family: read by every layout before its values
 _MESSAGE_HEADER = ((4, "H", _UNNAMED), (6, "H", _UNNAMED), (16, "B", F_FAMILY))
 
 

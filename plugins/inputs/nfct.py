@@ -337,11 +337,12 @@ def flow_key(rec: tuple | list) -> bytes | tuple:
 # the source; what it uses is bound as closure variables (a compiled caller's exec leaves global
 # names unspecialised: a dictionary lookup each).  tests/test_nfct_fused.py holds it to emit_flow.
 
-_FUSED_PER_LENGTH, _FUSED_LENGTHS = 4, 512
-_FUSED_CODE: dict[str, CodeType] = {}
+_FUSED_PER_LENGTH, _FUSED_LENGTHS, _FUSED_CODES = 4, 512, 512
+_FUSED_CODE: dict[str, CodeType] = {}  # generated source -> its code, shared by shapes of other lengths
 #: what a shape's function uses, bound once per shape
 _FUSED_NAMES = ("values", "emit", "sock", "ports", "netns", "unpack", "divmod", "int")
-_COUNTER_OR_ZERO = (F_ORIG_BYTES, F_ORIG_PKTS, F_REPLY_BYTES, F_REPLY_PKTS, F_MARK)
+#: fields emit_flow makes 0 when the kernel leaves them out (counters, the mark, the zone)
+_ZERO_WHEN_ABSENT = (F_ORIG_BYTES, F_ORIG_PKTS, F_REPLY_BYTES, F_REPLY_PKTS, F_MARK, F_ZONE)
 
 
 def _fused_source(fields: dict[int, int], nvals: int) -> str:
@@ -350,7 +351,9 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
     k = _KEY_INDEX
 
     def name(field: int) -> str:
-        return f"f{field}" if field in fields else "None"
+        if field in fields:
+            return f"f{field}"
+        return "0" if field in _ZERO_WHEN_ABSENT else "None"
 
     code = ["def emit_shape(mv, start, end):"]  # indented into its maker below
     targets = ["_"] * nvals
@@ -367,10 +370,7 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
         "        return False",
     ]
     for field in range(_COPIED - 1):  # the first keys are the first fields; ct.event is set below
-        value = name(field)
-        if field in _COUNTER_OR_ZERO and value == "None":
-            value = "0"  # counters and the mark are 0 when the kernel leaves them out
-        code.append(f"    values[{field}] = {value}")
+        code.append(f"    values[{field}] = {name(field)}")
     code.append(f"    values[{k['ct.event']}] = event")
     proto, reply_proto = name(F_ORIG_PROTO), name(F_REPLY_PROTO)
     icmp_type, icmp_code = name(F_ICMP_TYPE), name(F_ICMP_CODE)
@@ -398,7 +398,7 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
         f"    values[{k['oob.family']}] = {name(F_FAMILY)}",
         f"    values[{k['oob.protocol']}] = 0",
         f"    values[{k['ct']}] = mv[start:end]",
-        f"    values[{k['ct.zone']}] = {name(F_ZONE) if F_ZONE in fields else '0'}",
+        f"    values[{k['ct.zone']}] = {name(F_ZONE)}",
         f"    values[{k['ct.status']}] = {name(F_STATUS)}",
         f"    values[{k['ct.timeout']}] = {name(F_TIMEOUT)}",
         f"    values[{k['oob.netns']}] = netns",
@@ -426,7 +426,7 @@ def _make_fused(unpack: Callable, fields: dict[int, int], names: dict) -> Callab
     source = _fused_source(fields, max(fields.values(), default=-1) + 1)
     compiled = _FUSED_CODE.get(source)
     if compiled is None:  # shapes that differ only in offsets share their code
-        if len(_FUSED_CODE) >= _FUSED_LENGTHS:
+        if len(_FUSED_CODE) >= _FUSED_CODES:
             _FUSED_CODE.clear()
         compiled = _FUSED_CODE[source] = compile(source, "<nfct event shape>", "exec")
     scope: dict = {}
@@ -666,17 +666,16 @@ class Nfct(Input):
         if not self.hash and accept is None:
             on_message, drain_messages = self._event_mode_by_shape(on_event), sock.drain_messages
 
-            def work() -> int:
-                handled = drain_messages(on_message)
-                flush()
-                if (sock.enobufs, sock.errors) != self._reported:
-                    self._on_trouble()
-                return handled
+            def drain_all() -> int:
+                return drain_messages(on_message)
 
-            return BacklogReader(self.loop, work, lambda: sock.backlog)
+        else:
+
+            def drain_all() -> int:
+                return drain(on_event)
 
         def work() -> int:
-            handled = drain(on_event)
+            handled = drain_all()
             flush()
             if (sock.enobufs, sock.errors) != self._reported:
                 self._on_trouble()
@@ -694,7 +693,8 @@ class Nfct(Input):
             "values": feed.values, "emit": feed.emit, "sock": self.sock, "ports": PORT_PROTOCOLS,
             "netns": self.netns,
         }  # fmt: skip
-        shapes: dict[int, list[tuple[int, int, Callable[[memoryview, int, int], bool]]]] = {}
+        # message length -> (header reader, its expected result, the shape's function) per shape
+        shapes: dict[int, list[tuple[Callable, tuple, Callable[[memoryview, int, int], bool]]]] = {}
         rec: list = [None] * len(FIELDS)
 
         def learn(mv: memoryview, start: int, end: int) -> None:
