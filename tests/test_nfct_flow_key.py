@@ -17,14 +17,12 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from feedkit import RecordingFeed
+from nfctkit import FedReader
 from pylogd.plugins.inputs import nfct
-from pylogd.plugins.inputs.nfct import Nfct, flow_key
+from pylogd.plugins.inputs.nfct import flow_key
 from test_nfct_decode import nla, tuple_attr
 
 from pylogd.conntrack import EVENT_UPDATE, F_ID, NFIELDS, decode, decode_bytes
-from pylogd.log import Logger
-from pylogd.loop import EventLoop
 
 NESTED = 0x8000
 SHARED_ID = 0x5EED1D
@@ -55,59 +53,9 @@ def ct_message(
     return struct.pack("=IHHII", 16 + len(body), mtype, flags, 1, 0) + body
 
 
-class FedSocket:
-    """What the hash-mode reader uses of a CtSocket, fed crafted messages.  Every message is
-    copied into the same buffer and decoded into the same record, as the real socket does, so
-    a table key that kept a view into the buffer would change under the table's feet."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[int, bytes]] = []
-        self.arrived = 0
-        self.backlog = self.enobufs = self.errors = self.received = self.backlog_max = 0
-        self.buf = bytearray(4096)
-        self.rec: list = [None] * NFIELDS
-
-    def drain(self, on_event: Callable[[list], object]) -> int:
-        handled = 0
-        view = memoryview(self.buf)
-        for arrived, msg in self.pending:
-            self.arrived = arrived
-            self.buf[: len(msg)] = msg
-            assert decode(view, 0, len(msg), self.rec)
-            self.received += 1
-            on_event(self.rec)
-            handled += 1
-        self.pending.clear()
-        return handled
-
-
-class HashReader:
-    """A hash-mode NFCT instance whose reader runs on a :class:`FedSocket` (what ``start()``
-    sets up, without the kernel)."""
-
-    def __init__(self) -> None:
-        values = {o.name: o.default for o in Nfct.spec.options}
-        self.plugin = plugin = Nfct("ct1", values, Logger("ct1"))
-        plugin.configure()
-        self.feed = plugin.feed = RecordingFeed(Nfct.spec.outputs)
-        plugin.loop, plugin.hash, plugin.max_entries = EventLoop(), True, values["hash_max_entries"]
-        plugin._reported, plugin._resync_timer, plugin.netns = (0, 0), None, None
-        plugin._emit = plugin._make_emitter()
-        self.sock = plugin.sock = FedSocket()
-        self.reader = plugin._make_reader()
-
-    def feed_messages(self, *timed: tuple[int, bytes]) -> list[dict]:
-        self.sock.pending.extend(timed)
-        self.reader.work()
-        return self.feed.events
-
-    def close(self) -> None:
-        self.plugin.loop.close()
-
-
 @pytest.fixture
 def reader():
-    r = HashReader()
+    r = FedReader()  # hash mode: the default
     yield r
     r.close()
 
@@ -116,7 +64,7 @@ def starts(events: list[dict]) -> dict[tuple[str, int], int]:
     return {(socket.inet_ntoa(e["orig.ip.saddr"]), e["orig.l4.sport"]): e["flow.start.sec"] for e in events}
 
 
-def test_two_live_flows_sharing_a_ct_id_keep_their_own_start(reader: HashReader) -> None:
+def test_two_live_flows_sharing_a_ct_id_keep_their_own_start(reader: FedReader) -> None:
     """Flows A and B, distinct, live at the same time, both CTA_ID 0x5EED1D: each DESTROY gets
     its own flow's start (keyed by ct.id alone, B's NEW overwrote or joined A's entry)."""
     a, b = ("10.1.0.1", 40000), ("10.1.0.2", 40001)
@@ -137,7 +85,7 @@ def test_two_live_flows_sharing_a_ct_id_keep_their_own_start(reader: HashReader)
     assert reader.plugin.statistics()["hash_entries"] == 0
 
 
-def test_a_new_flow_on_the_tuple_of_one_whose_destroy_is_late_gets_its_own_entry(reader: HashReader) -> None:
+def test_a_new_flow_on_the_tuple_of_one_whose_destroy_is_late_gets_its_own_entry(reader: FedReader) -> None:
     """The same tuple, another id: the first flow's DESTROY comes after the second's NEW (lost,
     or resent later with reliable=1); each DESTROY still finds its own flow."""
     a = ("10.1.0.1", 40000)
@@ -153,7 +101,7 @@ def test_a_new_flow_on_the_tuple_of_one_whose_destroy_is_late_gets_its_own_entry
     assert [(e["ct.id"], e["flow.start.sec"]) for e in events] == [(111, BASE // SEC + 10), (222, BASE // SEC + 20)]
 
 
-def test_zones_and_missing_ids_are_part_of_the_key(reader: HashReader) -> None:
+def test_zones_and_missing_ids_are_part_of_the_key(reader: FedReader) -> None:
     a = ("10.1.0.1", 40000)
     reader.feed_messages(
         (BASE + 10 * SEC, ct_message("new", *a, SHARED_ID)),
@@ -208,7 +156,7 @@ def test_a_message_not_led_by_the_original_tuple_is_keyed_by_its_decoded_fields(
     assert key_of(bare) == (None, socket.AF_INET, *[None] * 9)
 
 
-def test_a_resync_dump_finds_both_flows_sharing_an_id(reader: HashReader, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_resync_dump_finds_both_flows_sharing_an_id(reader: FedReader, monkeypatch: pytest.MonkeyPatch) -> None:
     """Flows learned from events, then a resync whose dump (attributes in the dump's order) shows
     both still alive: nothing is purged and each keeps its start."""
     a, b, gone = ("10.1.0.1", 40000), ("10.1.0.2", 40001), ("10.1.0.3", 40002)

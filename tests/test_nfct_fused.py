@@ -5,68 +5,19 @@ for messages they do not fit."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from unittest import mock
 
-from feedkit import RecordingFeed
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nfctkit import FedReader
 from pylogd.plugins.inputs import nfct
-from pylogd.plugins.inputs.nfct import Nfct
 from test_nfct_decode import messages, nla, tuple_attr
 
 from pylogd import conntrack
-from pylogd.conntrack import NFIELDS, CtSocket
-from pylogd.log import Logger
-from pylogd.loop import EventLoop
 
 
-class FedSocket(CtSocket):
-    """A CtSocket without the kernel: its drains walk crafted datagrams, each with the time it
-    "arrived", copied into one reused buffer as the ring does."""
-
-    backlog = 0
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[int, bytes]] = []
-        self.arrived = self.received = self.errors = self.enobufs = 0
-        self.buf = bytearray(1 << 16)
-        self._rec: list = [None] * NFIELDS
-
-    def _drain_ring(self, callback: Callable, limit: int) -> int:
-        handled, view = 0, memoryview(self.buf)
-        for arrived, msg in self.pending:
-            self.arrived = arrived
-            self.buf[: len(msg)] = msg
-            handled += self._walk(view, 0, len(msg), callback)
-        self.pending.clear()
-        return handled
-
-
-class EventReader:
-    """An event-mode NFCT instance's reader on a FedSocket (what ``start()`` sets up).  With
-    ``by_record`` it takes the decoded-record path: a userspace filter that accepts everything."""
-
-    def __init__(self, by_record: bool = False) -> None:
-        values = {o.name: o.default for o in Nfct.spec.options} | {"hash_enable": 0}
-        self.plugin = plugin = Nfct("ct1", values, Logger("ct1"))
-        plugin.configure()
-        if by_record:
-            plugin.accept = lambda rec: True
-        self.feed = plugin.feed = RecordingFeed(Nfct.spec.outputs)
-        plugin.loop, plugin.hash = EventLoop(), False
-        plugin._reported, plugin._resync_timer, plugin.netns = (0, 0), None, "blue"
-        plugin._emit = plugin._make_emitter()
-        self.sock = plugin.sock = FedSocket()
-        self.reader = plugin._make_reader()
-
-    def feed_messages(self, *timed: tuple[int, bytes]) -> list[dict]:
-        self.sock.pending.extend(timed)
-        self.reader.work()
-        return self.feed.events
-
-    def close(self) -> None:
-        self.plugin.loop.close()
+def event_reader(accept_all: bool = False) -> FedReader:
+    return FedReader(accept_all, netns="blue", hash_enable=0)
 
 
 def both(*timed: tuple[int, bytes]) -> tuple[list[dict], list[dict], int]:
@@ -80,7 +31,7 @@ def both(*timed: tuple[int, bytes]) -> tuple[list[dict], list[dict], int]:
         decoded.append(1)
         return real_decode(*args)
 
-    fused, by_record = EventReader(), EventReader(by_record=True)
+    fused, by_record = event_reader(), event_reader(accept_all=True)
     try:
         with mock.patch.object(nfct, "decode", counting_decode):
             fused_events = fused.feed_messages(*timed)
@@ -110,7 +61,7 @@ def test_many_shapes_of_one_length_each_keep_to_their_own(batch: list[bytes]) ->
 def test_a_message_of_a_known_shape_that_is_not_an_entry_is_not_emitted() -> None:
     new = _udp_message(0x100, 0x600)
     get = bytes(new[:4]) + struct.pack("=H", 0x101) + new[6:]  # IPCTNL_MSG_CT_GET: same shape, not an event
-    reader = EventReader()
+    reader = event_reader()
     try:
         events = reader.feed_messages((5, new), (6, get), (7, new))
         assert [e["ct.event"] for e in events] == [1, 1]
