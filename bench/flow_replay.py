@@ -15,18 +15,16 @@ PYLOGD_PURE_PYTHON=1); bench/flow_path.py compares the daemons with ulogd.
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nflog_replay import replay, report  # noqa: E402  (bench/ is the script's directory)
+from nflog_replay import arguments, replay_captured  # noqa: E402  (bench/ is the script's directory)
 from packet_path import sh  # noqa: E402
 
 from pylogd.conntrack import EVENT_DESTROY, EVENT_NEW, CtSocket  # noqa: E402
@@ -77,33 +75,11 @@ def count_events(datagrams: list[bytes]) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--flows", type=int, default=10000, help="flows captured, 2 events each (default 10000)")
-    ap.add_argument("--rounds", type=int, default=10, help="times the capture is replayed (default 10)")
-    ap.add_argument("--stack", default=DEFAULT_STACK)
-    ap.add_argument("--profile", help="write a cProfile of all rounds here")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("needs root: network namespace and conntrack socket", file=sys.stderr)
-        return 2
-
-    datagrams = capture(args.flows)
-    per_round = count_events(datagrams)
-    print(f"captured {per_round} events in {len(datagrams)} datagrams")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        sh("ip", "netns", "add", NS)
-        try:
-            config = (
-                f'[global]\nlogfile="{tmp}/replay.log"\nloglevel=5\nstack={args.stack}\n'
-                f"[ct1]\nhash_enable=0\nnetns={NS}\n"
-                f'[emu1]\nfile="{tmp}/replay.out"\nsync=0\n'
-            )
-            times = replay(config, "ct1", lambda nfct: nfct._reader.work, datagrams, args)
-            written = Path(f"{tmp}/replay.out").read_bytes().count(b"\n") if "LOGEMU" in args.stack else None
-        finally:
-            subprocess.run(["ip", "netns", "del", NS], capture_output=True)
-    return report(times, per_round, args.rounds, written, "event")
+    args = arguments(__doc__, "flows", 10000, "flows captured, 2 events each", DEFAULT_STACK)
+    return replay_captured(
+        args, NS, "[ct1]\nhash_enable=0\n", lambda nfct: nfct._reader.work, lambda: capture(args.flows),
+        count_events, "event",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -149,35 +149,59 @@ def report(times: list[float], per_round: int, rounds: int, written: int | None,
     return 0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--packets", type=int, default=20000, help="packets captured (default 20000)")
+def arguments(doc: str, count: str, default: int, help_text: str, stack: str) -> argparse.Namespace:
+    """The options both replays take: ``--<count>`` (what is captured), rounds, stack, profile."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(f"--{count}", type=int, default=default, help=f"{help_text} (default {default})")
     ap.add_argument("--rounds", type=int, default=10, help="times the capture is replayed (default 10)")
-    ap.add_argument("--stack", default=DEFAULT_STACK)
+    ap.add_argument("--stack", default=stack)
     ap.add_argument("--profile", help="write a cProfile of all rounds here")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def replay_captured(
+    args: Any,
+    ns: str,
+    input_section: str,
+    reader: Callable[[Any], Callable[[], int]],
+    capture_datagrams: Callable[[], list[bytes]],
+    count: Callable[[list[bytes]], int],
+    what: str,
+    more_sections: str = "",
+) -> int:
+    """Capture datagrams (needs root), then replay them through ``args.stack`` with its input
+    opened in a fresh namespace ``ns`` (``input_section``: its id and options, ``netns`` added) and
+    LOGEMU writing to a temporary file; print the CPU per ``what`` (``count``: how many a datagram
+    list holds; :func:`report`)."""
     if os.geteuid() != 0:
-        print("needs root: network namespace and NFLOG socket", file=sys.stderr)
+        print("needs root: network namespaces and netlink sockets", file=sys.stderr)
         return 2
-
-    datagrams = capture(args.packets)
-    per_round = count_packets(datagrams)
-    print(f"captured {per_round} packets in {len(datagrams)} datagrams")
-
+    datagrams = capture_datagrams()
+    per_round = count(datagrams)
+    print(f"captured {per_round} {what}s in {len(datagrams)} datagrams")
+    input_id = input_section.split("]", 1)[0].lstrip("[")
     with tempfile.TemporaryDirectory() as tmp:
-        sh("ip", "netns", "add", NS)
+        sh("ip", "netns", "add", ns)
         try:
             config = (
                 f'[global]\nlogfile="{tmp}/replay.log"\nloglevel=5\nstack={args.stack}\n'
-                f"[log1]\ngroup={GROUP}\nnetns={NS}\n"
-                f'[emu1]\nfile="{tmp}/replay.out"\nsync=0\n'
-                f'[json1]\nfile="{tmp}/replay.json"\n[pcap1]\nfile="{tmp}/replay.pcap"\n'
+                f"{input_section}netns={ns}\n"
+                f'[emu1]\nfile="{tmp}/replay.out"\nsync=0\n' + more_sections.format(tmp=tmp)
             )
-            times = replay(config, "log1", lambda nflog: nflog._readable.work, datagrams, args)
+            times = replay(config, input_id, reader, datagrams, args)
             written = Path(f"{tmp}/replay.out").read_bytes().count(b"\n") if "LOGEMU" in args.stack else None
         finally:
-            subprocess.run(["ip", "netns", "del", NS], capture_output=True)
-    return report(times, per_round, args.rounds, written, "record")
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    return report(times, per_round, args.rounds, written, what)
+
+
+def main() -> int:
+    args = arguments(__doc__, "packets", 20000, "packets captured", DEFAULT_STACK)
+    outputs = '[json1]\nfile="{tmp}/replay.json"\n[pcap1]\nfile="{tmp}/replay.pcap"\n'
+    return replay_captured(
+        args, NS, f"[log1]\ngroup={GROUP}\n", lambda nflog: nflog._readable.work, lambda: capture(args.packets),
+        count_packets, "record", outputs,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
