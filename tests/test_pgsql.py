@@ -319,24 +319,40 @@ def two_schemas(pg_schema: PgSchema) -> Any:
             admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
+def written_by_both(
+    side_by_side: Any,
+    where: Any,
+    tmp_path: Path,
+    stack: str,
+    schemas: dict[str, PgSchema],
+    section: str,
+    table: str,
+    procedure: str,
+    order: str,
+) -> tuple[list, list, list[str]]:
+    """Run ulogd and pylogd side by side into their schemas' ``table`` through ``procedure``; their
+    rows in ``order`` and the table's column names."""
+    sections = {n: s.section(section, table=table, procedure=procedure) for n, s in schemas.items()}
+    query = f"SELECT * FROM {table} ORDER BY {order}"
+    side_by_side(where, tmp_path, stack, sections, lambda n: len(schemas[n].rows(query)))
+    u_rows, p_rows = (schemas[n].rows(query) for n in ("ulogd", "pylogd"))
+    return u_rows, p_rows, columns_of(schemas["ulogd"], table)
+
+
 def test_ulogd_and_pylogd_write_the_same_packet_rows(pair, two_schemas: dict[str, PgSchema], tmp_path: Path) -> None:  # noqa: F811
     need_ulogd("PGSQL")
-    sections = {n: s.section("pg1", table="ulog", procedure="INSERT_PACKET_FULL") for n, s in two_schemas.items()}
-    query = "SELECT * FROM ulog ORDER BY _id"
-    side_by_side_packets(pair, tmp_path, PACKET_STACK, sections, lambda n: len(two_schemas[n].rows(query)))
-    u_rows, p_rows = (two_schemas[n].rows(query) for n in ("ulogd", "pylogd"))
-    names = columns_of(two_schemas["ulogd"], "ulog")
+    u_rows, p_rows, names = written_by_both(
+        side_by_side_packets, pair, tmp_path, PACKET_STACK, two_schemas, "pg1", "ulog", "INSERT_PACKET_FULL", "_id"
+    )
     # _id is each database's own sequence: equal too, as both got the same rows in the same order
     assert compare(u_rows, p_rows, names) >= 2  # the fragments at least
 
 
 def test_ulogd_and_pylogd_write_the_same_flow_rows(rig: Rig, two_schemas: dict[str, PgSchema], tmp_path: Path) -> None:
     need_ulogd("PGSQL")
-    sections = {n: s.section("pg2", table="ulog2_ct", procedure="INSERT_CT") for n, s in two_schemas.items()}
-    query = "SELECT * FROM ulog2_ct ORDER BY _ct_id"
-    side_by_side_flows(rig, tmp_path, FLOW_STACK, sections, lambda n: len(two_schemas[n].rows(query)))
-    u_rows, p_rows = (two_schemas[n].rows(query) for n in ("ulogd", "pylogd"))
-    names = columns_of(two_schemas["ulogd"], "ulog2_ct")
+    u_rows, p_rows, names = written_by_both(
+        side_by_side_flows, rig, tmp_path, FLOW_STACK, two_schemas, "pg2", "ulog2_ct", "INSERT_CT", "_ct_id"
+    )
     compare(u_rows, p_rows, names)
     assert {str(r[names.index("orig_ip_saddr_str")]) for r in p_rows} >= {"127.0.0.1", "::1"}
 
