@@ -19,7 +19,7 @@ from collections.abc import Callable
 import pytest
 from nfctkit import FedReader
 from pylogd.plugins.inputs import nfct
-from pylogd.plugins.inputs.nfct import flow_key
+from pylogd.plugins.inputs.nfct import entry_message, flow_key
 from test_nfct_decode import nla, tuple_attr
 
 from pylogd.conntrack import EVENT_UPDATE, F_ID, NFIELDS, decode, decode_bytes
@@ -217,7 +217,7 @@ def test_the_kernels_flows_sharing_a_ct_id_each_keep_an_entry(rig) -> None:
         assert sender.wait() == 0
         stats = run.plugin.statistics()
         table = run.plugin.table
-        by_id = Counter(decode_bytes(msg)[F_ID] for msg, _start in table.values())
+        by_id = Counter(decode_bytes(entry_message(entry))[F_ID] for entry in table.values())
         shared = sum(n for n in by_id.values() if n > 1)
     finally:
         run.close()
