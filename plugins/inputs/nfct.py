@@ -810,13 +810,13 @@ class Nfct(Input):
                 for entry in table.values():
                     self._emit(decode_bytes(entry_message(entry)), EVENT_DESTROY, entry_start(entry), now)
                     emitted += 1
+            if emitted:  # before the table is made anew: the lines' memory is free by then
+                self.feed.flush()
         finally:
             table.clear()
             # the flows the dump found, made anew in one go: see _compact
             table.update(_compact(current))
             release_free_memory()
-        if emitted:
-            self.feed.flush()
         self.stats["purged"] += emitted
         return emitted
 
