@@ -10,8 +10,9 @@ class RecordingFeed(Feed):
     """The input's keys at slots 0..n-1, as the core lays them out; each event is kept as a
     dict of its valid keys (memoryviews copied to bytes), and the record is reset after it."""
 
-    def __init__(self, outputs: tuple[Key, ...]) -> None:
+    def __init__(self, outputs: tuple[Key, ...], used: set[str] | None = None) -> None:
         self.keys = [k.name for k in outputs]
+        self.used_keys = used  # None: every key is read
         self.values = [None] * len(self.keys)
         self.events: list[dict] = []
         self.flushes = 0
@@ -20,6 +21,9 @@ class RecordingFeed(Feed):
 
     def slot(self, name: str) -> int:
         return self.keys.index(name)
+
+    def used(self, name: str) -> bool:
+        return self.used_keys is None or name in self.used_keys
 
     def _emit(self) -> None:
         self.events.append(

@@ -39,15 +39,18 @@ class FedSocket(CtSocket):
 
 class FedReader:
     """An NFCT instance (``options`` over the defaults) whose reader runs on a :class:`FedSocket`;
-    ``accept_all`` installs a userspace filter that accepts everything (the decoded-record path)."""
+    ``accept_all`` installs a userspace filter that accepts everything (the decoded-record path);
+    ``used``: the keys the feed says some plugin reads (None: all)."""
 
-    def __init__(self, accept_all: bool = False, netns: str | None = None, **options: object) -> None:
+    def __init__(
+        self, accept_all: bool = False, netns: str | None = None, used: set[str] | None = None, **options: object
+    ) -> None:
         values = {o.name: o.default for o in Nfct.spec.options} | options
         self.plugin = plugin = Nfct("ct1", values, Logger("ct1"))
         plugin.configure()
         if accept_all:
             plugin.accept = lambda rec: True
-        self.feed = plugin.feed = RecordingFeed(Nfct.spec.outputs)
+        self.feed = plugin.feed = RecordingFeed(Nfct.spec.outputs, used)
         plugin.loop, plugin.hash, plugin.max_entries = (
             EventLoop(),
             bool(values["hash_enable"]),

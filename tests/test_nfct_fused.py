@@ -16,13 +16,13 @@ from test_nfct_decode import messages, nla, tuple_attr
 from pylogd import conntrack
 
 
-def event_reader(accept_all: bool = False) -> FedReader:
-    return FedReader(accept_all, netns="blue", hash_enable=0)
+def event_reader(accept_all: bool = False, used: set[str] | None = None) -> FedReader:
+    return FedReader(accept_all, netns="blue", used=used, hash_enable=0)
 
 
-def both(*timed: tuple[int, bytes]) -> tuple[list[dict], list[dict], int]:
+def both(*timed: tuple[int, bytes], used: set[str] | None = None) -> tuple[list[dict], list[dict], int]:
     """The events of the shape path and of the record path for the same messages, and how many
-    messages the shape path decoded into a record."""
+    messages the shape path decoded into a record; ``used``: the keys the stacks read (None: all)."""
     conntrack._LAYOUTS.clear()  # the decoder's cache of shapes is shared: start each case with room in it
     decoded = []
     real_decode = nfct.decode
@@ -31,7 +31,7 @@ def both(*timed: tuple[int, bytes]) -> tuple[list[dict], list[dict], int]:
         decoded.append(1)
         return real_decode(*args)
 
-    fused, by_record = event_reader(), event_reader(accept_all=True)
+    fused, by_record = event_reader(used=used), event_reader(accept_all=True, used=used)
     try:
         with mock.patch.object(nfct, "decode", counting_decode):
             fused_events = fused.feed_messages(*timed)
@@ -48,6 +48,26 @@ def test_a_shapes_function_emits_what_the_decoded_record_does(msg: bytes, arrive
     assert fused == by_record
     assert len(fused) == 3
     assert decoded == 1  # the first message taught the shape; the others went through its function
+
+
+KEY_NAMES = [k.name for k in nfct.Nfct.spec.outputs]
+#: what NFCT→IP2STR→PRINTFLOW reads (the stack of bench/flow_path.py)
+PRINTFLOW_READS = {
+    *(f"{side}.{key}" for side in ("orig", "reply") for key in (
+        "ip.saddr", "ip.daddr", "ip.protocol", "l4.sport", "l4.dport", "raw.pktlen", "raw.pktcount",
+    )),
+    "oob.family", "icmp.code", "icmp.type", "ct.event",
+}  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages(), st.one_of(st.just(PRINTFLOW_READS), st.sets(st.sampled_from(KEY_NAMES))))
+def test_a_shapes_function_writes_the_keys_some_plugin_reads_and_only_those(msg: bytes, used: set[str]) -> None:
+    fused, by_record, decoded = both((1, msg), (2, msg), used=used)
+    assert [{k: v for k, v in e.items() if k in used} for e in fused] == [
+        {k: v for k, v in e.items() if k in used} for e in by_record
+    ]
+    assert decoded == 1 and set(fused[1]) <= used  # the second went through the shape's function
 
 
 @settings(max_examples=100, deadline=None)

@@ -381,15 +381,31 @@ _FUSED_NAMES = ("values", "emit", "sock", "ports", "netns", "unpack", "divmod", 
 _ZERO_WHEN_ABSENT = (F_ORIG_BYTES, F_ORIG_PKTS, F_REPLY_BYTES, F_REPLY_PKTS, F_MARK, F_ZONE)
 
 
-def _fused_source(fields: dict[int, int], nvals: int) -> str:
+def _fused_source(fields: dict[int, int], nvals: int, unread: frozenset[int] = frozenset()) -> str:
     """The source of ``emit_shape(mv, start, end) -> bool`` for messages whose decoded fields are
-    ``fields`` (F_* -> place in the layout's unpacked values); False: not an entry message."""
+    ``fields`` (F_* -> place in the layout's unpacked values); False: not an entry message.  The
+    keys at the slots ``unread`` (no plugin reads them: Feed.used) are left unset."""
     k = _KEY_INDEX
 
     def name(field: int) -> str:
         if field in fields:
             return f"f{field}"
         return "0" if field in _ZERO_WHEN_ABSENT else "None"
+
+    def put(indent: int, keys: tuple[str | int, ...], value: str) -> list[str]:
+        """``values[key] = ... = value`` for the keys some plugin reads."""
+        slots = [key if isinstance(key, int) else k[key] for key in keys]
+        targets = "".join(f"values[{slot}] = " for slot in slots if slot not in unread)
+        return [f"{' ' * indent}{targets}{value}"] if targets else []
+
+    def put_pair(indent: int, keys: tuple[str, str], value: str) -> list[str]:
+        """``values[a], values[b] = value`` (a pair), or the half some plugin reads."""
+        a, b = k[keys[0]], k[keys[1]]
+        if a in unread:
+            return [] if b in unread else [f"{' ' * indent}values[{b}] = ({value})[1]"]
+        if b in unread:
+            return [f"{' ' * indent}values[{a}] = ({value})[0]"]
+        return [f"{' ' * indent}values[{a}], values[{b}] = {value}"]
 
     code = ["def emit_shape(mv, start, end):"]  # indented into its maker below
     targets = ["_"] * nvals
@@ -406,50 +422,52 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
         "        return False",
     ]
     for field in range(_COPIED - 1):  # the first keys are the first fields; ct.event is set below
-        code.append(f"    values[{field}] = {name(field)}")
-    code.append(f"    values[{k['ct.event']}] = event")
+        code += put(4, (field,), name(field))
+    code += put(4, ("ct.event",), "event")
     proto, reply_proto = name(F_ORIG_PROTO), name(F_REPLY_PROTO)
     icmp_type, icmp_code = name(F_ICMP_TYPE), name(F_ICMP_CODE)
+    icmpv6 = put_pair(12, ("icmpv6.type", "icmpv6.code"), f"{icmp_type}, {icmp_code}")
+    no_icmp = put(12, ("icmp.type", "icmp.code"), "None")
+    not_ports = put(8, ("orig.l4.sport", "orig.l4.dport"), "None")
+    if icmpv6 or no_icmp:
+        not_ports += [f"        if {proto} == 58:", *icmpv6, *no_icmp]
+        not_ports += [f"        elif {proto} != 1:", *no_icmp] if no_icmp else []
+    code += [f"    if {proto} not in ports:", *not_ports] if not_ports else []
+    reply_not_ports = put(8, ("reply.l4.sport", "reply.l4.dport"), "None")
+    code += [f"    if {reply_proto} not in ports:", *reply_not_ports] if reply_not_ports else []
+    starts = put_pair(8, ("flow.start.sec", "flow.start.usec"), "divmod(first // 1000, 1_000_000)")
+    ends = put_pair(8, ("flow.end.sec", "flow.end.usec"), "divmod(last // 1000, 1_000_000)")
+    if starts or ends:  # flow.start and flow.end as event mode's on_event gives them to emit_flow
+        code += [
+            f"    if event == {EVENT_DESTROY}:",
+            f"        first, last = {name(F_START)}, {name(F_STOP)} or sock.arrived",
+            f"    elif event == {EVENT_NEW}:",
+            f"        first, last = {name(F_START)} or sock.arrived, None",
+            "    else:",
+            f"        first, last = {name(F_START)}, None",
+        ]
+        code += ["    if first:", *starts] if starts else []
+        code += ["    if last:", *ends] if ends else []
     code += [
-        f"    if {proto} not in ports:",
-        f"        values[{k['orig.l4.sport']}] = values[{k['orig.l4.dport']}] = None",
-        f"        if {proto} == 58:",
-        f"            values[{k['icmpv6.type']}], values[{k['icmpv6.code']}] = {icmp_type}, {icmp_code}",
-        f"            values[{k['icmp.type']}] = values[{k['icmp.code']}] = None",
-        f"        elif {proto} != 1:",
-        f"            values[{k['icmp.type']}] = values[{k['icmp.code']}] = None",
-        f"    if {reply_proto} not in ports:",
-        f"        values[{k['reply.l4.sport']}] = values[{k['reply.l4.dport']}] = None",
-        # flow.start and flow.end as event mode's on_event gives them to emit_flow
-        f"    if event == {EVENT_DESTROY}:",
-        f"        first, last = {name(F_START)}, {name(F_STOP)} or sock.arrived",
-        f"    elif event == {EVENT_NEW}:",
-        f"        first, last = {name(F_START)} or sock.arrived, None",
-        "    else:",
-        f"        first, last = {name(F_START)}, None",
-        "    if first:",
-        f"        values[{k['flow.start.sec']}], values[{k['flow.start.usec']}] = divmod(first // 1000, 1_000_000)",
-        "    if last:",
-        f"        values[{k['flow.end.sec']}], values[{k['flow.end.usec']}] = divmod(last // 1000, 1_000_000)",
-        f"    values[{k['oob.family']}] = {name(F_FAMILY)}",
-        f"    values[{k['oob.protocol']}] = 0",
-        f"    values[{k['ct']}] = mv[start:end]",
-        f"    values[{k['ct.zone']}] = {name(F_ZONE)}",
-        f"    values[{k['ct.status']}] = {name(F_STATUS)}",
-        f"    values[{k['ct.timeout']}] = {name(F_TIMEOUT)}",
-        f"    values[{k['oob.netns']}] = netns",
+        *put(4, ("oob.family",), name(F_FAMILY)),
+        *put(4, ("oob.protocol",), "0"),
+        *put(4, ("ct",), "mv[start:end]"),
+        *put(4, ("ct.zone",), name(F_ZONE)),
+        *put(4, ("ct.status",), name(F_STATUS)),
+        *put(4, ("ct.timeout",), name(F_TIMEOUT)),
+        *put(4, ("oob.netns",), "netns"),
     ]
     if F_STATUS in fields:
         code += [
-            f"    values[{k['nat.snat']}] = 1 if {name(F_STATUS)} & {IPS_SRC_NAT} else 0",
-            f"    values[{k['nat.dnat']}] = 1 if {name(F_STATUS)} & {IPS_DST_NAT} else 0",
+            *put(4, ("nat.snat",), f"1 if {name(F_STATUS)} & {IPS_SRC_NAT} else 0"),
+            *put(4, ("nat.dnat",), f"1 if {name(F_STATUS)} & {IPS_DST_NAT} else 0"),
         ]
     elif F_REPLY_SRC in fields and F_REPLY_DST in fields:
         osrc, odst, osport, odport = (name(f) for f in (F_ORIG_SRC, F_ORIG_DST, F_ORIG_SPORT, F_ORIG_DPORT))
         rsrc, rdst, rsport, rdport = (name(f) for f in (F_REPLY_SRC, F_REPLY_DST, F_REPLY_SPORT, F_REPLY_DPORT))
         code += [
-            f"    values[{k['nat.snat']}] = int({osrc} != {rdst} or {osport} != {rdport})",
-            f"    values[{k['nat.dnat']}] = int({odst} != {rsrc} or {odport} != {rsport})",
+            *put(4, ("nat.snat",), f"int({osrc} != {rdst} or {osport} != {rdport})"),
+            *put(4, ("nat.dnat",), f"int({odst} != {rsrc} or {odport} != {rsport})"),
         ]
     code += ["    emit()", "    return True"]
     return "\n".join(
@@ -457,9 +475,12 @@ def _fused_source(fields: dict[int, int], nvals: int) -> str:
     )
 
 
-def _make_fused(unpack: Callable, fields: dict[int, int], names: dict) -> Callable[[memoryview, int, int], bool]:
-    """The function of a shape: ``names`` binds _FUSED_NAMES but ``unpack``, the layout's."""
-    source = _fused_source(fields, max(fields.values(), default=-1) + 1)
+def _make_fused(
+    unpack: Callable, fields: dict[int, int], names: dict, unread: frozenset[int] = frozenset()
+) -> Callable[[memoryview, int, int], bool]:
+    """The function of a shape: ``names`` binds _FUSED_NAMES but ``unpack``, the layout's;
+    ``unread``: as for :func:`_fused_source`."""
+    source = _fused_source(fields, max(fields.values(), default=-1) + 1, unread)
     compiled = _FUSED_CODE.get(source)
     if compiled is None:  # shapes that differ only in offsets share their code
         if len(_FUSED_CODE) >= _FUSED_CODES:
@@ -729,6 +750,7 @@ class Nfct(Input):
             "values": feed.values, "emit": feed.emit, "sock": self.sock, "ports": PORT_PROTOCOLS,
             "netns": self.netns,
         }  # fmt: skip
+        unread = frozenset(i for i, k in enumerate(_OUTPUTS) if not feed.used(k.name))
         # message length -> (header reader, its expected result, the shape's function) per shape
         shapes: dict[int, list[tuple[Callable, tuple, Callable[[memoryview, int, int], bool]]]] = {}
         rec: list = [None] * len(FIELDS)
@@ -744,7 +766,7 @@ class Nfct(Input):
                     return
                 known = shapes[end - start] = []
             if len(known) < _FUSED_PER_LENGTH:
-                known.append((headers, expected, _make_fused(unpack, fields, names)))
+                known.append((headers, expected, _make_fused(unpack, fields, names, unread)))
 
         def on_message(mv: memoryview, start: int, end: int) -> bool:
             known = shapes.get(end - start)
