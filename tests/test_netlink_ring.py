@@ -4,6 +4,7 @@ reading ahead and taking."""
 
 from __future__ import annotations
 
+import errno
 import random
 import socket
 import struct
@@ -12,9 +13,19 @@ from collections.abc import Callable
 
 import pytest
 
-from pylogd.netlink import DatagramRing
+from pylogd.netlink import BatchReceiver, DatagramRing
 
 MAX = 4096
+#: the two ways a ring is filled: a recv per datagram, and recvmmsg batches (what a real socket uses)
+WAYS = ("recv", "recvmmsg")
+
+
+def filler(ring: DatagramRing, rx: socket.socket, way: str, flags: int = socket.MSG_DONTWAIT) -> Callable[[], object]:
+    """One read-ahead of ``rx`` into ``ring``, the ``way`` named."""
+    if way == "recv":
+        return lambda: ring.fill(rx.recv_into, flags)
+    receiver = BatchReceiver(rx.fileno(), ring.max_datagram)
+    return lambda: ring.fill_batch(receiver, flags)
 
 
 def datagram(seq: int, rng: random.Random) -> bytes:
@@ -22,11 +33,13 @@ def datagram(seq: int, rng: random.Random) -> bytes:
     return struct.pack("=II", seq, size) + bytes([seq % 251]) * (size - 8)
 
 
+@pytest.mark.parametrize("way", WAYS)
 @pytest.mark.parametrize("seed", range(5))
-def test_every_datagram_once_in_order_through_wraps_and_a_full_ring(seed: int) -> None:
+def test_every_datagram_once_in_order_through_wraps_and_a_full_ring(seed: int, way: str) -> None:
     rng = random.Random(seed)
     ring = DatagramRing(6 * MAX, MAX)  # a few datagrams: wraps and fills all the time
     tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    fill = filler(ring, rx, way)
     tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     sent = taken = 0
@@ -37,7 +50,7 @@ def test_every_datagram_once_in_order_through_wraps_and_a_full_ring(seed: int) -
                 if sent - taken < 40:  # what the socket buffers besides the ring
                     tx.send(datagram(sent, rng))
                     sent += 1
-            assert ring.fill(rx.recv_into) is None
+            assert fill() is None
             if len(ring) < sent - taken:  # data left in the socket: the ring must be full
                 full_seen += 1
                 assert ring._window() is None
@@ -53,18 +66,20 @@ def test_every_datagram_once_in_order_through_wraps_and_a_full_ring(seed: int) -
     assert full_seen > 0 and ring.peak >= 3
 
 
-def test_an_empty_ring_starts_again_at_the_front() -> None:
+@pytest.mark.parametrize("way", WAYS)
+def test_an_empty_ring_starts_again_at_the_front(way: str) -> None:
     ring = DatagramRing(4 * MAX, MAX)
     tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    fill = filler(ring, rx, way)
     try:
         tx.send(b"x" * 100)
         before = time.time_ns()
-        ring.fill(rx.recv_into)
+        fill()
         assert before <= ring.spans[0][2] <= time.time_ns()  # stamped when read
         assert [span[:2] for span in ring.spans] == [(0, 100)]
         ring.spans.popleft()
         tx.send(b"y" * 50)
-        ring.fill(rx.recv_into)
+        fill()
         assert [span[:2] for span in ring.spans] == [(0, 50)]
     finally:
         tx.close()
@@ -80,6 +95,46 @@ def test_errors_other_than_would_block_are_returned() -> None:
     assert isinstance(err, OSError) and err.errno == 105 and len(ring) == 0
     with pytest.raises(ValueError, match="at least"):
         DatagramRing(MAX, MAX)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as unconnected:
+        err = ring.fill_batch(BatchReceiver(unconnected.fileno(), MAX))
+    assert isinstance(err, OSError) and err.errno == errno.ENOTCONN and len(ring) == 0
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_datagram_longer_than_max_datagram_is_cut_and_its_length_kept(way: str) -> None:
+    ring = DatagramRing(8 * MAX, MAX)
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    fill = filler(ring, rx, way, socket.MSG_DONTWAIT | socket.MSG_TRUNC)
+    try:
+        for data in (b"a" * 10, b"b" * (MAX + 100), b"c" * 20):
+            tx.send(data)
+        assert fill() is None
+        assert [n for _off, n, _t in ring.spans] == [10, MAX + 100, 20]  # the real lengths
+        off = ring.spans[1][0]
+        assert ring.mv[off : off + MAX] == b"b" * MAX
+        off = ring.spans[2][0]
+        assert ring.mv[off : off + 20] == b"c" * 20  # after the cut one, not over it
+    finally:
+        tx.close()
+        rx.close()
+
+
+def test_a_batch_read_takes_the_whole_queue_in_calls_of_vlen() -> None:
+    ring = DatagramRing(1 << 20, 256)
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    receiver = BatchReceiver(rx.fileno(), 256)
+    try:
+        for seq in range(3 * receiver.vlen + 5):  # several full batches, then a short one
+            tx.send(struct.pack("=I", seq) * (1 + seq % 7))
+        assert ring.fill_batch(receiver) is None
+        got = [(struct.unpack_from("=I", ring.mv, off)[0], n) for off, n, _t in ring.spans]
+        assert got == [(seq, 4 * (1 + seq % 7)) for seq in range(3 * receiver.vlen + 5)]
+        assert ring.fill_batch(receiver) is None and len(ring) == len(got)  # an empty queue: nothing, no error
+    finally:
+        tx.close()
+        rx.close()
 
 
 def test_pages_of_a_burst_go_back_to_the_kernel_and_the_ring_still_works() -> None:
