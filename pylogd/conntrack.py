@@ -77,7 +77,6 @@ MSG_CT_GET = MSG_CT_NEW | 1
 MSG_CT_DELETE = MSG_CT_NEW | 2
 MSG_CT_GET_CTRZERO = MSG_CT_NEW | 3
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
-DRAIN_LIMIT = 2000  # messages decoded per drain() call, so timers and signals still get their turn
 MAX_DATAGRAM = 65536  # room kept free for the next datagram (events fit in one page)
 
 #: protocols whose tuples carry ports (ulogd's list)
@@ -591,10 +590,11 @@ class CtSocket(NetlinkSocket):
         except OSError as exc:
             raise NetlinkError(exc.errno, f"the kernel refused the conntrack event filter: {exc.strerror}") from None
 
-    def drain(self, on_event: Callable[[list], object], limit: int = DRAIN_LIMIT) -> int:
+    def drain(self, on_event: Callable[[list], object], limit: int | None = None) -> int:
         """Decode what the kernel and the ring hold (:meth:`NetlinkSocket._drain_ring`):
         ``on_event(rec)`` runs per conntrack message with a reused record, valid only during
-        the call.  Returns the messages handled."""
+        the call; at most ``limit`` messages (None: :attr:`drain_limit`).  Returns the messages
+        handled."""
         rec = self._rec
 
         def decode_then(mv: memoryview, start: int, end: int) -> bool:
@@ -605,11 +605,11 @@ class CtSocket(NetlinkSocket):
 
         return self.drain_messages(decode_then, limit)
 
-    def drain_messages(self, on_message: Callable[[memoryview, int, int], bool], limit: int = DRAIN_LIMIT) -> int:
+    def drain_messages(self, on_message: Callable[[memoryview, int, int], bool], limit: int | None = None) -> int:
         """As :meth:`drain`, but ``on_message(mv, start, end)`` gets each message undecoded and
         returns whether it was a conntrack entry message (counted in ``received``): for a
         caller that decodes by itself."""
-        return self._drain_ring(on_message, limit)
+        return self._drain_ring(on_message, self.drain_limit if limit is None else limit)
 
     def _walk(self, mv: memoryview, start: int, stop: int, on_message: Callable) -> int:
         unpack_hdr = NLMSG_FULL.unpack_from

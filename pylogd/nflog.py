@@ -119,7 +119,6 @@ FLAG_CONNTRACK = 0x4  # NFULA_CT + NFULA_CT_INFO
 PF_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_BRIDGE)
 
 NLBUFSIZ_MAX = 131072  # the kernel refuses larger NFULA_CFG_NLBUFSIZ values
-DRAIN_LIMIT = 2000  # messages per drain() call, so timers and signals still get their turn
 
 #: Field order of a decoded packet record (and of :class:`Packet`).
 FIELDS = (
@@ -892,9 +891,10 @@ class NflogSocket(NetlinkSocket):
 
     # -- receiving ------------------------------------------------------------------------------
 
-    def drain(self, on_packet: Callable[[Sequence], object], limit: int = DRAIN_LIMIT) -> int:
+    def drain(self, on_packet: Callable[[Sequence], object], limit: int | None = None) -> int:
         """Decode what the kernel and the ring hold (:meth:`NetlinkSocket._drain_ring`), first any
-        packets that raced a configuration acknowledgement.
+        packets that raced a configuration acknowledgement; at most ``limit`` messages (None:
+        :attr:`drain_limit`).
 
         ``on_packet(rec)`` runs per packet with the record of :attr:`record` (a tuple, or with
         the default spec a list indexed by ``F_*`` that is reused); its memoryviews point into
@@ -902,6 +902,8 @@ class NflogSocket(NetlinkSocket):
         Never raises for receive errors: ENOBUFS is counted (and grows the buffer when
         ``rcvbuf_max`` allows), other errors are counted in ``errors``/``last_error``.
         """
+        if limit is None:
+            limit = self.drain_limit
         count = 0
         now = time.monotonic()
         if now >= self._compiles_refill:

@@ -274,6 +274,25 @@ def test_the_read_ahead_interval_follows_the_receive_buffer() -> None:
         default.close()
 
 
+def test_the_drain_limit_follows_the_receive_buffer() -> None:
+    """Nothing reads the kernel queue while a batch of lines is written: with the kernel's default
+    buffer (~200 messages) a drain decodes ~40 messages before its lines go out, not 2,000 (whose
+    write took 2 ms once); a buffer grown after an overrun takes larger batches again."""
+    from pylogd.netlink import DEFAULT_RCVBUF, DRAIN_LIMIT, NetlinkSocket
+
+    sock = NetlinkSocket()
+    sock._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+    try:
+        sock._init_rcvbuf(106496, 0)
+        assert sock.rcvbuf == 212992 and sock.drain_limit == 64  # rcvbuf/5120 is 41: the floor
+        sock.set_rcvbuf(217088)  # ulogd's example size
+        assert sock.drain_limit == 2 * 217088 // 5120
+        sock.set_rcvbuf(DEFAULT_RCVBUF)
+        assert sock.drain_limit == DRAIN_LIMIT
+    finally:
+        sock.close()
+
+
 def test_the_default_buffer_grows_after_an_overrun_and_a_named_size_only_when_told() -> None:
     """With no size in the config (pylogd's 16 MiB) an overrun doubles the buffer up to
     DEFAULT_RCVBUF_MAX; a size the config names keeps ulogd's rule (maxsize 0: never grows)."""

@@ -397,6 +397,23 @@ def test_a_burst_larger_than_one_drain_is_decoded_without_further_events(ctns: N
     assert stats["backlog_max"] > 2000
 
 
+def test_with_a_small_buffer_a_burst_is_written_in_small_batches(ctns: Netns) -> None:
+    """The socket is not read while a batch of lines is written, so a small buffer takes small
+    batches (NetlinkSocket.drain_limit): 150 events queued at once go out in three or more."""
+    run = Running(ctns, hash_enable=0, event_mask=1, netlink_socket_buffer_size=106496)
+    try:
+        assert run.plugin.sock.drain_limit == 64
+        ctns.call(_many_flows, 150)  # queued in the kernel while nothing reads
+        flushes = run.feed.flushes
+        run.until(lambda evs: len(evs) >= 150, "every NEW event", timeout=20)
+        stats = run.plugin.statistics()
+    finally:
+        run.close()
+    assert stats["received"] == 150 and stats["enobufs"] == 0
+    assert stats["backlog_max"] > 64  # one read took the burst...
+    assert run.feed.flushes - flushes >= 3  # ...and its lines went out 64 at a time
+
+
 def test_stop_decodes_what_was_read_ahead_and_what_the_kernel_holds(ctns: Netns) -> None:
     run = Running(ctns, hash_enable=0, event_mask=1, netlink_socket_buffer_size=16 << 20)
     try:
