@@ -418,14 +418,16 @@ class NetlinkSocket:
     #: conntrack event ~1 KiB; a burst of 2 GB/s of such charges (2,000,000 events a second) fills a
     #: quarter of the buffer in rcvbuf/8 ns, which is the interval (:func:`readahead_interval`) from
     #: 50 µs (the kernel's default 208 KiB) to 5 ms (pylogd's default 16 MiB, reported as 32 MiB: 4.2
-    #: ms).  Why not always 50 µs: each read ends with a would-block recv, ~3 µs with its exception,
-    #: 6 % of the CPU when the queue is read every 50 µs; a large buffer has no need of it.
+    #: ms).  Why not always 50 µs: each read ends with a call that finds the queue empty (a recv's
+    #: exception cost ~3 µs, 6 % of the CPU every 50 µs; a recvmmsg batch's less); a large buffer has
+    #: no need of it.
     readahead_ns = 50_000
     #: messages one drain decodes before the outputs write: nothing reads the kernel queue while a
-    #: batch of lines is written, and a 290 KB write of 2,000 lines was seen to take 2 ms, what the
-    #: kernel's default buffer (416 KiB reported, ~1 KiB charged a message) lasts at 135,000 packets a
+    #: batch of lines is written, and a 290 KB write of 2,000 lines was seen to take 2 ms, more than
+    #: the kernel's default buffer (208 KiB, ~1 KiB charged a message) lasts at 135,000 packets a
     #: second.  With rcvbuf/5120 messages a batch writes ~1/20 of the buffer's messages' worth of
-    #: lines (~250 B each): ~83 with the kernel's default, DRAIN_LIMIT (2,000) from 10 MiB up.
+    #: lines (~250 B each): 64 (the floor) with the kernel's default, 84 with ulogd's example
+    #: (424 KiB reported), DRAIN_LIMIT (2,000) from ~10 MB up.
     drain_limit = DRAIN_LIMIT
     _clock = staticmethod(time.monotonic_ns)
     received = 0

@@ -276,7 +276,7 @@ def test_the_read_ahead_interval_follows_the_receive_buffer() -> None:
 
 def test_the_drain_limit_follows_the_receive_buffer() -> None:
     """Nothing reads the kernel queue while a batch of lines is written: with the kernel's default
-    buffer (~200 messages) a drain decodes ~40 messages before its lines go out, not 2,000 (whose
+    buffer (~200 messages) a drain decodes 64 messages before its lines go out, not 2,000 (whose
     write took 2 ms once); a buffer grown after an overrun takes larger batches again."""
     from pylogd.netlink import DEFAULT_RCVBUF, DRAIN_LIMIT, NetlinkSocket
 

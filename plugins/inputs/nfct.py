@@ -294,8 +294,8 @@ def release_free_memory() -> None:
 
 
 #: A table entry is one bytes object: the flow's start (ns, native order) then its last message (decoded
-#: again only if a resync finds the flow gone).  One object rather than a [message, start] list: about
-#: 100 B less a flow, and an entry a resync makes shares nothing with the one it replaces, so the
+#: again only if a resync finds the flow gone).  One object rather than a [message, start] list: 75-100
+#: B less a flow, and an entry a resync makes shares nothing with the one it replaces, so the
 #: interpreter's pools that held a table of lost flows empty and go back to the kernel (a start int
 #: shared by old and new entries kept one alive in every pool it sat in).
 _START = struct.Struct("=Q")
