@@ -224,6 +224,7 @@ def _libc_recvmmsg() -> Callable[..., int] | None:
 
 
 _RECVMMSG = _libc_recvmmsg()
+_REFUSED = (-errno.EPERM, -errno.EACCES, -errno.ENOSYS)  # recvmmsg itself refused, not its socket
 STAGING_BYTES = 2 << 20  # a batch receiver's slots, address space: resident as datagrams are written
 BATCH_MAX = 32  # datagrams a system call at most
 
@@ -454,25 +455,35 @@ class NetlinkSocket:
         is full.  ENOBUFS is counted (and grows the buffer up to ``rcvbuf_max``), never raised;
         other errors are counted in ``errors``/``last_error``."""
         fill = self._fill or self._make_fill()
-        while True:
-            exc = fill()
-            if exc is None:
-                return
-            if exc.errno != errno.ENOBUFS:
-                self.errors += 1
-                self.last_error = exc
-                return
-            self._on_enobufs()
+        while (exc := fill()) is not None and self._count_error(exc):
+            pass
+
+    def _count_error(self, exc: OSError) -> bool:
+        """Count what a read of the socket failed with; True when reading goes on (ENOBUFS: the
+        kernel dropped what did not fit, and what it queued since is there to read)."""
+        if exc.errno != errno.ENOBUFS:
+            self.errors += 1
+            self.last_error = exc
+            return False
+        self._on_enobufs()
+        return True
 
     def _make_fill(self) -> Callable[[], OSError | None]:
         """How :meth:`read_ahead` fills the ring: batches of recvmmsg(2) on a real socket where
         the C library has it, else a recv per datagram.  Made at the first read, once the
         subclass has opened its socket."""
         ring, sock, flags = self._ring, self._sock, self._recv_flags
+        fill = functools.partial(ring.fill, sock.recv_into, flags)
         if _RECVMMSG is not None and isinstance(sock, socket.socket):
-            fill = functools.partial(ring.fill_batch, BatchReceiver(sock.fileno(), ring.max_datagram), flags)
-        else:
-            fill = functools.partial(ring.fill, sock.recv_into, flags)
+            receiver = BatchReceiver(sock.fileno(), ring.max_datagram)
+            # a seccomp filter (a unit's SystemCallFilter=) may refuse recvmmsg and allow recv: ask
+            # once, looking without taking (MSG_PEEK); an error of the socket's (ENOBUFS) is
+            # reported once, to this call: counted here
+            got = receiver.receive(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+            if got not in _REFUSED:
+                fill = functools.partial(ring.fill_batch, receiver, flags)
+                if got < 0:
+                    self._count_error(OSError(-got, os.strerror(-got)))
         self._fill = fill
         return fill
 

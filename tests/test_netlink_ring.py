@@ -100,6 +100,44 @@ def test_errors_other_than_would_block_are_returned() -> None:
     assert isinstance(err, OSError) and err.errno == errno.ENOTCONN and len(ring) == 0
 
 
+@pytest.mark.parametrize("refusal", [None, errno.EPERM, errno.ENOSYS])
+def test_a_socket_reads_in_batches_or_a_recv_at_a_time_where_recvmmsg_is_refused(
+    monkeypatch: pytest.MonkeyPatch, refusal: int | None
+) -> None:
+    """A unit's SystemCallFilter= may refuse recvmmsg while it allows recv.  The first read asks
+    recvmmsg once without taking anything: what was queued before it comes out whole."""
+    import ctypes
+
+    from pylogd import netlink
+
+    def refused(*_args: object) -> int:
+        ctypes.set_errno(refusal or 0)
+        return -1
+
+    class Sock(netlink.NetlinkSocket):
+        def _walk(self, mv: memoryview, start: int, stop: int, callback: Callable) -> int:
+            callback(bytes(mv[start:stop]))
+            return 1
+
+    if refusal is not None:
+        monkeypatch.setattr(netlink, "_RECVMMSG", refused)
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = Sock()
+    sock._sock = rx
+    sock._init_ring(1 << 20, MAX)
+    seen: list[bytes] = []
+    try:
+        for data in (b"one", b"two", b"three"):
+            tx.send(data)
+        sock._drain_ring(seen.append, 100)
+    finally:
+        tx.close()
+        rx.close()
+    assert seen == [b"one", b"two", b"three"] and sock.errors == 0
+    way = sock._ring.fill if refusal else sock._ring.fill_batch
+    assert sock._fill is not None and sock._fill.func == way  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("way", WAYS)
 def test_a_datagram_longer_than_max_datagram_is_cut_and_its_length_kept(way: str) -> None:
     ring = DatagramRing(8 * MAX, MAX)
