@@ -396,6 +396,50 @@ def test_a_cut_off_commit_is_settled_by_xa_recover(my_db: MyDb, stage: str) -> N
     s.stop()
 
 
+def test_a_settle_whose_own_commit_is_cut_off_does_not_write_the_batch_again(
+    my_db: MyDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PREPARE reached the server but its answer did not; the settle finds the batch prepared and
+    commits it, and that answer is lost too: the next settle finds nothing pending, which now means
+    committed (it had meant "never prepared", and the rows went twice under killed connections)."""
+    my_db.execute("CREATE TABLE t (id serial, test_n integer, test_text text)")
+    section = my_db.section("my1", table="t", procedure="INSERT") + '[in1]\npath="/nonexistent/fifo"\n'
+    s = SqlStack("in1:PIPEIN,my1:MYSQL", section)
+    plugin = s.plugin
+
+    def cut(conn: Any, cur: Any) -> None:
+        xid = plugin._xa[0]
+        cur.execute("XA END %s", (xid,))
+        cur.execute("XA PREPARE %s", (xid,))
+        conn.close()
+        raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+
+    real_execute = pymysql.cursors.Cursor.execute
+
+    def commit_then_cut(cur: Any, query: str, args: object = None) -> int:
+        result = real_execute(cur, query, args)
+        if query.startswith("XA COMMIT"):
+            cur.connection.close()
+            raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+        return result
+
+    plugin.commit = cut
+    entries = [s.entry({"test.n": n, "test.text": "x"}) for n in range(1, 6)]
+    batch = list(entries)
+    with pytest.raises(Exception, match="Lost connection"):
+        plugin.write(batch)
+    del plugin.commit
+    with monkeypatch.context() as m:
+        m.setattr(pymysql.cursors.Cursor, "execute", commit_then_cut)
+        with pytest.raises(Exception, match="cannot settle"):
+            plugin.write(batch)  # the settle: XA RECOVER lists the batch, its XA COMMIT is cut off
+    assert my_db.rows("XA RECOVER") == []  # committed on the server all the same
+    plugin.write(batch)
+    assert batch == []
+    assert [r[0] for r in my_db.rows("SELECT test_n FROM t ORDER BY id")] == [1, 2, 3, 4, 5]
+    s.stop()
+
+
 PROCEDURES = """
 CREATE TABLE t (id serial, test_n integer, test_text text);
 DELIMITER $$

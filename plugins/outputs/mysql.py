@@ -361,6 +361,11 @@ class Mysql(SqlOutput):
                     cur.execute("XA RECOVER")
                     pending = {row[3].decode() if isinstance(row[3], bytes) else row[3] for row in cur.fetchall()}
                     if xid in pending:
+                        # prepared, so committed from here on if this COMMIT's answer is lost as well:
+                        # the next settle must not take "not pending" for "never prepared"; and it
+                        # ends this session first, should the COMMIT still be on its way
+                        record.update(prepared=True, thread=cur.connection.thread_id())
+                        self.save_state({k: v for k, v in record.items() if k != "thread"})
                         cur.execute("XA COMMIT %s", (xid,))
                         committed = True
                     else:
