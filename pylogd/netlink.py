@@ -242,7 +242,6 @@ class BatchReceiver:
     def __init__(self, fd: int, max_datagram: int) -> None:
         assert _RECVMMSG is not None
         self.vlen = vlen = max(1, min(BATCH_MAX, STAGING_BYTES // max_datagram))
-        self.max_datagram = max_datagram
         self._stage = mmap.mmap(-1, vlen * max_datagram)
         self.mv = memoryview(self._stage)
         base = ctypes.addressof(ctypes.c_char.from_buffer(self._stage))
@@ -361,7 +360,7 @@ class DatagramRing:
         return error
 
     def fill_batch(self, receiver: BatchReceiver, flags: int = socket.MSG_DONTWAIT) -> OSError | None:
-        """As :meth:`fill`, with ``receiver``'s batches (its ``max_datagram`` is this ring's):
+        """As :meth:`fill`, with ``receiver``'s batches (made for this ring's ``max_datagram``):
         a batch is received, then each datagram copied to its place.  A batch that comes back
         short ends the read: the queue was empty (or an error waits, which the next read
         returns).  The datagrams of a batch share one receive time."""

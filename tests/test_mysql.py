@@ -366,31 +366,39 @@ def test_a_function_refusing_a_row_sets_aside_that_row_only(my_db: MyDb, tmp_pat
     assert "unlucky" in log and "rejected=3" in log
 
 
-@pytest.mark.parametrize("stage", ["prepared", "committed"])
-def test_a_cut_off_commit_is_settled_by_xa_recover(my_db: MyDb, stage: str) -> None:
+def cut_off_stack(my_db: MyDb, stage: str) -> tuple[SqlStack, list]:
+    """A MYSQL stack on table t whose first batch loses its connection at ``stage``: after XA PREPARE
+    reached the server but before its answer came back ("prepare-unanswered"), after PREPARE
+    answered ("prepared"), or after COMMIT ("committed"); and five entries for it."""
     my_db.execute("CREATE TABLE t (id serial, test_n integer, test_text text)")
     section = my_db.section("my1", table="t", procedure="INSERT") + '[in1]\npath="/nonexistent/fifo"\n'
     s = SqlStack("in1:PIPEIN,my1:MYSQL", section)
     plugin = s.plugin
 
-    def cut(conn: Any, cur: Any) -> None:  # the connection breaks after PREPARE or after COMMIT
+    def cut(conn: Any, cur: Any) -> None:
         xid = plugin._xa[0]
         cur.execute("XA END %s", (xid,))
         cur.execute("XA PREPARE %s", (xid,))
-        plugin._xa[1] = True
+        if stage != "prepare-unanswered":
+            plugin._xa[1] = True
         if stage == "committed":
             cur.execute("XA COMMIT %s", (xid,))
         conn.close()
         raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
 
     plugin.commit = cut
-    entries = [s.entry({"test.n": n, "test.text": "x"}) for n in range(1, 6)]
+    return s, [s.entry({"test.n": n, "test.text": "x"}) for n in range(1, 6)]
+
+
+@pytest.mark.parametrize("stage", ["prepare-unanswered", "prepared", "committed"])
+def test_a_cut_off_commit_is_settled_by_xa_recover(my_db: MyDb, stage: str) -> None:
+    s, entries = cut_off_stack(my_db, stage)
     batch = list(entries)
     with pytest.raises(Exception, match="Lost connection"):
-        plugin.write(batch)
+        s.plugin.write(batch)
     assert batch == entries  # the runner keeps them all: the outcome is not known yet
-    del plugin.commit
-    plugin.write(batch)
+    del s.plugin.commit
+    s.plugin.write(batch)
     assert [r[0] for r in my_db.rows("SELECT test_n FROM t ORDER BY id")] == [1, 2, 3, 4, 5]
     assert my_db.rows("XA RECOVER") == []
     s.stop()
@@ -402,18 +410,7 @@ def test_a_settle_whose_own_commit_is_cut_off_does_not_write_the_batch_again(
     """PREPARE reached the server but its answer did not; the settle finds the batch prepared and
     commits it, and that answer is lost too: the next settle finds nothing pending, which now means
     committed (it had meant "never prepared", and the rows went twice under killed connections)."""
-    my_db.execute("CREATE TABLE t (id serial, test_n integer, test_text text)")
-    section = my_db.section("my1", table="t", procedure="INSERT") + '[in1]\npath="/nonexistent/fifo"\n'
-    s = SqlStack("in1:PIPEIN,my1:MYSQL", section)
-    plugin = s.plugin
-
-    def cut(conn: Any, cur: Any) -> None:
-        xid = plugin._xa[0]
-        cur.execute("XA END %s", (xid,))
-        cur.execute("XA PREPARE %s", (xid,))
-        conn.close()
-        raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
-
+    s, entries = cut_off_stack(my_db, "prepare-unanswered")
     real_execute = pymysql.cursors.Cursor.execute
 
     def commit_then_cut(cur: Any, query: str, args: object = None) -> int:
@@ -423,18 +420,16 @@ def test_a_settle_whose_own_commit_is_cut_off_does_not_write_the_batch_again(
             raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
         return result
 
-    plugin.commit = cut
-    entries = [s.entry({"test.n": n, "test.text": "x"}) for n in range(1, 6)]
     batch = list(entries)
     with pytest.raises(Exception, match="Lost connection"):
-        plugin.write(batch)
-    del plugin.commit
+        s.plugin.write(batch)
+    del s.plugin.commit
     with monkeypatch.context() as m:
         m.setattr(pymysql.cursors.Cursor, "execute", commit_then_cut)
         with pytest.raises(Exception, match="cannot settle"):
-            plugin.write(batch)  # the settle: XA RECOVER lists the batch, its XA COMMIT is cut off
+            s.plugin.write(batch)  # the settle: XA RECOVER lists the batch, its XA COMMIT is cut off
     assert my_db.rows("XA RECOVER") == []  # committed on the server all the same
-    plugin.write(batch)
+    s.plugin.write(batch)
     assert batch == []
     assert [r[0] for r in my_db.rows("SELECT test_n FROM t ORDER BY id")] == [1, 2, 3, 4, 5]
     s.stop()
