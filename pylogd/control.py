@@ -3,6 +3,11 @@
 A client (``pylogd stats``) connects, sends one request line and reads one JSON document; the
 daemon answers from its event loop, so the counters are a consistent snapshot between two events.
 Requests: ``stats`` (the default).  The socket is made 0660, so the daemon's group may read it.
+
+A client never holds up the loop: its socket is non-blocking and watched by the loop, the request is
+read as it comes (up to a newline, end of stream or :data:`MAX_REQUEST` bytes) and the reply written as
+the client takes it.  At most :data:`MAX_CLIENTS` are served at once (one more is closed at once and
+counted), and a client not done within :data:`CLIENT_DEADLINE` seconds is dropped by a timer.
 """
 
 from __future__ import annotations
@@ -15,21 +20,54 @@ from collections.abc import Callable
 from typing import Any
 
 from .log import Logger
-from .loop import EventLoop
+from .loop import EventLoop, Timer
 
 #: $PYLOGD_CONTROL_SOCKET changes the default (empty: none), for a test suite running many daemons at once
 DEFAULT_PATH = os.environ.get("PYLOGD_CONTROL_SOCKET", "/run/pylogd/pylogd.sock")
-#: a client has this long to send its request and take the answer: the event loop waits on it
-CLIENT_TIMEOUT = 0.5
+#: how long ``_answers`` waits for a daemon that already listens on the path (at start-up, before the loop)
+PROBE_TIMEOUT = 0.5
+#: a client has this long to send its request and take the whole answer, then it is dropped
+CLIENT_DEADLINE = 10.0
+#: clients served at once; more are closed as they come, so a pile of idle connections costs bounded memory
+MAX_CLIENTS = 64
+#: the longest request line: every request is a word
+MAX_REQUEST = 256
+
+
+class _Client:
+    """One connection: the request read so far, then the reply and how much of it has gone out."""
+
+    __slots__ = ("deadline", "fd", "reply", "request", "sent", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.request = b""
+        self.reply = b""
+        self.sent = 0
+        self.deadline: Timer | None = None
 
 
 class ControlServer:
-    def __init__(self, path: str, snapshot: Callable[[], dict[str, Any]], log: Logger) -> None:
+    def __init__(
+        self,
+        path: str,
+        snapshot: Callable[[], dict[str, Any]],
+        log: Logger,
+        max_clients: int = MAX_CLIENTS,
+        deadline: float = CLIENT_DEADLINE,
+    ) -> None:
         self.path = path
         self.snapshot = snapshot
         self.log = log
+        self.max_clients = max_clients
+        self.deadline = deadline
         self.sock: socket.socket | None = None
         self._loop: EventLoop | None = None
+        self._clients: dict[int, _Client] = {}
+        self.answered = 0
+        self.refused = 0  #: closed at once: MAX_CLIENTS were being served
+        self.timed_out = 0  #: dropped at the deadline, request or reply unfinished
 
     def start(self, loop: EventLoop) -> bool:
         """Listen on the path; False (with the reason logged) when it cannot, which stops nothing else."""
@@ -43,7 +81,7 @@ class ControlServer:
                 os.unlink(self.path)  # a stale one: nobody answered on it
             sock.bind(self.path)
             os.chmod(self.path, 0o660)
-            sock.listen(8)
+            sock.listen(MAX_CLIENTS)
         except OSError as exc:
             sock.close()
             self.log.error(f"cannot open control socket {self.path}: {exc.strerror}; `pylogd stats` will not work")
@@ -53,9 +91,19 @@ class ControlServer:
         self.log.info(f"control socket {self.path}: `pylogd stats` shows the live counters")
         return True
 
+    def statistics(self) -> dict[str, int]:
+        return {
+            "clients": len(self._clients),
+            "answered": self.answered,
+            "refused": self.refused,
+            "timed_out": self.timed_out,
+        }
+
     def _accept(self) -> None:
-        assert self.sock is not None
-        while True:
+        assert self.sock is not None and self._loop is not None
+        loop = self._loop
+        # one round takes at most a backlog's worth, so a flood of connections shares the loop with the rest
+        for _ in range(MAX_CLIENTS):
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -63,22 +111,86 @@ class ControlServer:
             except OSError as exc:
                 self.log.every(10, 7, "control", f"control socket: {exc}")
                 return
-            with conn:
-                self._answer(conn)
+            if len(self._clients) >= self.max_clients:
+                self.refused += 1
+                conn.close()
+                self.log.every(
+                    10, 5, "control-refused", f"control socket: {self.max_clients} clients already, one more closed"
+                )
+                continue
+            conn.setblocking(False)
+            client = _Client(conn)
+            self._clients[client.fd] = client
+            loop.add_reader(client.fd, lambda client=client: self._readable(client))
+            client.deadline = loop.call_later(self.deadline, lambda client=client: self._expire(client))
 
-    def _answer(self, conn: socket.socket) -> None:
-        conn.settimeout(CLIENT_TIMEOUT)
+    def _readable(self, client: _Client) -> None:
         try:
-            request = conn.recv(256).decode("ascii", "replace").strip() or "stats"
+            data = client.sock.recv(MAX_REQUEST + 1 - len(client.request))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(client)  # a client that went away: its loss
+            return
+        if not data and not client.request:
+            self._drop(client)  # connected and went away (``_answers`` probing): nothing to answer
+            return
+        client.request += data
+        line, newline, _ = client.request.partition(b"\n")
+        if not (newline or not data or len(client.request) > MAX_REQUEST):
+            return  # more to come
+        assert self._loop is not None
+        self._loop.remove_reader(client.fd)
+        client.reply = self._reply(line if newline or not data else None)
+        self._writable(client)
+        if client.fd in self._clients:  # the rest waits until the client takes what it was sent
+            self._loop.add_writer(client.fd, lambda: self._writable(client))
+
+    def _reply(self, line: bytes | None) -> bytes:
+        """The answer to a request line (None: one longer than :data:`MAX_REQUEST`)."""
+        if line is None:
+            reply: dict[str, Any] = {"error": f"request longer than {MAX_REQUEST} bytes; requests: stats"}
+        else:
+            request = line.decode("ascii", "replace").strip() or "stats"
             if request == "stats":
-                reply: dict[str, Any] = self.snapshot()
+                reply = self.snapshot()
+                reply["control"] = self.statistics()
             else:
                 reply = {"error": f"unknown request {request[:40]!r}; requests: stats"}
-            conn.sendall(json.dumps(reply).encode() + b"\n")
+        return json.dumps(reply).encode() + b"\n"
+
+    def _writable(self, client: _Client) -> None:
+        try:
+            client.sent += client.sock.send(memoryview(client.reply)[client.sent :])
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError:
-            pass  # a client that went away or took too long: its loss
+            self._drop(client)
+            return
+        if client.sent == len(client.reply):
+            self.answered += 1
+            self._drop(client)
+
+    def _expire(self, client: _Client) -> None:
+        client.deadline = None
+        self.timed_out += 1
+        self.log.every(
+            10, 5, "control-deadline", f"control socket: a client not done after {self.deadline:g} s was dropped"
+        )
+        self._drop(client)
+
+    def _drop(self, client: _Client) -> None:
+        if self._clients.pop(client.fd, None) is None:
+            return
+        assert self._loop is not None
+        self._loop.remove_reader(client.fd)  # whichever way it was watched
+        if client.deadline is not None:
+            client.deadline.cancel()
+        client.sock.close()
 
     def close(self) -> None:
+        for client in list(self._clients.values()):
+            self._drop(client)
         if self.sock is not None:
             if self._loop is not None:
                 self._loop.remove_reader(self.sock.fileno())
@@ -90,7 +202,7 @@ class ControlServer:
 
 def _answers(path: str) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(CLIENT_TIMEOUT)
+        probe.settimeout(PROBE_TIMEOUT)
         try:
             probe.connect(path)
         except OSError:

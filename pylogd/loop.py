@@ -41,7 +41,8 @@ class EventLoop:
         # epoll itself rather than selectors: its Python-level key objects cost a microsecond per
         # wake-up, which at a few events per wake-up is a tenth of the work
         self._epoll = select.epoll()
-        self._readers: dict[int, Callable[[], None]] = {}
+        #: descriptor -> its callback; each is watched for reading or for writing, never both
+        self._callbacks: dict[int, Callable[[], None]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._counter = itertools.count()
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
@@ -51,15 +52,26 @@ class EventLoop:
         self.running = False
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        if fd in self._readers:
+        if fd in self._callbacks:
             raise KeyError(f"{fd} is already registered")
         self._epoll.register(fd, select.EPOLLIN)
-        self._readers[fd] = callback
+        self._callbacks[fd] = callback
 
     def remove_reader(self, fd: int) -> None:
-        if self._readers.pop(fd, None) is not None:
+        if self._callbacks.pop(fd, None) is not None:
             with contextlib.suppress(OSError, ValueError):  # a descriptor closed first is gone already
                 self._epoll.unregister(fd)
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        """Run ``callback`` while ``fd`` can be written to (or has failed: epoll always reports errors and
+        hang-ups).  A descriptor watched for reading is removed first: one direction at a time."""
+        if fd in self._callbacks:
+            raise KeyError(f"{fd} is already registered")
+        self._epoll.register(fd, select.EPOLLOUT)
+        self._callbacks[fd] = callback
+
+    def remove_writer(self, fd: int) -> None:
+        self.remove_reader(fd)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         timer = Timer(time.monotonic() + delay, callback, None)
@@ -143,14 +155,14 @@ class EventLoop:
 
     def run(self) -> None:
         self.running = True
-        poll, readers = self._epoll.poll, self._readers
+        poll, callbacks = self._epoll.poll, self._callbacks
         while self.running:
             timeout = self._run_timers()
             if not self.running:
                 break
             # epoll takes a C int of milliseconds: a timer further out than ~24 days waits in steps
             for fd, _events in poll(-1 if timeout is None else min(timeout, MAX_WAIT)):
-                callback = readers.get(fd)  # a reader removed by an earlier callback of this round
+                callback = callbacks.get(fd)  # a descriptor removed by an earlier callback of this round
                 if callback is not None:
                     callback()
                 if not self.running:
