@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from . import __version__, compiled
-from .config import ConfigError, load
+from .config import ConfigError, absolute_path, load
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_PATH
 from .daemon import Daemon, DaemonError, PidFile, daemonize, drop_privileges, lookup_user
 from .log import SINK, Logger
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.info:
         return _printing(info, registry, args.info, args.json)
     try:
+        # -d moves the daemon to /: these name the same files as the config's paths do, from here on
+        args.pidfile = args.pidfile and absolute_path(args.pidfile, what="-p")
+        args.control_socket = args.control_socket and absolute_path(args.control_socket, what="--control-socket")
         raw = load(args.configfile)
         topology = build(raw, registry, Logger)
     except ConfigError as exc:
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
         if opts["realtime"]:
             run_realtime(log)  # before the service user, who may not have CAP_SYS_NICE
         if user:
+            daemon.hand_over(user[1], user[2])
             kept = drop_privileges(*user)
             caps = "keeping CAP_NET_ADMIN" if kept else "without CAP_NET_ADMIN: conntrack dumps will fail"
             log.info(f"running as {user[0]} (uid {user[1]}, gid {user[2]}), {caps}")
@@ -236,6 +240,7 @@ def spec_dict(spec: PluginSpec) -> dict[str, Any]:
                 "default": o.default,
                 "mandatory": o.mandatory,
                 "help": o.help,
+                **({"path": True} if o.path else {}),
                 **({"choices": list(o.choices)} if o.choices else {}),
                 **({"min": o.min} if o.min is not None else {}),
                 **({"max": o.max} if o.max is not None else {}),

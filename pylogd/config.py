@@ -415,7 +415,28 @@ def typed_value(opt: Option, entry: Entry, where: str) -> int | str:
                 choices_hint(text, opt.choices),
             )
         return lowered[text.lower()]
+    if opt.path and text and text not in opt.not_paths:
+        return absolute_path(text, entry, f'option "{opt.name}" in {where}')
     return text
+
+
+def absolute_path(text: str, entry: Entry | None = None, what: str = "a path") -> str:
+    """``text`` made absolute against the working directory, once, before the daemon moves to /.
+
+    Only ``.`` components and repeated slashes are dropped: ``..`` stays, since after a symlinked
+    directory it leads somewhere else than the text suggests, and the kernel must decide where."""
+    if text.startswith("/"):
+        return text
+    try:
+        base = os.getcwd()
+    except OSError as exc:  # the directory pylogd was started in has been removed
+        raise ConfigError(
+            entry.loc if entry else None,
+            f'{what}: the relative path "{clip(text)}" cannot be resolved: {exc.strerror}',
+            "give an absolute path",
+        ) from None
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    return os.path.join(base, *parts)
 
 
 def section_options(

@@ -50,6 +50,11 @@ class Option:
     choices: tuple[str, ...] | None = None  # for strings, compared case-insensitively
     min: int | None = None
     max: int | None = None
+    #: the value names a file or directory: a relative one is made absolute when the config is read,
+    #: so it keeps naming the same file after ``-d`` moves the daemon to / (see :func:`path_option`)
+    path: bool = False
+    #: for a path option: values that name no file (logfile's ``syslog``), kept as they are
+    not_paths: tuple[str, ...] = ()
 
 
 def int_option(name: str, default: int | None, help: str, **kw: Any) -> Option:
@@ -58,6 +63,17 @@ def int_option(name: str, default: int | None, help: str, **kw: Any) -> Option:
 
 def str_option(name: str, default: str | None, help: str, **kw: Any) -> Option:
     return Option(name, OptType.STRING, default, help, **kw)
+
+
+#: what ``-i`` and the man page say of every path option
+PATH_NOTE = "; a relative path is taken from the working directory at start"
+
+
+def path_option(name: str, default: str | None, help: str, *, not_paths: tuple[str, ...] = (), **kw: Any) -> Option:
+    """A string option that names a file or directory.  The daemon detaches into / (``-d``) and
+    opens some files later (a SIGHUP reopen, a spool file, a reconnect): resolving a relative path
+    once, against the directory pylogd was started in, keeps it naming one file for the daemon's life."""
+    return Option(name, OptType.STRING, default, help + PATH_NOTE, path=True, not_paths=not_paths, **kw)
 
 
 def key(name: str, type: KeyType, help: str = "", *, optional: bool = False, cim: str | None = None) -> Key:

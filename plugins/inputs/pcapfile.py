@@ -69,7 +69,7 @@ from pylogd.plugins.inputs.nflog import Nflog
 
 from pylogd.config import U32_MAX
 from pylogd.loop import EventLoop, Timer
-from pylogd.plugin import Input, Kind, PluginError, PluginSpec, int_option, str_option
+from pylogd.plugin import Input, Kind, PluginError, PluginSpec, int_option, path_option, str_option
 
 #: packets emitted per loop callback before flushing and giving the loop back
 BATCH = 2000
@@ -196,7 +196,7 @@ class Pcapfile(Input):
         help="Reads the packets of a pcap capture file and feeds them to the stacks as NFLOG would "
         "(to try a configuration without root or kernel rules).",
         options=(
-            str_option("file", None, "the pcap file to read (classic pcap, not pcapng)", mandatory=True),
+            path_option("file", None, "the pcap file to read (classic pcap, not pcapng)", mandatory=True),
             str_option("prefix", "", "oob.prefix of every packet"),
             int_option("mark", 0, "oob.mark of every packet", min=0, max=U32_MAX),
             int_option("ifindex", 0, "oob.ifindex_in of every packet (0: none)", min=0, max=U32_MAX),

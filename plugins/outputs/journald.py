@@ -68,7 +68,7 @@ from pylogd.plugins.outputs.syslog import FACILITIES, LEVELS
 
 from pylogd.keys import Key, KeyType
 from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, int_option, str_option
+from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, int_option, path_option, str_option
 
 DEFAULT_SOCKET = "/run/systemd/journal/socket"
 UNIX_PATH_MAX = 108  # sun_path, the terminating NUL included
@@ -163,7 +163,7 @@ class Journald(Output):
             str_option("facility", "LOG_DAEMON", "SYSLOG_FACILITY of the entries", choices=tuple(FACILITIES)),
             str_option("identifier", "pylogd", "SYSLOG_IDENTIFIER of the entries (journalctl -t)"),
             str_option("namespace", "", "journal namespace (journald's LogNamespace=); empty: the system journal"),
-            str_option("socket", DEFAULT_SOCKET, "path of journald's native socket (if namespace is not set)"),
+            path_option("socket", DEFAULT_SOCKET, "path of journald's native socket (if namespace is not set)"),
             int_option("raw", 0, "1: also write raw data keys (raw.pkt, raw.mac) as binary fields", min=0, max=1),
         ),
         wildcard_inputs=True,

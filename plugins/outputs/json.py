@@ -91,7 +91,7 @@ from pylogd.files import FileOutput, sync_option, write_all
 from pylogd.keys import INTEGER_TYPES, Key, KeyType
 from pylogd.log import ERROR
 from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, str_option
+from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, path_option, str_option
 
 MODES = ("file", "tcp", "udp", "unix")
 UNIX_PATH_MAX = 108  # sun_path, the terminating NUL included
@@ -761,7 +761,7 @@ class Json(FileOutput):
         help="Writes every valid key of the stack as one JSON object per line (ulogd's fields, or Elastic "
         "Common Schema with fields=ecs), to a file or to a TCP, UDP or unix-socket collector.",
         options=(
-            str_option("file", "/var/log/ulogd.json", "file to append the lines to; in unix mode the socket's path"),
+            path_option("file", "/var/log/ulogd.json", "file to append the lines to; in unix mode the socket's path"),
             sync_option(),
             int_option("timestamp", 1, "1: add the event time (timestamp, or @timestamp)", min=0, max=1),
             int_option("eventv1", 0, 'Logstash event v1: "@version": 1 first, @timestamp', min=0, max=1),

@@ -10,7 +10,7 @@ from typing import Any
 from pylogd.files import FileOutput, sync_option
 from pylogd.keys import KeyType
 from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, PluginSpec, Slots, key, str_option
+from pylogd.plugin import Kind, PluginSpec, Slots, key, path_option
 
 
 class LogEmu(FileOutput):
@@ -20,7 +20,7 @@ class LogEmu(FileOutput):
         help="Writes the `print` line of PRINTPKT or PRINTFLOW to a file, prefixed with the date and host name "
         "like syslog does (ulogd's syslog emulator).",
         options=(
-            str_option("file", "/var/log/ulogd_syslogemu.log", "file to append the lines to"),
+            path_option("file", "/var/log/ulogd_syslogemu.log", "file to append the lines to"),
             sync_option(),
         ),
         inputs=(

@@ -31,7 +31,7 @@ from typing import Any
 
 from pylogd.files import FileOutput, sync_option
 from pylogd.keys import Key, KeyType
-from pylogd.plugin import Kind, PluginSpec, Slots, str_option
+from pylogd.plugin import Kind, PluginSpec, Slots, path_option
 
 BOUNDARY = "===>PACKET BOUNDARY\n"
 
@@ -65,7 +65,7 @@ class OPrint(FileOutput):
         help="Debug output: writes every valid key of the stack as key=value lines, "
         "each event introduced by ===>PACKET BOUNDARY.",
         options=(
-            str_option("file", "/var/log/ulogd_oprint.log", "file to append the dump to"),
+            path_option("file", "/var/log/ulogd_oprint.log", "file to append the dump to"),
             sync_option("events"),
         ),
         wildcard_inputs=True,

@@ -43,7 +43,7 @@ from typing import Any
 from pylogd.files import FileOutput, sync_option
 from pylogd.keys import KeyType
 from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, key, str_option
+from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, key, path_option
 
 MAGIC = 0xA1B2C3D4
 VERSION = (2, 4)
@@ -95,7 +95,7 @@ class Pcap(FileOutput):
         help="Writes each packet (from its IP header on) to a pcap file of link type raw IP, "
         "readable with tcpdump -r and Wireshark.",
         options=(
-            str_option("file", "/var/log/ulogd.pcap", "the pcap file to append to"),
+            path_option("file", "/var/log/ulogd.pcap", "the pcap file to append to"),
             sync_option("packets"),
         ),
         # ulogd's input keys, in its order; ulogd declares raw.pkt as an integer, pylogd as what it is

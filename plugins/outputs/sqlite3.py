@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 
 from pylogd.keys import KeyType
 from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, str_option
+from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, path_option, str_option
 from pylogd.sql import (
     Column,
     SchemaError,
@@ -73,7 +73,7 @@ class Sqlite3(SqlOutput):
         kind=Kind.OUTPUT,
         help="Writes each event as a row of an SQLite table whose columns name the keys (_ for .).",
         options=(
-            str_option("db", None, "the database file", mandatory=True),
+            path_option("db", None, "the database file", not_paths=(":memory:",), mandatory=True),
             str_option("table", None, "the table; its columns name the keys to write", mandatory=True),
             int_option("buffer", 1000, "rows per transaction, at most", min=1, max=1_000_000),
             int_option("create_table", 0, "1: create a missing table with a column per key of the stack", min=0, max=1),
