@@ -11,6 +11,7 @@ import argparse
 import http.server
 import json
 import re
+import socket
 import sys
 from typing import Any
 
@@ -36,6 +37,9 @@ COUNTERS = frozenset(
         "dumps",
         "connects",
         "oversized",
+        "answered",
+        "refused",
+        "timed_out",
     }
 )
 #: per stack, the columns of the table (the JSON has every counter)
@@ -86,6 +90,8 @@ def table(stats: dict[str, Any]) -> str:
         if counters:
             shown = " ".join(f"{k}={v}" for k, v in counters.items())
             out.append(f"{p['kind']} {p['id']} ({p['plugin']}): {shown}\n")
+    if control := stats.get("control"):
+        out.append("control socket: " + " ".join(f"{k}={v}" for k, v in control.items()) + "\n")
     return "".join(out)
 
 
@@ -114,7 +120,7 @@ def prometheus(stats: dict[str, Any]) -> str:
         metric = f"pylogd_{prefix}_{_metric(name)}" + ("_total" if counter else "")
         kinds[metric] = "counter" if counter else "gauge"
         shown = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-        families.setdefault(metric, []).append(f"{metric}{{{shown}}} {value}")
+        families.setdefault(metric, []).append(f"{metric}{{{shown}}} {value}" if shown else f"{metric} {value}")
 
     d = stats["pylogd"]
     add("daemon", "uptime_seconds", {"version": d["version"]}, d["uptime_seconds"])
@@ -126,6 +132,8 @@ def prometheus(stats: dict[str, Any]) -> str:
         labels = {"instance": p["id"], "plugin": p["plugin"]}
         for name, value in p.items():
             add(p["kind"], name, labels, value)
+    for name, value in stats.get("control", {}).items():
+        add("control", name, {}, value)
     out = []
     for metric, samples in families.items():
         out.append(f"# TYPE {metric} {kinds[metric]}\n")
@@ -133,10 +141,26 @@ def prometheus(stats: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def listen_address(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[ADDR]:PORT`` for IPv6; an empty host is 127.0.0.1) -> (host, port); ValueError
+    saying what is wrong otherwise."""
+    host, colon, port = listen.rpartition(":")
+    if not colon:
+        raise ValueError("no port")
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"port {port!r} is not a number from 0 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets: [ADDR]:PORT")
+    return host or "127.0.0.1", int(port)
+
+
 def serve(socket_path: str, listen: str) -> int:
-    host, _, port = listen.rpartition(":")
-    if not port.isdigit():
-        print(f"pylogd stats: --listen needs HOST:PORT, not {listen!r}", file=sys.stderr)
+    try:
+        host, port = listen_address(listen)
+    except ValueError as exc:
+        print(f"pylogd stats: --listen needs HOST:PORT, not {listen!r}: {exc}", file=sys.stderr)
         return 2
 
     class Metrics(http.server.BaseHTTPRequestHandler):
@@ -158,8 +182,16 @@ def serve(socket_path: str, listen: str) -> int:
         def log_message(self, format: str, *args: object) -> None:
             pass  # a scrape every few seconds is not news
 
-    server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port)), Metrics)
-    print(f"pylogd stats: serving http://{host or '127.0.0.1'}:{server.server_port}/metrics", flush=True)
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    try:
+        server = Server((host, port), Metrics)
+    except OSError as exc:  # the port taken, an address not here, a name that does not resolve
+        print(f"pylogd stats: cannot listen on {listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    shown = f"[{host}]" if ":" in host else host
+    print(f"pylogd stats: serving http://{shown}:{server.server_port}/metrics", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

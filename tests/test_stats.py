@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import urllib.request
 
@@ -51,14 +52,16 @@ def test_table_json_and_prometheus(tmp_path) -> None:
         text = stats(sock).stdout
         assert re.search(r"^\s+1\s+10\s+0\s+10\s+0\s+0\s+0\s+0\s+0\.0\s+emu1$", text, re.M), text
         assert "stack 2: writes failing for" in text and "input in1 (PIPEIN): received=10" in text
+        assert re.search(r"^control socket: clients=1 answered=1 refused=0 timed_out=0$", text, re.M), text
 
         prom = stats(sock, "--prometheus").stdout
         assert "# TYPE pylogd_stack_written_total counter" in prom
         assert 'pylogd_stack_written_total{stack="1",output="emu1",definition="in1:PIPEIN,emu1:LOGEMU"} 10' in prom
         assert "# TYPE pylogd_stack_pending gauge" in prom and 'pylogd_stack_pending{stack="2"' in prom
         assert 'pylogd_input_received_total{instance="in1",plugin="PIPEIN"} 10' in prom
+        assert "\npylogd_control_answered_total 2\n" in prom and "\npylogd_control_clients 1\n" in prom
         for line in prom.splitlines():  # every sample line parses: name{labels} number
-            assert line.startswith("# TYPE ") or re.fullmatch(r'[a-z_]+\{(\w+="[^"]*",?)*\} [\d.]+', line), line
+            assert line.startswith("# TYPE ") or re.fullmatch(r'[a-z_]+(\{(\w+="[^"]*",?)*\})? [\d.]+', line), line
 
         server = subprocess.Popen(
             [*PYLOGD, "stats", "-s", str(sock), "--listen", "127.0.0.1:0"], cwd=ROOT, stdout=subprocess.PIPE, text=True
@@ -95,3 +98,26 @@ def test_a_socket_that_cannot_be_made_or_is_taken_stops_nothing(tmp_path) -> Non
     finally:
         (third.tmp / "down").unlink()
         assert third.stop() == 0
+
+
+def test_listen_on_a_port_in_use_or_a_malformed_address_says_why_in_one_line(tmp_path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        busy = stats(tmp_path / "ctl.sock", "--listen", f"127.0.0.1:{port}")
+    assert busy.returncode == 1 and "Traceback" not in busy.stderr
+    assert busy.stderr == f"pylogd stats: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    for listen, why in (
+        ("9477", "no port"),
+        ("127.0.0.1:", "port '' is not a number from 0 to 65535"),
+        ("127.0.0.1:http", "port 'http' is not a number"),
+        ("127.0.0.1:70000", "port '70000' is not a number from 0 to 65535"),
+        ("::1:9477", "an IPv6 address goes in brackets: [ADDR]:PORT"),
+    ):
+        bad = stats(tmp_path / "ctl.sock", "--listen", listen)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+        assert bad.stderr.startswith(f"pylogd stats: --listen needs HOST:PORT, not {listen!r}: {why}"), bad.stderr
+    unknown = stats(tmp_path / "ctl.sock", "--listen", "no-such-host.invalid:9477")
+    assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1, unknown.stderr
+    assert unknown.stderr.startswith("pylogd stats: cannot listen on no-such-host.invalid:9477: "), unknown.stderr
