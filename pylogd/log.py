@@ -12,6 +12,8 @@ import time
 from typing import TextIO
 
 DEBUG, INFO, NOTICE, ERROR, FATAL = 1, 3, 5, 7, 8
+#: the logfile values that name no file
+NAMED_DESTINATIONS = ("stdout", "stderr", "syslog")
 LEVEL_NAMES = {DEBUG: "debug", INFO: "info", NOTICE: "notice", ERROR: "error", FATAL: "fatal"}
 _SYSLOG_PRIORITY = {
     DEBUG: syslog.LOG_DEBUG,
@@ -55,7 +57,7 @@ class LogSink:
 
         A file that cannot be opened raises OSError and leaves the current destination as it was."""
         stream: TextIO | None = None
-        if target not in ("stdout", "stderr", "syslog"):
+        if target not in NAMED_DESTINATIONS:
             fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             stream = open(fd, "a", encoding="utf-8", errors="replace")
         self.close()
@@ -74,7 +76,7 @@ class LogSink:
         """SIGHUP (logrotate): open the log file's path again.  When that fails the log goes on into
         the file already open (as the outputs do), the failure is logged there, and the next SIGHUP
         tries again."""
-        if self.target in ("stdout", "stderr", "syslog"):
+        if self.target in NAMED_DESTINATIONS:
             return
         try:
             self.open(self.target)
