@@ -115,6 +115,8 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
         if pidfile:
             pidfile.check()
         daemon.start()
+        if daemon.control:  # while root: -u's user may have no right to make it
+            daemon.control.open(user[1:] if user else None)
         try:
             SINK.release(opts["logfile"])
         except OSError as exc:

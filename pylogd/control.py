@@ -69,25 +69,44 @@ class ControlServer:
         self.refused = 0  #: closed at once: MAX_CLIENTS were being served
         self.timed_out = 0  #: dropped at the deadline, request or reply unfinished
 
-    def start(self, loop: EventLoop) -> bool:
-        """Listen on the path; False (with the reason logged) when it cannot, which stops nothing else."""
+    def open(self, owner: tuple[int, int] | None = None) -> bool:
+        """Bind the path, at start-up while still root (``-u`` may leave the daemon no right to make it);
+        False (with the reason logged) when it cannot, which stops nothing else.  ``owner`` (uid, gid)
+        gets the socket, 0660, so that its group may read the counters, and the directory when this made
+        it, so that the daemon can still remove the socket at exit."""
         if _answers(self.path):
             self.log.notice(f"control socket {self.path} belongs to another running pylogd; this one has none")
             return False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+        directory = os.path.dirname(self.path) or "."
         try:
-            os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
+            made = not os.path.isdir(directory)
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+            if made:
+                os.chmod(directory, 0o755)  # whatever the umask: `pylogd stats` of the group goes through it
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)  # a stale one: nobody answered on it
             sock.bind(self.path)
             os.chmod(self.path, 0o660)
+            if owner is not None:
+                os.chown(self.path, *owner)
+                if made:
+                    os.chown(directory, *owner)
             sock.listen(MAX_CLIENTS)
         except OSError as exc:
             sock.close()
             self.log.error(f"cannot open control socket {self.path}: {exc.strerror}; `pylogd stats` will not work")
             return False
-        self.sock, self._loop = sock, loop
-        loop.add_reader(sock.fileno(), self._accept)
+        self.sock = sock
+        return True
+
+    def start(self, loop: EventLoop) -> bool:
+        """Answer on the socket from ``loop`` (opening it first unless :meth:`open` did)."""
+        if self.sock is None and not self.open():
+            return False
+        assert self.sock is not None
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._accept)
         self.log.info(f"control socket {self.path}: `pylogd stats` shows the live counters")
         return True
 
@@ -196,8 +215,12 @@ class ControlServer:
                 self._loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # after -u, a directory the daemon's user may not write to
+                self.log.notice(f"control socket {self.path} not removed ({exc.strerror}); the next start replaces it")
 
 
 def _answers(path: str) -> bool:

@@ -210,6 +210,8 @@ class Daemon:
     def abort(self) -> None:
         """Start-up was refused: release what started, and remove what it created that holds nothing
         (no empty output file is left behind by a daemon that never ran)."""
+        if self.control:
+            self.control.close()  # opened at start-up, before the failure
         for inst in reversed(self._started):
             try:
                 inst.plugin.abort()

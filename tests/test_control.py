@@ -8,11 +8,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import shutil
 import socket
+import stat
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from conftest import PYLOGD, ROOT
 from daemonkit import Daemon, read, wait_for
 
 from pylogd.control import MAX_REQUEST, ControlServer, request
@@ -253,3 +260,43 @@ def test_a_daemon_with_idle_clients_goes_on_handling_events_answering_and_exits_
         for client in held:
             client.close()
     assert not os.path.exists(sock)
+
+
+# ---------------------------------------------------------------------------------------------
+# -u: the socket is made while still root
+
+
+def test_a_daemon_run_with_u_nobody_answers_stats_and_removes_its_socket(tmp_path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("-u needs root")
+    nobody = pwd.getpwnam("nobody")
+    # the daemon, as nobody, must reach the socket's directory to remove the socket at exit: not under
+    # /tmp/pytest-of-root, which is 0700
+    top = Path(tempfile.mkdtemp(prefix="pylogd-control-", dir="/tmp"))
+    top.chmod(0o755)
+    sock = top / "run" / "ctl.sock"  # run/ does not exist: the daemon makes it, and gives it to nobody
+    d = Daemon(
+        tmp_path,
+        ["in1:PIPEIN,emu1:LOGEMU"],
+        f'[emu1]\nfile="{tmp_path}/emu.log"\n',
+        ["-u", "nobody", "--control-socket", str(sock)],
+    )
+    try:
+        d.start()
+        assert "running as nobody" in read(d.log)
+        d.send({"test.n": 1, "print": "line 1\n"})
+        wait_for(lambda: "line 1" in read(tmp_path / "emu.log"), what="the line")
+        answer = subprocess.run(
+            [*PYLOGD, "stats", "-s", str(sock), "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert answer.returncode == 0, answer.stderr
+        doc = json.loads(answer.stdout)
+        assert doc["pylogd"]["pid"] == d.proc.pid and doc["stacks"][0]["written"] == 1
+        info = sock.stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (nobody.pw_uid, nobody.pw_gid, 0o660)
+        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o755 and sock.parent.stat().st_uid == nobody.pw_uid
+        assert d.stop() == 0
+        assert not sock.exists()  # removed at exit by nobody, the owner of its directory
+    finally:
+        d.kill()
+        shutil.rmtree(top, ignore_errors=True)
