@@ -11,6 +11,8 @@ import syslog
 import time
 from typing import TextIO
 
+from .files import open_output
+
 DEBUG, INFO, NOTICE, ERROR, FATAL = 1, 3, 5, 7, 8
 #: the logfile values that name no file
 NAMED_DESTINATIONS = ("stdout", "stderr", "syslog")
@@ -58,7 +60,7 @@ class LogSink:
         A file that cannot be opened raises OSError and leaves the current destination as it was."""
         stream: TextIO | None = None
         if target not in NAMED_DESTINATIONS:
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            fd = open_output(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # a planted symlink is refused
             stream = open(fd, "a", encoding="utf-8", errors="replace")
         self.close()
         if target == "stdout":

@@ -26,6 +26,8 @@ Differences from ulogd 2.0.8
 * The header's ``thiszone`` is 0, as libpcap writes it (ulogd wrote the C library's ``timezone``,
   which readers that honour it would add to the UTC times).
 * No torn record after a failed write (above); ulogd's stdio buffer could leave half a record.
+* A symlink in the file's place that someone else could have made is not followed (see
+  :func:`pylogd.files.open_output`); ulogd followed any, as root.
 * An IPv4 or IPv6 packet whose length key is not valid (BASE could not parse it) gets the length
   from its own header; ulogd wrote 0.  The captured length is ``raw.pktlen`` but never more than
   the bytes there are (ulogd wrote ``raw.pktlen`` bytes whatever the packet's length).
@@ -40,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pylogd.files import FileOutput, sync_option
+from pylogd.files import FileOutput, open_output, sync_option
 from pylogd.keys import KeyType
 from pylogd.loop import EventLoop
 from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, key, path_option
@@ -125,7 +127,7 @@ class Pcap(FileOutput):
         header of one that is not."""
         path = self.options["file"]
         # read-write: the header of an existing file is read through the same descriptor
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = open_output(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             if os.fstat(fd).st_size == 0:
                 os.write(fd, HEADER)
