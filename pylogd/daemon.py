@@ -226,6 +226,16 @@ class Daemon:
         except Exception as exc:
             self.log.error(f"{inst.id} ({inst.spec.name}) failed to stop cleanly: {exc!r}")
 
+    def hand_over(self, uid: int, gid: int) -> None:
+        """Before running as another user: what the daemon keeps writing to as it runs (the spools) becomes its."""
+        for stack in self.stacks:
+            spool = stack.runner.spool
+            if spool is not None:
+                try:
+                    spool.hand_over(uid, gid)
+                except OSError as exc:
+                    raise DaemonError(f"cannot hand {spool.directory} over to uid {uid}: {exc.strerror}") from None
+
     def outputs(self) -> list[Output]:
         return [inst.plugin for inst in self._ordered(Kind.OUTPUT)]
 

@@ -2,14 +2,21 @@
 
 While the output works, each socket drain's batch is written in one call and nothing else
 happens.  When a write fails (a full disk, a server that went away) what did not go out
-waits in a backlog, oldest first, and later batches join it without any write being tried;
-the backlog is written again after a back-off (exponential with jitter, capped), in chunks,
-so a retry costs one chunk and not a copy of everything that waits.  The backlog is bounded
-in entries and in bytes.  Past that, with a spool (``[global] spool_dir``), new entries go to
-disk, and every later one after them until the spool is empty again, so the order holds; what
-waits in memory at exit goes to the spool too, ahead of the rest, and a restart writes it first.
-Without a spool, or past its bound, new entries are dropped whole (never a part of one),
-counted, and logged at most every few seconds with their count.
+waits, oldest first, and later batches join it without any write being tried; it is written
+again after a back-off (exponential with jitter, capped), in chunks, so a retry costs one chunk
+and not a copy of everything that waits.
+
+Without a spool what waits is kept in memory, bounded in entries and in bytes; past that, new
+entries are dropped whole (never a part of one), counted, and logged at most every few seconds.
+
+With a spool (``[global] spool_dir``) what waits is kept on disk, so a kill -9 loses nothing that
+was accepted: once a write fails, or as soon as what waits in memory is a second old (a server
+that froze, a slow one), it is stored there, and every later entry after it until the spool is
+empty again, so the order holds.  The entries come back a record at a time; the spool's read
+position moves after each chunk written, so a crash during the write-back writes at most that
+chunk again, and an SQL output's chunk not even that: its transaction's record (the COMMIT in
+doubt) is kept with the position, and the next start asks the server.  When the spool cannot take
+entries (its bound, a full or read-only disk), they wait in memory behind it, bounded as above.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ CHUNK = 4096
 ENTRY_OVERHEAD = 48
 #: how often drops are logged (with how many there were since the last such line)
 DROP_LOG_SECONDS = 10.0
+#: with a spool, what has waited in memory this long goes to disk: what a kill -9 may cost at most
+SPILL_AFTER = 1.0
+#: a write without an answer for this long shows in the statistics as a failure under way
+STALLED_AFTER = 5.0
 
 
 def _mib(n: int) -> str:
@@ -66,13 +77,30 @@ class OutputRunner:
         self.rejected = 0  # refused by the destination for good (RejectedEntries): set aside, logged
         self.write_errors = 0
         self._size = output.entry_size
+        # what waits in memory: entries accepted while the spool was empty, or (_from_spool) the rest
+        # of the spool's record at its read position, which stays on disk until written
         self._backlog: collections.deque = collections.deque()
         self._backlog_bytes = 0
+        self._from_spool = False
+        self._behind: collections.deque = collections.deque()  # newer than the spool; the disk refused them
+        self._behind_bytes = 0
+        # the memory backlog's age: (when, how many entries had been accepted before) per accepted batch
+        self._marks: collections.deque = collections.deque()
+        self._accepted = 0
+        self._taken = 0
         self.spool = spool
-        keep_state_in = getattr(output, "keep_state_in", None)
-        if spool is not None and keep_state_in is not None:
-            keep_state_in(spool.directory)  # an SQL output's record of a COMMIT in doubt, for the next start
-        self._lock = threading.Lock()  # the backlog, with a worker thread
+        # an output shared by several stacks keeps each stack's transaction in doubt apart (a channel)
+        make_channel = getattr(output, "channel", None)
+        self.channel = (
+            make_channel(stack_name, self._keep_doubt if spool is not None else None) if make_channel else None
+        )
+        self._write = self.channel.write if self.channel is not None else output.write
+        # one write, one transaction: the record of a transaction in doubt then names where it starts
+        self._chunk = min(CHUNK, getattr(output, "batch_rows", CHUNK) or CHUNK)
+        if spool is not None and spool.doubt is not None and self.channel is not None:
+            self.channel.adopt(spool.doubt)
+        self._lock = threading.Lock()  # the backlog and the spool, with a worker thread
+        self._progress_lock = threading.Lock()  # one progress write at a time, in order
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._closing = False  # close(): the worker writes what waits, then ends
@@ -80,9 +108,11 @@ class OutputRunner:
         self._delay = self.MIN_DELAY
         self._next_try = 0.0
         self._failing_since: float | None = None
+        self._writing_since: float | None = None  # a write under way since (a server may not answer)
         self._last_error = ""
         self._drops_unlogged = 0
         self._drop_logged_at = -1e9
+        self._spilling = False  # the spool holds entries because writes failed (for the log's sake)
 
     @property
     def name(self) -> str:
@@ -97,22 +127,36 @@ class OutputRunner:
             self._thread.start()
 
     def pending(self) -> int:
-        return len(self.batch) + len(self._backlog) + self._spooled()
+        memory = 0 if self._from_spool else len(self._backlog)
+        return len(self.batch) + memory + self._spooled() + len(self._behind)
 
     def _spooled(self) -> int:
         return self.spool.entries if self.spool is not None else 0
 
+    def _waiting(self) -> bool:
+        return bool(self._backlog or self._behind or self._spooled())
+
     def pending_bytes(self) -> int:
-        return self._backlog_bytes
+        return self._backlog_bytes + self._behind_bytes
 
     def failing_seconds(self) -> float:
-        """How long writes have been failing (0 while they work): the output's lag."""
+        """How long writes have been failing, or a write has gone unanswered (0 while they work)."""
+        now = time.monotonic()
         since = self._failing_since
-        return time.monotonic() - since if since is not None else 0.0
+        if since is None:
+            since = self._writing_since
+            if since is not None and now - since < STALLED_AFTER:
+                since = None
+        return now - since if since is not None else 0.0
 
     def current_error(self) -> str:
         """Why writes fail now ("" while they work)."""
-        return self._last_error if self._failing_since is not None else ""
+        if self._failing_since is not None:
+            return self._last_error
+        since = self._writing_since
+        if since is not None and time.monotonic() - since >= STALLED_AFTER:
+            return f"a write has had no answer for {time.monotonic() - since:.0f} s"
+        return ""
 
     # -- the event loop's side ----------------------------------------------------------------
 
@@ -127,32 +171,38 @@ class OutputRunner:
                 self._wake.notify()
             batch.clear()
             return
-        if self._backlog or self._spooled():
+        if self._waiting():
             self._accept(batch)
             batch.clear()
             self.retry()
             return
         n = len(batch)
         try:
-            self.output.write(batch)
+            self._write(batch)
         except RejectedEntries as exc:
             self.written += n - len(exc.rejected)
             self._set_aside(exc)
         except Exception as exc:
             self.written += n - len(batch)  # the output removed what it wrote whole
-            self._accept(batch)
             self._failed(exc)
+            self._accept(batch)
         else:
             self.written += n
         batch.clear()
 
     def retry(self) -> None:
-        """Write what waits if the back-off allows (the daemon's timer calls this)."""
-        if self._thread is None and (self._backlog or self._spooled()) and time.monotonic() >= self._next_try:
+        """Write what waits if the back-off allows (the daemon's timer calls this); with a spool, store
+        what has waited in memory too long and what the disk refused before."""
+        if self._thread is None and self._waiting() and time.monotonic() >= self._next_try:
             self._work_off()
-        if self.spool is not None:
+        spool = self.spool
+        if spool is not None:
             with self._lock:
-                self.spool.sync()
+                if self._backlog and not self._from_spool and self._old_enough():
+                    self._spill_backlog()
+                if self._behind:
+                    self._store_behind()
+                spool.sync()
 
     def close(self, deadline: float) -> None:
         """Write everything accepted, trying until ``deadline`` (monotonic); what is left then goes to the
@@ -173,25 +223,30 @@ class OutputRunner:
                 self._thread.join(5)
         else:
             self._next_try = 0.0
-            while (self._backlog or self._spooled()) and not self._work_off() and self._next_try < deadline:
+            while self._waiting() and not self._work_off() and self._next_try < deadline:
                 time.sleep(max(0.0, self._next_try - time.monotonic()))
         with self._lock:
-            left = list(self._backlog)
-            self._backlog.clear()
-            self._backlog_bytes = 0
             spool = self.spool
+            if self._from_spool:  # the rest of a record read back: it is on disk still
+                self._backlog.clear()
+                self._backlog_bytes = 0
+                self._from_spool = False
+            if spool is not None and self._backlog:
+                self._spill_backlog()
+            if spool is not None and self._behind:
+                self._store_behind()
+            left = len(self._backlog) + len(self._behind)
+            self._backlog.clear()
+            self._behind.clear()
+            self._backlog_bytes = self._behind_bytes = 0
             if spool is not None:
-                spool.commit()  # a record read back in part: what is left of it is in ``left``
-                kept = spool.append(left, first=True)
-                if left and kept:
-                    self.log.notice(
-                        f"{self.name}: {kept} entries kept in the spool for the next start ({spool.entries} in all)"
-                    )
-                left = left[kept:]
+                if spool.entries:
+                    self.log.notice(f"{self.name}: {spool.entries} entries kept in the spool for the next start")
                 spool.close()
             if left:
-                self.dropped += len(left)
-                self.log.error(f"{self.name}: {len(left)} entries could not be written at exit ({self._last_error})")
+                self.dropped += left
+                self.log.error(f"{self.name}: {left} entries could not be written at exit ({self._last_error})")
+        self._save_progress()
         self._log_drops(force=True)
 
     # -- the backlog --------------------------------------------------------------------------
@@ -199,16 +254,32 @@ class OutputRunner:
     def _accept(self, entries: list) -> None:
         """Queue ``entries`` behind what waits, within the bounds (the lock is held with a worker)."""
         spool = self.spool
-        if spool is not None and spool.entries:  # the order: behind what is spooled already
-            self._lost(len(entries) - spool.append(entries))
+        if spool is not None and (spool.entries or self._behind or self._failing_since is not None):
+            self._to_spool(entries)  # the order: behind what is stored already
             return
-        backlog, size = self._backlog, self._size
-        room = self.max_pending - len(backlog)
+        take, nbytes = self._within_bounds(entries)
+        self._backlog.extend(take)
+        self._backlog_bytes += nbytes
+        if take:
+            self._marks.append((time.monotonic(), self._accepted))
+            self._accepted += len(take)
+        rest = len(entries) - len(take)
+        if rest and spool is not None:
+            self._spill_backlog()  # memory is full: what waits there goes to disk first, the rest after it
+            self._to_spool(entries[len(take) :])
+        else:
+            self._lost(rest)
+
+    def _within_bounds(self, entries: list) -> tuple[list, int]:
+        """The first of ``entries`` that fit in memory beside what waits there, and their bytes."""
+        size = self._size
+        room = self.max_pending - len(self._backlog) - len(self._behind)
         take = entries if len(entries) <= room else entries[: max(room, 0)]
         nbytes = sum(map(size, take)) + ENTRY_OVERHEAD * len(take)
-        if self._backlog_bytes + nbytes > self.max_pending_bytes:
+        used = self._backlog_bytes + self._behind_bytes
+        if used + nbytes > self.max_pending_bytes:
             # find the cut entry by entry: this is the overflowing case only
-            budget, count = self.max_pending_bytes - self._backlog_bytes, 0
+            budget, count = self.max_pending_bytes - used, 0
             nbytes = 0
             for entry in take:
                 cost = size(entry) + ENTRY_OVERHEAD
@@ -217,14 +288,57 @@ class OutputRunner:
                 nbytes += cost
                 count += 1
             take = take[:count]
-        backlog.extend(take)
-        self._backlog_bytes += nbytes
-        rest = len(entries) - len(take)
-        if rest and spool is not None:
-            if not spool.entries:
-                self.log.notice(f"{self.name}: the memory backlog is full; spilling to {spool.directory}")
-            rest -= spool.append(entries[len(take) :])
-        self._lost(rest)
+        return take, nbytes
+
+    def _to_spool(self, entries: list) -> None:
+        """Store ``entries`` at the spool's end; what the disk refuses waits in memory behind it."""
+        spool = self.spool
+        assert spool is not None
+        # never before what still waits in memory: the spool holds only what is newer than that
+        if not self._behind and (self._from_spool or not self._backlog):
+            if not spool.entries and not self._spilling:
+                self._spilling = True
+                self.log.notice(f"{self.name}: writes wait; keeping what waits in {spool.directory}")
+            if spool.append(entries) == len(entries):
+                return
+        take, nbytes = self._within_bounds(entries)
+        self._behind.extend(take)
+        self._behind_bytes += nbytes
+        self._lost(len(entries) - len(take))
+
+    def _store_behind(self) -> None:
+        """What waited in memory behind the spool goes to it, now that the disk may take it."""
+        spool = self.spool
+        assert spool is not None
+        if self._backlog and not self._from_spool:
+            return  # what waits in memory before them must go first
+        entries = list(self._behind)
+        if spool.append(entries) == len(entries):
+            self._behind.clear()
+            self._behind_bytes = 0
+
+    def _old_enough(self) -> bool:
+        marks = self._marks
+        return self._failing_since is not None or (bool(marks) and time.monotonic() - marks[0][0] >= SPILL_AFTER)
+
+    def _spill_backlog(self) -> bool:
+        """What waits in memory (the spool is empty then) becomes the spool's record at its read
+        position, and stays the backlog: written from there, it is passed in the spool chunk by chunk."""
+        spool = self.spool
+        assert spool is not None and not self._from_spool
+        entries = list(self._backlog)
+        if spool.entries or spool.append(entries) != len(entries):
+            return False
+        spool.read(load=False)
+        self._from_spool = True
+        self._marks.clear()
+        if not self._spilling:
+            self._spilling = True
+            self.log.notice(f"{self.name}: writes wait; keeping what waits in {spool.directory}")
+        if self.channel is not None:
+            # a transaction cut off at COMMIT is the backlog's first: its record names it by position now
+            self.channel.place(spool.position())
+        return True
 
     def _lost(self, n: int) -> None:
         if n:
@@ -241,48 +355,122 @@ class OutputRunner:
                     self._refill()
                 if not backlog or self._abandon:
                     break
-                chunk = list(itertools.islice(backlog, CHUNK))
+                chunk = list(itertools.islice(backlog, self._chunk))
                 head = chunk[0]
+                if self.channel is not None:
+                    self.channel.position = self.spool.position() if self._from_spool else None  # type: ignore[union-attr]
+                self._writing_since = time.monotonic()
             n = len(chunk)
             rejected = None
             try:
-                self.output.write(chunk)
+                self._write(chunk)
             except RejectedEntries as exc:
                 rejected = exc
             except Exception as exc:
                 with lock:
+                    self._writing_since = None
                     self._remove(n - len(chunk))
-                    if chunk and chunk[0] is not head:  # the output wrote part of the first entry
+                    if chunk and backlog and chunk[0] is not head:  # the output wrote part of the first entry
                         self._backlog_bytes += size(chunk[0]) - size(backlog[0])
                         backlog[0] = chunk[0]
-                self._failed(exc)
+                    self._failed(exc)
+                    if self.spool is not None and backlog and not self._from_spool:
+                        self._spill_backlog()  # kept on disk while the output is away
+                self._save_progress()
                 return False
             with lock:
+                self._writing_since = None
                 self._remove(n)
                 if rejected is not None:
                     self.written -= len(rejected.rejected)
                     self._set_aside(rejected)
+            self._save_progress()
         if not self._abandon:
             self._recovered()
         return True
 
     def _refill(self) -> None:
-        """The memory backlog is written: mark the spool's last record done, take the next one."""
+        """The memory backlog is written: take the spool's next record, or what waited behind it."""
         spool = self.spool
         assert spool is not None
-        spool.commit()
         entries = spool.read()
         if entries:
             self._backlog.extend(entries)
             self._backlog_bytes += sum(map(self._size, entries)) + ENTRY_OVERHEAD * len(entries)
+            self._from_spool = True
+            return
+        if self._behind:
+            self._backlog.extend(self._behind)
+            self._backlog_bytes += self._behind_bytes
+            self._behind.clear()
+            self._behind_bytes = 0
+            self._marks.append((time.monotonic(), self._accepted))
+            self._accepted += len(self._backlog)
+        if not spool.entries:
+            self._spilling = False
 
     def _remove(self, n: int) -> None:
+        """The first ``n`` entries of the backlog are written (or set aside): they leave it, and the
+        spool's read position passes them when they are its."""
         backlog, size = self._backlog, self._size
         nbytes = 0
         for _ in range(n):
             nbytes += size(backlog.popleft()) + ENTRY_OVERHEAD
         self._backlog_bytes -= nbytes
         self.written += n
+        if self._from_spool:
+            self.spool.advance(n)  # type: ignore[union-attr]
+            if not backlog:
+                self._from_spool = False
+            return
+        self._taken += n
+        marks = self._marks
+        while len(marks) > 1 and marks[1][1] <= self._taken:
+            marks.popleft()
+        if not backlog:
+            marks.clear()
+
+    def _save_progress(self) -> None:
+        """The spool's read position (and a transaction in doubt) on disk, after a chunk is written."""
+        spool = self.spool
+        if spool is None:
+            return
+        doubt = self.channel.durable_doubt() if self.channel is not None else None
+        with self._progress_lock:
+            with self._lock:
+                if spool.progress_saved(doubt):
+                    return
+                progress = spool.progress(doubt)
+            try:
+                spool.save_progress(progress)
+            except OSError as exc:
+                self.log.every(
+                    10,
+                    ERROR,
+                    "progress",
+                    f"{self.name}: cannot keep the spool's read position in {spool.directory} ({exc.strerror}); "
+                    "after a crash the last chunks written may be written again",
+                )
+
+    def _keep_doubt(self, record: dict) -> None:
+        """An SQL output's transaction is about to COMMIT: its record goes on disk first, so a crash
+        before the answer leaves the next start a question to ask the server rather than a guess."""
+        spool = self.spool
+        assert spool is not None
+        with self._progress_lock:
+            with self._lock:
+                progress = spool.progress(record)
+            try:
+                spool.save_progress(progress)
+            except OSError as exc:
+                # a full or read-only disk must not stop a database that works: COMMIT goes ahead
+                self.log.every(
+                    10,
+                    ERROR,
+                    "doubt",
+                    f"{self.name}: cannot keep the record of a transaction in {spool.directory} ({exc.strerror}); "
+                    f"a crash before its COMMIT answers may write its {record.get('rows')} rows twice",
+                )
 
     def _set_aside(self, exc: RejectedEntries) -> None:
         """Entries the destination refused for good: counted and logged, never retried, so they
@@ -314,8 +502,8 @@ class OutputRunner:
             10,
             ERROR,
             "write",
-            f"{self.name}: write failed ({self._last_error}); {len(self._backlog)} entries "
-            f"({_mib(self._backlog_bytes)}) wait in memory{self._spool_state()}, next try in {wait:.1f} s",
+            f"{self.name}: write failed ({self._last_error}); {self._in_memory()} entries "
+            f"({_mib(self.pending_bytes())}) wait in memory{self._spool_state()}, next try in {wait:.1f} s",
         )
 
     def _recovered(self) -> None:
@@ -333,12 +521,15 @@ class OutputRunner:
             return
         self.log.error(
             f"{self.name}: dropped {self._drops_unlogged} new entries: the backlog is full "
-            f"({len(self._backlog)} entries, {_mib(self._backlog_bytes)}; limits {self.max_pending} entries, "
+            f"({self._in_memory()} entries, {_mib(self.pending_bytes())}; limits {self.max_pending} entries, "
             f"{_mib(self.max_pending_bytes)}{self._spool_state()}) while writes fail ({self._last_error}); "
             f"{self.dropped} dropped since start"
         )
         self._drops_unlogged = 0
         self._drop_logged_at = now
+
+    def _in_memory(self) -> int:
+        return (0 if self._from_spool else len(self._backlog)) + len(self._behind)
 
     def _spool_state(self) -> str:
         spool = self.spool
@@ -354,7 +545,7 @@ class OutputRunner:
         while True:
             with wake:
                 while not self._abandon:
-                    if self._backlog or self._spooled():
+                    if self._waiting():
                         wait = self._next_try - time.monotonic()
                         if wait <= 0:
                             break

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import json
 import os
 import re
 import threading
@@ -63,8 +62,6 @@ BATCH_ROWS = 1000
 DEFAULT_CONNECT_TIMEOUT = 10
 #: seconds a server may leave a write unanswered (io_timeout=0) before the connection is given up
 DEFAULT_IO_TIMEOUT = 60
-#: the record of a transaction whose COMMIT was cut off, in the output's spool directory
-IN_DOUBT_FILE = "in-doubt.json"
 
 INTEGER = "int"
 TEXT = "text"
@@ -365,6 +362,52 @@ class Layout:
         self.spooled_only = spooled_only  # no stack makes entries of it: only a spool may hold some
 
 
+class Channel:
+    """One stack's way into an SQL output: the stack's own transaction in doubt, and where the
+    entries of its current write stand in its spool."""
+
+    def __init__(self, output: SqlOutput, name: str, keep: Callable[[dict[str, Any]], None] | None) -> None:
+        self.output = output
+        self.name = name
+        self.keep = keep
+        #: the transaction whose COMMIT was cut off: {"rows": n, "mark": ..., "position": ..., the driver's id}
+        self.in_doubt: dict[str, Any] | None = None
+        #: [record id, index] in the spool of the first entry written now; None: not read back from a spool
+        self.position: list[int] | None = None
+
+    def write(self, entries: list) -> None:
+        self.output.write_through(self, entries)
+
+    def adopt(self, record: Any) -> None:
+        """The record of a transaction in doubt when the last run stopped: settled before the next write."""
+        problem = self.output.doubt_problem(record)
+        if problem is not None:
+            rows = record.get("rows") if isinstance(record, dict) else None
+            self.output.log.error(
+                f"stack {self.name}: the record of a transaction in doubt at the last stop cannot be used "
+                f"({problem}): if that transaction committed, its {rows or 'unknown number of'} rows are written again"
+            )
+            return
+        self.in_doubt = record
+        self.output.log.notice(
+            f"stack {self.name}: the last run stopped with {record['rows']} rows in doubt at COMMIT; settling first"
+        )
+
+    def place(self, position: list[int] | None) -> None:
+        """The batch in doubt now stands at ``position`` in the spool (what waited in memory went there)."""
+        if self.in_doubt is not None and self.in_doubt.get("position") is None and position is not None:
+            self.in_doubt["position"] = position
+
+    def durable_doubt(self) -> dict[str, Any] | None:
+        """The transaction in doubt, when the spool holds its rows (so a record on disk can name them)."""
+        record = self.in_doubt
+        return record if record is not None and record.get("position") is not None else None
+
+    def before_commit(self, record: dict[str, Any]) -> None:
+        if self.keep is not None and self.position is not None:
+            self.keep({**record, "position": self.position})
+
+
 class SqlOutput(Output):
     """An SQL output: subclasses connect, list columns and classify errors; this class makes the entries
     and writes them."""
@@ -394,11 +437,11 @@ class SqlOutput(Output):
         self._reconnect = False
         self.connects = 0
         self._warned_down = False
-        #: the transaction whose COMMIT was cut off: {"rows": n, "mark": batch_mark(...), ...the driver's id}
-        self._in_doubt: dict[str, Any] | None = None
         self._batch: dict[str, Any] = {}  # the rows and mark of the batch being written
-        self._state_path: str | None = None  # where that record is kept on disk (with a spool)
-        self._state_on_disk = False
+        # each stack writes through its own channel (its own transaction in doubt); direct writes go
+        # through this one; _channel is the one whose write holds the lock
+        self._direct = Channel(self, "", None)
+        self._channel = self._direct
 
     # -- for subclasses -----------------------------------------------------------------------
 
@@ -441,56 +484,65 @@ class SqlOutput(Output):
             self.mark,
         )
 
-    # -- a transaction in doubt, kept on disk when there is a spool ---------------------------------
+    # -- a transaction in doubt ------------------------------------------------------------------
     #
-    # The runner hands an output with a spool its directory.  The record of a batch is written there
-    # (atomically, synced) before its COMMIT and removed once COMMIT answered: a pylogd that stops or
-    # is killed in between leaves it, and the next start asks the server whether that transaction
-    # committed before writing the same batch again from the spool.
+    # A transaction whose COMMIT was cut off (a lost connection) may have committed: before its rows
+    # are written again the server is asked (the drivers' _settle).  Each stack writes through its own
+    # channel, so an output shared by two stacks never settles one stack's batch against the other's
+    # rows.  A stack with a spool keeps the record on disk with the spool's read position: written
+    # before COMMIT when the batch comes from the spool, so a pylogd killed meanwhile leaves the next
+    # start a question to ask rather than a guess.
 
-    def keep_state_in(self, directory: str) -> None:
-        self._state_path = os.path.join(directory, IN_DOUBT_FILE)
-        try:
-            with open(self._state_path, encoding="utf-8") as f:
-                record = json.load(f)
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            self.log.error(f"cannot read {self._state_path} ({exc}); a batch cut off at COMMIT may be written twice")
-            return
-        self._state_on_disk = True
-        if self._in_doubt is None and isinstance(record, dict):
-            self._in_doubt = record
-            self.log.notice(f"the last run stopped with {record.get('rows')} rows in doubt at COMMIT; settling first")
+    def channel(self, name: str, keep: Callable[[dict[str, Any]], None] | None) -> Channel:
+        """A stack's way in: ``keep`` stores a transaction's record before its COMMIT (None: no spool)."""
+        return Channel(self, name, keep)
+
+    def write(self, entries: list) -> None:
+        self.write_through(self._direct, entries)
+
+    def write_through(self, channel: Channel, entries: list) -> None:
+        with self._lock:
+            self._channel = channel
+            try:
+                self._write(entries)
+            finally:
+                self._channel = self._direct
+
+    @property
+    def _in_doubt(self) -> dict[str, Any] | None:
+        return self._channel.in_doubt
+
+    @_in_doubt.setter
+    def _in_doubt(self, record: dict[str, Any] | None) -> None:
+        self._channel.in_doubt = record
 
     def save_state(self, record: dict[str, Any]) -> None:
-        path = self._state_path
-        if path is None:
-            return
-        tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(record).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        self._state_on_disk = True
-        dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself must reach the disk before COMMIT goes out
-        finally:
-            os.close(dir_fd)
+        """The transaction is about to COMMIT (or, settled, to be committed): its record on disk first."""
+        self._channel.before_commit(record)
 
-    def clear_state(self) -> None:
-        if self._state_on_disk and self._state_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._state_path)
-            self._state_on_disk = False
+    def doubt_problem(self, record: Any) -> str | None:
+        """Why a record of a transaction in doubt, read from disk, cannot be settled (None: it can)."""
+        if not isinstance(record, dict):
+            return "not a record"
+        rows = record.get("rows")
+        if type(rows) is not int or rows < 1:
+            return f"rows is {rows!r}"
+        if not isinstance(record.get("mark"), str):
+            return "no mark"
+        position = record.get("position")
+        if position is not None and not (
+            isinstance(position, list) and len(position) == 2 and all(type(x) is int for x in position)
+        ):
+            return f"position is {position!r}"
+        return None
 
     def take_settled(self, entries: list, record: dict[str, Any], committed: bool) -> None:
-        """The batch in doubt was committed after all: its rows leave ``entries`` when they are it."""
+        """The batch in doubt was committed after all: its rows leave ``entries`` when they are it
+        (the same place in the spool, when the record names one, and the same first and last rows)."""
         n = record.get("rows") or 0
+        position = record.get("position")
+        if position is not None and position != self._channel.position:
+            return  # a record of rows the spool has passed: they were written and counted then
         if committed and 0 < n <= len(entries) and batch_mark(entries[:n]) == record.get("mark"):
             self.log.notice(f"the {n} rows whose commit was cut off were committed; not writing them again")
             del entries[:n]
@@ -651,10 +703,6 @@ class SqlOutput(Output):
                 self._rows[tag] = row_function(layout.types, positions, kinds, self.dialect)
         return self.conn
 
-    def write(self, entries: list) -> None:
-        with self._lock:
-            self._write(entries)
-
     def _write(self, entries: list) -> None:
         try:
             conn = self._ensure()
@@ -695,7 +743,7 @@ class SqlOutput(Output):
         except Exception as exc:
             record = self.open_transaction()
             if record is not None and self.transient(exc):
-                self._in_doubt = {**record, **self._batch}
+                self._in_doubt = {**record, **self._batch, "position": self._channel.position}
             raise
 
     def open_transaction(self) -> dict[str, Any] | None:

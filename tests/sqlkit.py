@@ -260,8 +260,17 @@ def my_kill(admin: Any, database: str, spare: tuple[int, ...] = ()) -> int:
 class PipeDaemon:
     """pylogd with ``in1:PIPEIN`` feeding the given output section; ``send(n)`` sends test.n values."""
 
-    def __init__(self, tmp: Path, out: str, section: str, filters: str = "", global_options: str = "") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        out: str,
+        section: str,
+        filters: str = "",
+        global_options: str = "",
+        args: list[str] | None = None,
+    ) -> None:
         self.tmp = tmp
+        self.args = args or []
         self.log = tmp / "pylogd.log"
         self.fifo = tmp / "fifo"
         self.conf = tmp / "pylogd.conf"
@@ -274,7 +283,11 @@ class PipeDaemon:
 
     def start(self, wait: bool = True) -> PipeDaemon:
         self.proc = subprocess.Popen(
-            [*PYLOGD, "-c", str(self.conf)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [*PYLOGD, "-c", str(self.conf), *self.args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         if wait:
             wait_for(
@@ -307,6 +320,22 @@ class PipeDaemon:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def spooled_doubt(spool_dir: Path) -> list[dict]:
+    """The records of transactions in doubt that the spools under ``spool_dir`` keep (newest progress slot
+    of each output's spool)."""
+    found = []
+    for directory in spool_dir.iterdir() if spool_dir.is_dir() else ():
+        best: dict | None = None
+        for slot in directory.glob("progress.[01]"):
+            with contextlib.suppress(ValueError, OSError):
+                record = json.loads(slot.read_bytes().split(b"\n")[0])
+                if best is None or record["seq"] > best["seq"]:
+                    best = record
+        if best is not None and best.get("doubt"):
+            found.append(best["doubt"])
+    return found
 
 
 class Repeater:

@@ -368,7 +368,7 @@ def test_spool_keeps_an_outage_across_a_restart(tmp_path, daemons, blocking) -> 
     daemons.append(d)
     d.start()
     d.send(*({"test.n": i} for i in range(1000)))
-    wait_for(lambda: "spilling to" in read(d.log), what="the spill to disk")
+    wait_for(lambda: "keeping what waits in" in read(d.log), what="the spill to disk")
     assert d.stop() == 0
     log = read(d.log)
     assert "entries kept in the spool for the next start" in log and "dropped=0" in log

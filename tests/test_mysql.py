@@ -491,34 +491,43 @@ def test_a_batch_in_doubt_when_pylogd_died_is_settled_at_the_next_start(
     my_db.execute("CREATE TABLE t (id serial, test_n integer, test_text text)")
     section = my_db.section("my1", table="t", procedure="INSERT") + '[in1]\npath="/nonexistent/fifo"\n'
     first = SqlStack("in1:PIPEIN,my1:MYSQL", section)
-    first.plugin.keep_state_in(str(tmp_path))
-    save_state, plugin = first.plugin.save_state, first.plugin
+    plugin = first.plugin
+    disk: dict = {}  # what the stack's spool keeps: the record of the batch, written before each step
 
     def die() -> None:
         plugin.conn.close()  # the process is gone: so is its session
         raise Crash
 
-    def save_then_maybe_die(record: dict) -> None:
-        save_state(record)
+    def keep_then_maybe_die(record: dict) -> None:
+        disk["doubt"] = record
         if record["prepared"] == (stage == "prepared") and stage != "committed":
             die()
 
-    plugin.save_state = save_then_maybe_die
+    channel = plugin.channel("1", keep_then_maybe_die)
+    channel.position = [7, 0]  # the batch as the spool gives it back
     if stage == "committed":
-        plugin.clear_state = die
+        commit = plugin.commit
+
+        def commit_then_die(conn, cur) -> None:
+            commit(conn, cur)
+            die()
+
+        plugin.commit = commit_then_die
     batch = [first.entry({"test.n": n, "test.text": "x"}) for n in range(1, 6)]
     with pytest.raises(Crash):
-        plugin.write(list(batch))
-    assert (tmp_path / "in-doubt.json").exists()
+        channel.write(list(batch))
+    assert disk["doubt"]["position"] == [7, 0]
     assert len(my_db.rows("XA RECOVER")) == (1 if stage == "prepared" else 0)
 
     second = SqlStack("in1:PIPEIN,my1:MYSQL", section)  # the next start, the same batch from the spool
-    second.plugin.keep_state_in(str(tmp_path))
+    again = second.plugin.channel("1", None)
+    again.adopt(disk["doubt"])
+    again.position = [7, 0]
     more = [second.entry({"test.n": n, "test.text": "x"}) for n in range(6, 11)]
-    assert second.write(batch + more) == ([], [])
+    again.write(batch + more)
     assert [r[0] for r in my_db.rows("SELECT test_n FROM t ORDER BY id")] == list(range(1, 11))
     assert my_db.rows("XA RECOVER") == []
-    assert not (tmp_path / "in-doubt.json").exists()
+    assert again.in_doubt is None
     second.stop()
 
 

@@ -38,6 +38,7 @@ from sqlkit import (
     shipped,
     side_by_side_flows,
     side_by_side_packets,
+    spooled_doubt,
 )
 from test_compat_ulogd import pair  # noqa: F401  (pair: a fixture)
 
@@ -499,7 +500,7 @@ def test_a_daemon_killed_during_commit_settles_the_batch_at_the_next_start(
         assert list(spool.glob("*/*.seg")), "nothing was spooled at exit"
         fwd.up()
         d.start()
-        in_doubt = lambda: list(spool.glob("*/in-doubt.json"))  # noqa: E731
+        in_doubt = lambda: spooled_doubt(spool)  # noqa: E731
         wait_for(lambda: bool(in_doubt()), timeout=20, what="the batch's COMMIT under way")
         d.proc.kill()
         d.proc.wait()

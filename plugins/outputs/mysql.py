@@ -320,7 +320,6 @@ class Mysql(SqlOutput):
         self.save_state({"xid": xid, "prepared": True, **self._batch})
         cur.execute("XA COMMIT %s", (xid,))
         self._xa = None
-        self.clear_state()
 
     def _rollback(self, conn: Any) -> None:
         if self._xa is None:
@@ -382,7 +381,14 @@ class Mysql(SqlOutput):
             committed = False
         self._in_doubt = None
         self.take_settled(entries, record, committed)
-        self.clear_state()
+
+    def doubt_problem(self, record: Any) -> str | None:
+        xid = record.get("xid") if isinstance(record, dict) else None
+        if not isinstance(xid, str) or not xid.startswith("pylogd-"):
+            return f"xid is {xid!r}"
+        if not isinstance(record.get("prepared"), bool):
+            return "prepared is not true or false"
+        return super().doubt_problem(record)
 
     def _end_session(self, cur: Any, thread: int) -> None:
         """The session that wrote the batch may still be on the server (the server froze, or the

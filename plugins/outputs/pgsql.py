@@ -75,6 +75,7 @@ from pylogd.sql import (
     SchemaError,
     SqlOutput,
     Transient,
+    _reason,
     build_statement,
     check_identifier,
     column_kind,
@@ -305,7 +306,6 @@ class Pgsql(SqlOutput):
         self.save_state({"txid": self._xid, **self._batch})
         conn.commit()
         self._xid = None
-        self.clear_state()
 
     def open_transaction(self) -> dict[str, Any] | None:
         # the backend, to end it should it still hold the transaction (a server that froze)
@@ -318,9 +318,15 @@ class Pgsql(SqlOutput):
                     self._settle(entries)
                 except Exception as exc:
                     self._close()  # the next try starts on a fresh connection, as after a failed batch
-                    if isinstance(exc, Transient):
-                        raise
-                    raise Transient(f"cannot settle the batch cut off before: {exc}") from exc
+                    if isinstance(exc, Transient) or self.transient(exc):
+                        raise Transient(f"cannot settle the batch cut off before: {exc}") from exc
+                    # the server's definite answer that it cannot tell: asking again would block the rows
+                    # behind for ever, so the batch is written again (at worst twice, never lost)
+                    record, self._in_doubt = self._in_doubt, None
+                    self.log.error(
+                        f"cannot tell whether the {record.get('rows')} rows cut off at COMMIT were written "
+                        f"({_reason(exc)}); writing them again"
+                    )
             super()._write(entries)
 
     def _settle(self, entries: list) -> None:
@@ -330,8 +336,15 @@ class Pgsql(SqlOutput):
         assert record is not None
         conn = self._ensure()
         with conn.cursor() as cur:
-            cur.execute("SELECT txid_status(%s)", (record["txid"],))
-            status = cur.fetchone()[0]
+            try:
+                cur.execute("SELECT txid_status(%s)", (record["txid"],))
+                status = cur.fetchone()[0]
+            except self.psycopg.errors.InvalidParameterValue as exc:
+                # "transaction ID ... is in the future": a cluster restored or replaced since; it never
+                # committed that transaction
+                conn.rollback()
+                self.log.error(f"the server does not know transaction {record['txid']} ({_reason(exc)})")
+                status = None
             if status == "in progress":
                 # its backend has not seen its client go (a server that was stopped, a network that
                 # dropped the connection silently): end it, and ask again at the next try
@@ -353,7 +366,12 @@ class Pgsql(SqlOutput):
         if status is None:
             self.log.error(f"the server no longer knows transaction {record['txid']}; its rows are written again")
         self.take_settled(entries, record, status == "committed")
-        self.clear_state()
+
+    def doubt_problem(self, record: Any) -> str | None:
+        txid = record.get("txid") if isinstance(record, dict) else None
+        if type(txid) is not int or txid < 0:
+            return f"txid is {txid!r}"
+        return super().doubt_problem(record)
 
     # -- a server that stops answering ----------------------------------------------------------------
 
