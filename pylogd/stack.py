@@ -29,8 +29,8 @@ from .config import (
     section_options,
 )
 from .keys import Key, types_compatible
-from .log import ERROR, Logger
-from .plugin import STOP, Feed, Input, Kind, Output, Plugin, PluginError, Slots, int_option, str_option
+from .log import ERROR, NAMED_DESTINATIONS, Logger
+from .plugin import STOP, Feed, Input, Kind, Output, Plugin, PluginError, Slots, int_option, path_option, str_option
 from .registry import Registry
 from .runner import OutputRunner
 from .spool import Spool
@@ -102,7 +102,7 @@ class Topology:
 
 
 GLOBAL_OPTIONS = (
-    str_option("logfile", None, "where the daemon logs: a file path, syslog or stdout"),
+    path_option("logfile", None, "where the daemon logs: a file path, syslog or stdout", not_paths=NAMED_DESTINATIONS),
     # the levels -l takes; ulogd would take any number, but no message has a level in between
     int_option(
         "loglevel",
@@ -112,7 +112,7 @@ GLOBAL_OPTIONS = (
     ),
     str_option("plugin", None, "a plugin to load: a ulogd .so path (selects the built-in), a .py file or a module"),
     str_option("stack", None, "a stack: id:PLUGIN,id:PLUGIN,..."),
-    str_option(
+    path_option(
         "spool_dir",
         None,
         "where an output's entries go on disk once its memory backlog is full while writes fail (a directory "

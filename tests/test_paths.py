@@ -100,3 +100,47 @@ def _send(fifo: Path, line: str) -> None:
         os.write(fd, (json.dumps({"print": line}) + "\n").encode())
     finally:
         os.close(fd)
+
+
+def test_a_detached_daemon_keeps_its_relative_logfile_and_spool_dir_in_its_start_directory(tmp_path) -> None:
+    """The output fails until the backlog spills to spool_dir, the daemon's log is rotated: both stay
+    where the daemon was started (before, the spool went to /rel-spool-... and the log to /rel-daemon...)."""
+    tag = f"rel-{tmp_path.name}"
+    log, spool = tmp_path / f"{tag}-daemon.log", tmp_path / f"{tag}-spool"
+    fifo, cap, marker, pidfile = tmp_path / "fifo", tmp_path / "cap.json", tmp_path / "down", tmp_path / "pylogd.pid"
+    at_root = [Path("/", p.name) for p in (log, spool)]
+    assert not any(p.exists() for p in at_root)
+    marker.touch()
+    (tmp_path / "pylogd.conf").write_text(
+        f'[global]\nlogfile="{log.name}"\nspool_dir="{spool.name}"\nplugin="{TEST_PLUGINS}"\n'
+        f'stack=in1:PIPEIN,cap1:CAPTURE\n[in1]\npath="{fifo}"\n'
+        f'[cap1]\nfile="{cap}"\nfail_while="{marker}"\nbacklog=100\n'
+    )
+    checked = subprocess.run([*PYLOGD, "--check", "-c", "pylogd.conf"], cwd=tmp_path, capture_output=True, text=True)
+    assert f"global: logfile={log} " in checked.stdout, checked.stderr
+    started = subprocess.run([*PYLOGD, "-d", "-c", "pylogd.conf", "-p", pidfile], cwd=tmp_path, capture_output=True)
+    assert started.returncode == 0, started.stderr
+    pid = 0
+    try:
+        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the pidfile"))
+        fd = os.open(fifo, os.O_WRONLY)
+        try:
+            os.write(fd, "".join(json.dumps({"test.n": i}) + "\n" for i in range(300)).encode())
+        finally:
+            os.close(fd)
+        wait_for(lambda: spool.is_dir() and any(p.is_file() for p in spool.rglob("*")), what="the spill to disk")
+        log.rename(tmp_path / f"{log.name}.1")
+        os.kill(pid, signal.SIGHUP)
+        wait_for(lambda: "SIGHUP received" in read(tmp_path / f"{log.name}.1"), what="the SIGHUP")
+        marker.unlink()
+        wait_for(lambda: len(read(cap).splitlines()) >= 300, what="every entry written")
+        assert [json.loads(line)["test.n"] for line in read(cap).splitlines()] == list(range(300))
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+        strays = [p for p in at_root if p.exists()]
+        for stray in strays:
+            subprocess.run(["rm", "-rf", str(stray)], check=True)  # leave / clean, also when the test fails
+        assert not strays, "the daemon wrote at /"
+    wait_for(lambda: not pidfile.exists(), what="the daemon's exit")
+    assert "SIGTERM received" in read(log)  # in the log reopened in the start directory
