@@ -4,11 +4,13 @@ while an output is down, then writing every entry exactly once and in order."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
 from test_runner import drain
 
+from pylogd import runner as runner_module
 from pylogd.log import Logger
 from pylogd.plugin import Kind, Output, PluginSpec
 from pylogd.runner import OutputRunner
@@ -360,3 +362,83 @@ def test_what_waits_at_exit_is_written_first_by_the_next_start(tmp_path, logged,
         drain(again)
     again.close(time.monotonic() + 10)
     assert second.rows == rows(0, 260)
+
+
+class Frozen(Output):
+    """A server whose write blocks until ``answer`` is set (a database that froze), then succeeds."""
+
+    spec = PluginSpec(name="FROZEN", kind=Kind.OUTPUT, help="test")
+    blocking = True
+
+    def __init__(self) -> None:
+        super().__init__("db1", {}, Logger("db1"))
+        self.rows: list = []
+        self.answer = threading.Event()
+        self.writing = threading.Event()
+
+    def write(self, entries: list) -> None:
+        self.writing.set()
+        self.answer.wait(30)
+        self.rows.extend(entries)
+
+
+def test_what_waits_behind_a_frozen_write_reaches_the_disk_and_the_freeze_shows(tmp_path, logged, monkeypatch) -> None:
+    """Issue 22 items 5 and 13: a database that froze held every accepted entry in memory only (a kill
+    -9 lost them all) and showed no error for its first 60 s.  Now what has waited SPILL_AFTER goes to
+    the spool (what a kill would cost), and the unanswered write shows in the statistics."""
+    monkeypatch.setattr(runner_module, "SPILL_AFTER", 0.05)
+    monkeypatch.setattr(runner_module, "STALLED_AFTER", 0.05)
+    _, sink = logged
+    server = Frozen()
+    runner = OutputRunner(server, "1", Logger("core", sink), spool=spool(tmp_path))
+    runner.start()
+    runner.batch.extend(rows(0, 10))
+    runner.flush()
+    assert server.writing.wait(10)
+    sent = 10
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # traffic goes on, the loop's timer ticks
+        runner.batch.extend(rows(sent, 10))
+        sent += 10
+        runner.flush()
+        runner.retry()
+        if spool(tmp_path).entries == sent:  # a new process (after kill -9) would find all of it
+            break
+        time.sleep(0.01)
+    assert spool(tmp_path).entries == sent
+    assert "no answer" in runner.current_error() and runner.failing_seconds() > 0
+    server.answer.set()
+    deadline = time.monotonic() + 10
+    while runner.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    runner.close(time.monotonic() + 5)
+    assert server.rows == rows(0, sent) and runner.written == sent
+    assert spool(tmp_path).entries == 0 and runner.current_error() == ""
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_a_failing_output_has_every_accepted_entry_on_disk_at_once(tmp_path, logged, blocking) -> None:
+    """Issue 22 item 5: while writes fail, what was accepted waited in memory up to 200,000 entries
+    before anything reached the spool, and a kill -9 lost it.  Now, once a write has failed, every
+    accepted entry is on disk before flush() returns."""
+    _, sink = logged
+    server = Server(blocking)
+    server.down = True
+    runner = OutputRunner(server, "1", Logger("core", sink), spool=spool(tmp_path))
+    runner.start()
+    runner.batch.extend(rows(0, 5))
+    runner.flush()
+    deadline = time.monotonic() + 10
+    while not runner.write_errors and time.monotonic() < deadline:
+        runner.retry()
+        time.sleep(0.01)
+    assert runner.write_errors
+    sent = 5
+    for _ in range(20):
+        runner.batch.extend(rows(sent, 7))
+        sent += 7
+        runner.flush()
+        assert spool(tmp_path).entries == sent  # what a kill -9 now would leave: everything
+    server.down = False
+    runner.close(time.monotonic() + 10)
+    assert server.rows == rows(0, sent)
