@@ -70,7 +70,7 @@ import os
 import time
 from typing import Any, ClassVar
 
-from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, str_option
+from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, path_option, str_option
 from pylogd.sql import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IO_TIMEOUT,
@@ -128,8 +128,8 @@ class Mysql(SqlOutput):
             str_option("user", None, "user name", mandatory=True),
             str_option("pass", "", 'password; "" takes it from pass_file or PYLOGD_<ID>_PASS', mandatory=True),
             int_option("port", 0, "server port (0: 3306)", min=0, max=65535),
-            str_option("socket", "", f"the unix socket for host=localhost (default {DEFAULT_SOCKET})"),
-            str_option("pass_file", "", "a file whose first line is the password"),
+            path_option("socket", "", f"the unix socket for host=localhost (default {DEFAULT_SOCKET})"),
+            path_option("pass_file", "", "a file whose first line is the password"),
             io_timeout_option(),
         ),
         wildcard_inputs=True,

@@ -67,7 +67,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from pylogd.plugin import Kind, PluginSpec, int_option, str_option
+from pylogd.plugin import Kind, PluginSpec, int_option, path_option, str_option
 from pylogd.sql import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IO_TIMEOUT,
@@ -115,7 +115,7 @@ class Pgsql(SqlOutput):
             int_option("port", 0, "server port (0: 5432)", min=0, max=65535),
             str_option("schema", "public", "the schema of the table"),
             str_option("connstring", "", "a libpq connection string, used instead of db, host, port and user"),
-            str_option("pass_file", "", "a file whose first line is the password"),
+            path_option("pass_file", "", "a file whose first line is the password"),
             io_timeout_option(),
         ),
         wildcard_inputs=True,
