@@ -40,6 +40,7 @@ COUNTERS = frozenset(
         "answered",
         "refused",
         "timed_out",
+        "resent",
     }
 )
 #: per stack, the columns of the table (the JSON has every counter)

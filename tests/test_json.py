@@ -35,6 +35,7 @@ from test_compat_ulogd import (  # noqa: F401  (pair: a fixture)
 from test_nfct_compat import CT_RULES, NEW_KEYS, traffic
 
 from pylogd.config import parse_ini
+from pylogd.control import request
 from pylogd.keys import KeyType
 from pylogd.log import Logger
 from pylogd.plugin import Slots, key
@@ -849,3 +850,80 @@ def test_the_input_makes_no_key_ulogds_fields_never_write(fields: str, made: boo
     assert (nflog.out("raw.mac") in reads) is made
     assert (base.out("ip.saddr") in reads) is made
     assert base.out("ip.ttl") in reads and nflog.out("oob.prefix") in reads
+
+
+class OneLineCollector:
+    """A collector that accepts, reads exactly one line (a byte at a time, so nothing more leaves the
+    socket), closes, and accepts again: everything else pylogd had sent is discarded by the kernel."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines: list[bytes] = []
+        self.connections = 0
+        self._stop = threading.Event()
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(path)
+        self._server.listen(8)
+        self._server.settimeout(0.1)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            with conn:
+                conn.settimeout(0.1)
+                line = b""
+                while not line.endswith(b"\n") and not self._stop.is_set():
+                    try:
+                        byte = conn.recv(1)
+                    except TimeoutError:
+                        continue
+                    if not byte:
+                        break
+                    line += byte
+                if line.endswith(b"\n"):
+                    self.lines.append(line)
+
+    def numbers(self) -> list[int]:
+        return [json.loads(x)["test.n"] for x in self.lines]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._server.close()
+
+
+def test_unix_collector_closing_after_every_line_gets_every_line(tmp_path: Path, daemons: list[Daemon]) -> None:
+    path = str(tmp_path / "collector.sock")
+    collector = OneLineCollector(path)
+    control = tmp_path / "ctl.sock"
+    d = Daemon(
+        tmp_path,
+        ["in1:PIPEIN,j1:JSON"],
+        f'[j1]\nmode=unix\nfile="{path}"\ntimestamp=0\n',
+        ["--control-socket", str(control)],
+    )
+    daemons.append(d)
+    d.start()
+    try:
+        d.send(*({"test.n": n} for n in range(2000)))
+        wait_for(lambda: len(set(collector.numbers())) == 2000, timeout=600, what="every line at least once")
+        numbers = collector.numbers()
+        first_arrivals = list(dict.fromkeys(numbers))
+        assert first_arrivals == list(range(2000))  # each line first arrived in order
+        doc = request(str(control), timeout=30)
+        (stack,) = doc["stacks"]
+        (j1,) = [p for p in doc["plugins"] if p["id"] == "j1"]
+        assert (stack["written"], stack["dropped"], stack["pending"]) == (2000, 0, 0)
+        assert j1["lost"] == 0
+        assert len(numbers) - 2000 <= j1["resent"]  # every second arrival is a line sent again
+        assert j1["connects"] >= 2000
+    finally:
+        collector.stop()
+    assert d.stop() == 0
+    assert " lost " not in read(d.log)
