@@ -115,9 +115,9 @@ GLOBAL_OPTIONS = (
     path_option(
         "spool_dir",
         None,
-        "where an output's entries go on disk once its memory backlog is full while writes fail (a directory "
-        "per output and stack is made in it); they are written, in order, once the output works again, also "
-        "after a restart. Unset: past the memory backlog entries are dropped (counted and logged)",
+        "where what an output has not written waits on disk once a write failed or it waited a second (a "
+        "directory per output and stack is made in it): written, in order, once the output works again, also "
+        "after a restart or kill -9. Unset: it waits in memory, and past that bound is dropped (counted, logged)",
     ),
     int_option(
         "realtime",
