@@ -104,7 +104,7 @@ from typing import Any
 
 from pylogd.files import FileOutput, sync_option, write_all
 from pylogd.keys import INTEGER_TYPES, Key, KeyType
-from pylogd.log import ERROR
+from pylogd.log import ERROR, NOTICE
 from pylogd.loop import EventLoop
 from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, path_option, str_option
 
@@ -1077,8 +1077,8 @@ class Json(FileOutput):
                 f"{self.id}: {self._peer()} closed the connection with lines unread; "
                 f"sending the {len(self._resend)} lines it may not have read again",
             )
-        else:
-            self.log.notice(f"{self.id}: {self._peer()} closed the connection; reconnecting")
+        else:  # a collector that closes after each line must not fill the log
+            self.log.every(10, NOTICE, "closed", f"{self.id}: {self._peer()} closed the connection; reconnecting")
         self._inflight.clear()
         self._inflight_bytes = 0
 
