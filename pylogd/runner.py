@@ -432,13 +432,24 @@ class OutputRunner:
 
     def _save_progress(self) -> None:
         """The spool's read position (and a transaction in doubt) on disk, after a chunk is written."""
+        if self.spool is not None:
+            doubt = self.channel.durable_doubt() if self.channel is not None else None
+            self._write_progress(doubt, "the spool's read position", "the last chunks written may be written again")
+
+    def _keep_doubt(self, record: dict) -> None:
+        """An SQL output's transaction is about to COMMIT: its record goes on disk first, so a crash
+        before the answer leaves the next start a question to ask the server rather than a guess.  A
+        full or read-only disk must not stop a database that works: COMMIT goes ahead all the same."""
+        self._write_progress(
+            record, "the record of a transaction", f"its {record.get('rows')} rows may be written twice", always=True
+        )
+
+    def _write_progress(self, doubt: dict | None, what: str, risk: str, always: bool = False) -> None:
         spool = self.spool
-        if spool is None:
-            return
-        doubt = self.channel.durable_doubt() if self.channel is not None else None
+        assert spool is not None
         with self._progress_lock:
             with self._lock:
-                if spool.progress_saved(doubt):
+                if not always and spool.progress_saved(doubt):
                     return
                 progress = spool.progress(doubt)
             try:
@@ -447,29 +458,8 @@ class OutputRunner:
                 self.log.every(
                     10,
                     ERROR,
-                    "progress",
-                    f"{self.name}: cannot keep the spool's read position in {spool.directory} ({exc.strerror}); "
-                    "after a crash the last chunks written may be written again",
-                )
-
-    def _keep_doubt(self, record: dict) -> None:
-        """An SQL output's transaction is about to COMMIT: its record goes on disk first, so a crash
-        before the answer leaves the next start a question to ask the server rather than a guess."""
-        spool = self.spool
-        assert spool is not None
-        with self._progress_lock:
-            with self._lock:
-                progress = spool.progress(record)
-            try:
-                spool.save_progress(progress)
-            except OSError as exc:
-                # a full or read-only disk must not stop a database that works: COMMIT goes ahead
-                self.log.every(
-                    10,
-                    ERROR,
-                    "doubt",
-                    f"{self.name}: cannot keep the record of a transaction in {spool.directory} ({exc.strerror}); "
-                    f"a crash before its COMMIT answers may write its {record.get('rows')} rows twice",
+                    what,
+                    f"{self.name}: cannot keep {what} in {spool.directory} ({exc.strerror}); after a crash {risk}",
                 )
 
     def _set_aside(self, exc: RejectedEntries) -> None:

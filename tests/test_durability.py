@@ -121,6 +121,17 @@ def up(fwd: TcpForwarder) -> None:
         fwd.up()
 
 
+def finish(d: PipeDaemon, db: Db, sent: int) -> None:
+    """The database back for good: events 1..sent are written exactly once, in order, and no daemon
+    ended in a traceback."""
+    up(db.fwd)
+    wait_for(lambda: db.count() >= sent, timeout=120, what=f"{sent} rows")
+    time.sleep(0.5)  # anything written twice would arrive by now
+    assert d.stop() == 0
+    no_traceback(d)
+    exactly_once(db, range(1, sent + 1))
+
+
 def spool_daemon(db: Db, tmp: Path, iid: str, args: list[str] | None = None) -> tuple[PipeDaemon, Path]:
     control = tmp / "control.sock"
     d = PipeDaemon(
@@ -159,14 +170,10 @@ def test_kill_9_while_the_database_is_down_loses_nothing_accepted(db: Db, tmp_pa
             kill9(d)
             d.start()
             this_run = 0
-        db.fwd.up()
-        wait_for(lambda: db.count() >= sent, timeout=60, what=f"{sent} rows")
-        assert d.stop() == 0
+        finish(d, db, sent)
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.stop()
-    no_traceback(d)
-    exactly_once(db, range(1, sent + 1))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,15 +205,10 @@ def test_seeded_kills_during_writing_and_write_back_write_every_event_once(db: D
             time.sleep(rng.uniform(0, 0.4))
             kill9(d)
             d.start()
-        up(db.fwd)
-        wait_for(lambda: db.count() >= sent, timeout=120, what=f"{sent} rows")
-        time.sleep(0.5)
-        assert d.stop() == 0
+        finish(d, db, sent)
     finally:
         if d.proc is not None and d.proc.poll() is None:
             d.stop()
-    no_traceback(d)
-    exactly_once(db, range(1, sent + 1))
 
 
 # ------------------------------------------------------------------------------------------------
