@@ -174,7 +174,8 @@ class OutputRunner:
         if self._waiting():
             self._accept(batch)
             batch.clear()
-            self.retry()
+            if time.monotonic() >= self._next_try:  # the spool is synced by the timer, not per batch
+                self._work_off()
             return
         n = len(batch)
         try:
