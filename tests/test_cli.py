@@ -170,7 +170,8 @@ def test_info_text_gives_each_options_help(capsys):
     assert main(["-i", "LOGEMU"]) == 0
     lines = capsys.readouterr().out.splitlines()
     at = lines.index("\tVar: file (String, Default: /var/log/ulogd_syslogemu.log)")
-    assert lines[at + 1] == "\t\tfile to append the lines to; a relative path is taken from the working directory at start"
+    help_line = "\t\tfile to append the lines to; a relative path is taken from the working directory at start"
+    assert lines[at + 1] == help_line
 
 
 @pytest.mark.parametrize("command", [["-i", "JSON"], ["--check", "-c", "etc/pylogd.conf"], ["doctor", "--no-config"]])

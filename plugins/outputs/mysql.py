@@ -27,14 +27,16 @@ when that is empty, the first line of the file ``pass_file``, else the environme
 Rows are written from a worker thread in batches (up to 5000 rows), one transaction each, the values
 bound as parameters (a table takes each batch as one multi-row INSERT; a function's calls go a
 thousand to a ``DO`` statement, each value escaped by the driver). The server need not be up at
-start; while it is away (stopped, restarted, connections killed) rows wait in the stack's backlog
-(``backlog_memcap`` bytes, if set) and are written once, in order, after reconnecting with back-off.
+start; while it is away (stopped, restarted, connections killed) rows wait (in memory,
+``backlog_memcap`` bytes if set, or in ``[global] spool_dir``) and are written once, in order, after
+reconnecting with back-off.
 Each batch is an XA transaction: when a connection is lost around COMMIT, XA RECOVER tells after
 reconnecting whether the batch was prepared (it is then committed) or not (it is written again), so
 no row is lost or written twice; a batch prepared by a pylogd that was killed before committing it
-is committed by the next start, and with ``[global] spool_dir`` the batch's record (``in-
-doubt.json`` in the output's spool directory, kept from XA PREPARE until COMMIT answered) lets that
-start tell whether the batch the spool gives it again was committed. A server that leaves a read or
+is committed by the next start, and for rows read back from ``[global] spool_dir`` the batch's
+record (in the spool's progress with the position of its first row, kept from before XA PREPARE)
+lets that start tell whether the batch the spool gives it again was committed; each stack keeps its
+own record, also when stacks share the output. A server that leaves a read or
 write unanswered for ``io_timeout`` seconds (0: 60) loses the connection; the rows wait and go
 again. A row the server refuses (a CHECK constraint, a value out of range in strict mode) is logged
 and set aside and the others are written. When the server is up at start, an unknown database or

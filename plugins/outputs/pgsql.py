@@ -29,18 +29,20 @@ which takes a third of the time and a tenth of the CPU; a function (ulogd's INSE
 takes a batch as one prepared statement, ``SELECT count(f(a0, ...)) FROM unnest($1::type[], ...)``,
 one array per argument, so the server calls it on every row in order without a round trip per row.
 The server need not be up at start; while it is away (stopped, restarted, connections killed) rows
-wait in the stack's backlog (``backlog_memcap`` bytes, if set) and are written once, in order, after
-reconnecting with back-off. A transaction whose COMMIT was cut off is looked up by its id after
-reconnecting (``txid_status``), so it is neither lost nor written twice; with ``[global] spool_dir``
-its record is also on disk (``in-doubt.json`` in the output's spool directory, from just before
-COMMIT until it answered), so a pylogd stopped or killed meanwhile settles it at the next start
-before writing the spooled batch again. A server that has not finished a batch after ``io_timeout``
-seconds (0: 60; stopped, swapped out, a network that drops everything) loses the connection: the
-rows wait and go again, and a transaction still open on the old server process is ended and settled
-first. A row the server refuses (a constraint, a value out of range) is logged and set aside and the
-others are written. When the server is up at start, a missing table, schema, function, database or
-user, a wrong password, or a column no key of the stack fills, refuses the start naming it. SIGHUP
-reconnects.
+wait (in memory, ``backlog_memcap`` bytes if set, or in ``[global] spool_dir``) and are written once,
+in order, after reconnecting with back-off. A transaction whose COMMIT was cut off is looked up by its
+id after reconnecting (``txid_status``), so it is neither lost nor written twice; for rows read back
+from the spool its record is on disk too (in the spool's progress, with the position of its first
+row, from just before COMMIT), so a pylogd killed meanwhile settles it at the next start before
+writing the spooled batch again. Each stack keeps its own record, also when stacks share the output;
+a record that cannot be settled (damaged, or a transaction the server no longer knows or calls in the
+future) is logged and its rows written again rather than blocking the rows behind it. A server that
+has not finished a batch after ``io_timeout`` seconds (0: 60; stopped, swapped out, a network that
+drops everything) loses the connection: the rows wait and go again, and a transaction still open on
+the old server process is ended and settled first. A row the server refuses (a constraint, a value
+out of range) is logged and set aside and the others are written. When the server is up at start, a
+missing table, schema, function, database or user, a wrong password, or a column no key of the stack
+fills, refuses the start naming it. SIGHUP reconnects.
 
 Differences from ulogd 2.0.8
 ----------------------------
