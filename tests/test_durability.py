@@ -211,6 +211,31 @@ def test_seeded_kills_during_writing_and_write_back_write_every_event_once(db: D
             d.stop()
 
 
+def test_kill_9_during_the_write_back_writes_nothing_twice(db: Db, tmp_path: Path) -> None:
+    """30,000 entries spooled while the database was away; it is back, and pylogd is killed (-9) three
+    times while it writes them back: each row once (before: the read position moved once per record, and
+    three kills wrote 8,000 to 12,000 rows again)."""
+    d, _ = spool_daemon(db, tmp_path, "out7")
+    db.fwd.up()
+    d.start()
+    db.fwd.down()
+    sent = 30_000
+    d.send(range(1, sent + 1))
+    assert d.stop() == 0  # what waits goes to the spool at exit
+    db.fwd.up()
+    try:
+        for _ in range(3):
+            before = db.count()
+            d.start()
+            wait_for(lambda b=before: db.count() > b, timeout=30, what="the write-back under way")
+            kill9(d)
+        d.start()
+        finish(d, db, sent)
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+
+
 # ------------------------------------------------------------------------------------------------
 # item 9 with a real server: a damaged spool costs its damaged records only, counted
 
