@@ -377,6 +377,9 @@ class OutputRunner:
                     self._failed(exc)
                     if self.spool is not None and backlog and not self._from_spool:
                         self._spill_backlog()  # kept on disk while the output is away
+                    elif self._from_spool and self.channel is not None:
+                        # spilled while this write was under way: its transaction in doubt is at the head
+                        self.channel.place(self.spool.position())  # type: ignore[union-attr]
                 self._save_progress()
                 return False
             with lock:
