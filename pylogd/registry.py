@@ -73,6 +73,13 @@ class Registry:
         cls = self.get(name)
         if cls is not None:
             return cls
+        if name == "ULOG":
+            raise ConfigError(
+                loc,
+                '"ULOG" reads ipt_ULOG, which Linux removed in 3.17',
+                "use NFLOG: log1:NFLOG in the stack, [log1] group=1, and rules that log to group 1 "
+                "(iptables -j NFLOG --nflog-group 1, or nft log group 1)",
+            )
         shown = clip(name)
         named = f" (named by the plugin= line at {self.unavailable[name]})" if name in self.unavailable else ""
         kind = ULOGD_PLUGINS.get(name)

@@ -547,6 +547,15 @@ def test_ulogd_plugin_pylogd_lacks_is_not_a_typo(tmp_path, plugin, kind):
     assert "did you mean" not in err
 
 
+def test_ulog_is_refused_with_the_nflog_section_to_use_instead(tmp_path):
+    """ulogd 2.0.8 still ships ULOG, for a kernel target Linux 3.17 removed: say so, and what replaces it."""
+    text = nflog_conf(tmp_path).replace("log1:NFLOG", "u1:ULOG")
+    status, err = check(tmp_path, text)
+    assert status == 1
+    assert '"ULOG" reads ipt_ULOG, which Linux removed in 3.17; use NFLOG: log1:NFLOG in the stack' in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_ulogd_plugins_pylogd_has_are_not_reported_missing():
     from pylogd.registry import ULOGD_PLUGINS, Registry
 
