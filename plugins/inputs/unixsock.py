@@ -134,7 +134,9 @@ class UnixSock(Input):
         "prefix, interfaces, time, NuFW user and application).",
         options=(
             path_option("socket_path", "/var/run/ulogd/ulogd2.sock", "the socket clients connect to"),
-            int_option("bufsize", 0, "the largest frame taken, in bytes (0: the socket's receive buffer)", min=0),
+            int_option(
+                "bufsize", 0, "the largest frame taken, in bytes (0: the socket's receive buffer)", min=0, max=INT_MAX
+            ),
             int_option("perms", 0o600, "the socket's mode (0600: its owner only)", min=0, max=0o7777),
             str_option("owner", "", "the socket's owner (a user name)"),
             str_option("group", "", "the socket's group (a group name)"),
@@ -187,8 +189,6 @@ class UnixSock(Input):
         o = self.options
         if len(os.fsencode(o["socket_path"])) >= 108:
             raise PluginError("socket_path is longer than a unix socket path may be (107 bytes)", "socket_path")
-        if o["bufsize"] > INT_MAX:
-            raise PluginError("bufsize is too large", "bufsize")
         if o["owner"]:
             try:
                 self._uid = pwd.getpwnam(o["owner"]).pw_uid
