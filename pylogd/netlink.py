@@ -9,7 +9,8 @@
 * :class:`NetlinkSocket`: the receive buffer, its growth after losses, closing.
 
 The decoders of :mod:`pylogd.nflog` and :mod:`pylogd.conntrack` inline the message walk for
-speed; what both sockets do alike (receive buffer, read-ahead, closing) lives here once.
+speed; what both sockets do alike (receive buffer, read-ahead, closing) lives here once.  Nothing
+here knows of plugins: the inputs built on these sockets share :mod:`pylogd.netlink_input`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Self
 
-from .config import INT_MAX
-from .plugin import Option, int_option
-
 __all__ = [
     "BACKLOG_SIZE",
     "CLONE_NEWNET",
@@ -41,13 +39,11 @@ __all__ = [
     "DatagramRing",
     "NetlinkError",
     "NetlinkSocket",
-    "backlog_option",
     "iter_messages",
     "netns_context",
     "netns_path",
     "nla",
     "nlmsg_error",
-    "rcvbuf_options",
     "set_rcvbuf",
 ]
 
@@ -591,38 +587,3 @@ class NetlinkSocket:
 DEFAULT_RCVBUF = 16 << 20
 #: how far that default grows after overruns when the config names no netlink_socket_buffer_maxsize
 DEFAULT_RCVBUF_MAX = 64 << 20
-
-
-def rcvbuf_options() -> tuple[Option, Option]:
-    """The receive-buffer options of ulogd's netlink inputs (NFLOG, NFCT), declared once.
-    SO_RCVBUF takes a C int."""
-    return (
-        int_option(
-            "netlink_socket_buffer_size",
-            0,
-            f"socket receive buffer in bytes (0: pylogd's default, {DEFAULT_RCVBUF >> 20} MiB, set with "
-            "SO_RCVBUFFORCE; ulogd's 0 left the kernel's ~208 KiB)",
-            min=0,
-            max=INT_MAX,
-        ),
-        int_option(
-            "netlink_socket_buffer_maxsize",
-            0,
-            "on losses, double the buffer up to this (0: never; with pylogd's default size, up to "
-            f"{DEFAULT_RCVBUF_MAX >> 20} MiB)",
-            min=0,
-            max=INT_MAX,
-        ),
-    )
-
-
-def backlog_option() -> Option:
-    """pylogd's read-ahead option of the netlink inputs.  The ring is address space, resident only
-    while a burst fills it, but the kernel refuses to map much more than the machine's memory."""
-    return int_option(
-        "netlink_backlog_size",
-        BACKLOG_SIZE,
-        "bytes of userspace read-ahead: bursts leave the kernel buffer at recv() speed",
-        min=1 << 20,
-        max=1 << 30,
-    )

@@ -126,8 +126,9 @@ from pylogd.conntrack import (
 from pylogd.keys import KeyType
 from pylogd.log import NOTICE
 from pylogd.loop import BacklogReader, EventLoop
-from pylogd.netlink import DEFAULT_RCVBUF, NLA, NLA_TYPE_MASK, NetlinkError, backlog_option, rcvbuf_options
-from pylogd.plugin import Input, Kind, PluginError, PluginSpec, int_option, key, str_option
+from pylogd.netlink import DEFAULT_RCVBUF, NLA, NLA_TYPE_MASK, NetlinkError, NetlinkSocket
+from pylogd.netlink_input import NetlinkInput, backlog_option, netns_option, rcvbuf_options
+from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, key, str_option
 
 #: the longest timer, in seconds: the loop's epoll timeout is a C int of milliseconds (24.8 days)
 MAX_TIMER = 24 * 86400
@@ -493,7 +494,7 @@ def _make_fused(
     return emit_shape
 
 
-class Nfct(Input):
+class Nfct(NetlinkInput):
     spec = PluginSpec(
         name="NFCT",
         kind=Kind.INPUT,
@@ -513,7 +514,7 @@ class Nfct(Input):
             str_option("accept_src_filter", "", "comma list of [!]addr/len on the original source"),
             str_option("accept_dst_filter", "", "comma list of [!]addr/len on the original destination"),
             str_option("accept_proto_filter", "", "comma list of [!]protocol names (tcp,udp,icmp,...)"),
-            str_option("netns", None, "read the conntrack table of this network namespace (name or path)"),
+            netns_option("the conntrack table"),
         ),
         outputs=_OUTPUTS,
         section_required=True,
@@ -521,6 +522,9 @@ class Nfct(Input):
 
     sock: CtSocket | None = None
     _resync_timer = None
+    _unit = "events"
+    _overrun_remedy = ", or reliable=1"
+    _error_level = NOTICE
 
     def configure(self) -> None:
         o = self.options
@@ -584,8 +588,7 @@ class Nfct(Input):
             self.log.notice("NFCT reliable logging has been enabled.")
         mode = "hash mode (flows kept until they end)" if self.hash else "event mode"
         self.log.notice(f"NFCT plugin working in {mode}")
-        self._reader = self._make_reader()
-        loop.add_reader(self.sock.fileno(), self._reader)
+        self._listen(loop, self.sock)
 
     def _attach_filter(self) -> None:
         """Filter events in the kernel where it can; userspace checks every event either way."""
@@ -735,7 +738,7 @@ class Nfct(Input):
             handled = drain_all()
             flush()
             if (sock.enobufs, sock.errors) != self._reported:
-                self._on_trouble()
+                self._report()
             return handled
 
         return BacklogReader(self.loop, work, lambda: sock.backlog)
@@ -858,19 +861,10 @@ class Nfct(Input):
             return
         self.log.info(f"resynchronised with the conntrack table: {n} flows ended during the loss")
 
-    def _on_trouble(self) -> None:
-        sock = self.sock
-        assert sock is not None
-        enobufs, errors = self._reported
-        o = self.options
-        if sock.enobufs != enobufs:
-            advice = sock.overrun_advice(", or reliable=1")
-            self.log.every(10, NOTICE, "enobufs", f"We are losing events ({sock.enobufs} overruns so far): {advice}")
-            if self.hash and self._resync_timer is None:
-                self._resync_timer = self.loop.call_later(o["netlink_resync_timeout"], self._resync)
-        if sock.errors != errors:
-            self.log.every(10, NOTICE, "errors", f"netlink errors: {sock.errors} (last: {sock.last_error})")
-        self._reported = (sock.enobufs, sock.errors)
+    def _on_overrun(self, sock: NetlinkSocket) -> None:
+        super()._on_overrun(sock)
+        if self.hash and self._resync_timer is None:
+            self._resync_timer = self.loop.call_later(self.options["netlink_resync_timeout"], self._resync)
 
     # -- signals, statistics, stop --------------------------------------------------------------
 
@@ -898,10 +892,7 @@ class Nfct(Input):
         return None
 
     def statistics(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        sock = self.sock
-        if sock is not None:
-            out.update(received=sock.received, enobufs=sock.enobufs, backlog_max=sock.backlog_max)
+        out = super().statistics()
         out.update(self.stats)
         out["hash_entries"] = len(self.table)
         return out
@@ -910,11 +901,4 @@ class Nfct(Input):
         if self._resync_timer is not None:
             self._resync_timer.cancel()
             self._resync_timer = None
-        sock = self.sock
-        if sock is None or sock.closed:
-            return
-        self.loop.remove_reader(sock.fileno())
-        self._reader.finish()  # what was read ahead, and what the kernel still holds, is written
-        if sock.backlog:
-            self.log.error(f"NFCT: {sock.backlog} events read but not decoded at exit")
-        sock.close()
+        super().stop()

@@ -42,9 +42,10 @@ from __future__ import annotations
 
 from pylogd.config import INT_MAX, U16_MAX, U32_MAX
 from pylogd.keys import KeyType
-from pylogd.log import ERROR, NOTICE
+from pylogd.log import ERROR
 from pylogd.loop import BacklogReader, EventLoop
-from pylogd.netlink import DEFAULT_RCVBUF, backlog_option, rcvbuf_options
+from pylogd.netlink import DEFAULT_RCVBUF, NetlinkSocket
+from pylogd.netlink_input import NetlinkInput, backlog_option, netns_option, rcvbuf_options
 from pylogd.nflog import (
     COPY_MODES,
     F_CT,
@@ -82,7 +83,7 @@ from pylogd.nflog import (
     NflogSocket,
     WithHwHeader,
 )
-from pylogd.plugin import Input, Kind, PluginError, PluginSpec, int_option, key, str_option
+from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, key, str_option
 
 NLBUFSIZ = 65536
 
@@ -143,7 +144,7 @@ _KEYS = (
 _OUTPUTS = tuple(k for k, _source in _KEYS)
 
 
-class Nflog(Input):
+class Nflog(NetlinkInput):
     spec = PluginSpec(
         name="NFLOG",
         kind=Kind.INPUT,
@@ -184,12 +185,13 @@ class Nflog(Input):
             ),
             str_option("copy_mode", "packet", "none, meta (no payload) or packet", choices=tuple(COPY_MODES)),
             int_option("copy_range", 0xFFFF, "bytes of each packet to copy in packet mode", min=0, max=U16_MAX),
-            str_option("netns", None, "read the log of this network namespace: a name under /run/netns, or a path"),
+            netns_option("the log"),
         ),
         outputs=_OUTPUTS,
     )
 
     sock: NflogSocket | None = None
+    _watched = ("enobufs", "truncated", "errors")
 
     def configure(self) -> None:
         o = self.options
@@ -258,10 +260,7 @@ class Nflog(Input):
             self.log.error(f"unable to set flags 0x{self.flags:x}: {failures['flags'].strerror}{kept}")
         if "nlbufsiz" in failures:
             self.log.info(f"kernel batch buffer of {nlbufsiz} bytes refused: {failures['nlbufsiz'].strerror}")
-        self.loop = loop
-        self._reported = (0, 0, 0)
-        self._readable = self._make_reader()
-        loop.add_reader(sock.fileno(), self._readable)
+        self._listen(loop, sock)
         where = f" in network namespace {o['netns']}" if o["netns"] else ""
         self.log.info(f"listening to NFLOG group {group}{where} (netlink port id {sock.portid})")
 
@@ -296,48 +295,16 @@ class Nflog(Input):
 
         return BacklogReader(self.loop, work, lambda: sock.backlog)
 
-    def _report(self) -> None:
-        """Log what went wrong since the last report, at most every 10 s per kind of trouble."""
-        sock = self.sock
-        assert sock is not None
-        enobufs, truncated, errors = self._reported
-        o = self.options
-        if sock.enobufs != enobufs:
-            lost = f", {sock.lost} packets lost by sequence count" if o["seq_local"] else ""
-            advice = sock.overrun_advice()
-            self.log.every(
-                10, NOTICE, "enobufs", f"We are losing events ({sock.enobufs} buffer overruns so far{lost}): {advice}"
-            )
-        if sock.truncated != truncated:
-            self.log.every(
-                10,
-                ERROR,
-                "truncated",
-                f"{sock.truncated} datagrams were larger than bufsize={o['bufsize']}: raise bufsize",
-            )
-        if sock.errors != errors:
-            self.log.every(10, ERROR, "errors", f"netlink errors: {sock.errors} (last: {sock.last_error})")
-        self._reported = (sock.enobufs, sock.truncated, sock.errors)
+    def _lost_detail(self, sock: NetlinkSocket) -> str:
+        return f", {sock.lost} packets lost by sequence count" if self.options["seq_local"] else ""
 
-    def statistics(self) -> dict[str, int]:
-        sock = self.sock
-        if sock is None:
-            return {}
-        return {
-            "received": sock.received,
-            "enobufs": sock.enobufs,
-            "lost": sock.lost,
-            "rcvbuf": sock.rcvbuf,
-            "truncated": sock.truncated,
-            "backlog_max": sock.backlog_max,
-        }
+    def _on_truncated(self, sock: NetlinkSocket) -> None:
+        self.log.every(
+            10,
+            ERROR,
+            "truncated",
+            f"{sock.truncated} datagrams were larger than bufsize={self.options['bufsize']}: raise bufsize",
+        )
 
-    def stop(self) -> None:
-        sock = self.sock
-        if sock is None or sock.closed:
-            return
-        self.loop.remove_reader(sock.fileno())
-        self._readable.finish()  # what was read ahead, and what the kernel still holds, is written
-        if sock.backlog:
-            self.log.error(f"NFLOG: {sock.backlog} datagrams read but not decoded at exit")
-        sock.close()  # the counters stay readable for the final statistics
+    def _socket_statistics(self, sock: NetlinkSocket) -> dict[str, int]:
+        return {"lost": sock.lost, "rcvbuf": sock.rcvbuf, "truncated": sock.truncated}
