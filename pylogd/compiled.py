@@ -26,6 +26,7 @@ HOT_MODULES = {
     "pylogd.conntrack": "pylogd/conntrack.py",
     "pylogd.loop": "pylogd/loop.py",
     "pylogd.runner": "pylogd/runner.py",
+    "pylogd.transport": "pylogd/transport.py",
     "pylogd.plugins.inputs.nflog": "plugins/inputs/nflog.py",
     "pylogd.plugins.inputs.nfct": "plugins/inputs/nfct.py",
     "pylogd.plugins.filters.base": "plugins/filters/base.py",

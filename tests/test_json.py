@@ -34,6 +34,7 @@ from test_compat_ulogd import (  # noqa: F401  (pair: a fixture)
 )
 from test_nfct_compat import CT_RULES, NEW_KEYS, traffic
 
+from pylogd import transport
 from pylogd.config import parse_ini
 from pylogd.control import request
 from pylogd.keys import KeyType
@@ -470,23 +471,29 @@ def socket_output(mode: str = "tcp") -> jsonout.Json:
     return out
 
 
+def link(out: jsonout.Json) -> transport.Transport:
+    """The transport a socket mode writes through (the socket code is pylogd.transport's)."""
+    assert out.transport is not None
+    return out.transport
+
+
 @pytest.mark.parametrize("cut", [0, 5, 9, 10, 14, 25, 29])
 def test_a_failed_send_keeps_the_lines_not_sent_whole(monkeypatch: pytest.MonkeyPatch, cut: int) -> None:
     out = socket_output()
     assert out.blocking  # the runner writes it from a worker thread
-    monkeypatch.setattr(jsonout, "_peer_gone", lambda sock: False)
+    monkeypatch.setattr(transport, "_peer_gone", lambda sock: False)
     entries = [b"line one\n", b"line two!\n", b"line three\n"]  # 9, 10, 11 bytes
     broken = Breaking(cut)
-    out.sock = broken  # type: ignore[assignment]
+    link(out).sock = broken  # type: ignore[assignment]
     left = list(entries)
     with pytest.raises(OSError):
         out.write(left)
     sent_whole = [e for e, end in zip(entries, (9, 19, 30), strict=True) if end <= cut]
     assert left == entries[len(sent_whole) :]  # the cut line stays whole: it goes again on a new connection
-    assert out.sock is None  # and a new connection it is
+    assert link(out).sock is None  # and a new connection it is
     assert broken.data == b"".join(entries)[:cut]
     retry = Breaking(1000)
-    monkeypatch.setattr(out, "_connect", lambda: retry)
+    monkeypatch.setattr(link(out), "_connect", lambda: retry)
     out.write(left)  # the runner's retry: the rest, each line whole
     assert retry.data == b"".join(entries[len(sent_whole) :])
 
@@ -499,7 +506,7 @@ def test_datagrams_too_big_are_dropped_and_counted(monkeypatch: pytest.MonkeyPat
         out.configure()
         entries = [b"a\n", b"x" * 70000 + b"\n", b"b\n"]
         out.write(entries)
-        assert entries == [] and out.oversized == 1 and out.statistics()["oversized"] == 1
+        assert entries == [] and link(out).oversized == 1 and out.statistics()["oversized"] == 1
         rx.settimeout(2)
         assert [rx.recv(100), rx.recv(100)] == [b"a\n", b"b\n"]
         out.stop()
@@ -508,7 +515,7 @@ def test_datagrams_too_big_are_dropped_and_counted(monkeypatch: pytest.MonkeyPat
 def test_stop_wakes_a_write_blocked_on_a_collector_that_reads_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     out = socket_output("unix")
     ours, theirs = socket.socketpair()
-    monkeypatch.setattr(out, "_connect", lambda: ours)
+    monkeypatch.setattr(link(out), "_connect", lambda: ours)
     errors: list[BaseException] = []
 
     def writer() -> None:
@@ -525,7 +532,7 @@ def test_stop_wakes_a_write_blocked_on_a_collector_that_reads_nothing(monkeypatc
     out.stop()
     worker.join(5)
     assert not worker.is_alive() and time.monotonic() - started < 5
-    assert errors and out.sock is None
+    assert errors and link(out).sock is None
     theirs.close()
 
 

@@ -49,7 +49,8 @@ in ``netfilter`` under ulogd's SQL column name (dots become underscores): ``netf
 There booleans are true/false and addresses text.
 
 Modes: ``file`` appends to ``file`` (SIGHUP reopens it).  ``tcp`` and ``unix`` (``file`` is then
-the socket's path) send a stream of lines; ``udp`` sends each line as one datagram.  Sockets are
+the socket's path) send a stream of lines; ``udp`` sends each line as one datagram, through
+pylogd.transport, whose docstring states what each mode guarantees.  Sockets are
 written from a worker thread, connected when there is something to send, and reconnected after
 an error or SIGHUP; while the collector is away the lines wait in the stack's backlog and go out,
 each once and in order, when it is back.  A line that was only partly sent when a connection
@@ -86,17 +87,8 @@ Differences from ulogd 2.0.8
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import errno
-import fcntl
-import os
 import re
-import select
 import socket
-import struct
-import termios
-import threading
 import time
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring
@@ -104,18 +96,12 @@ from typing import Any
 
 from pylogd.files import FileOutput, sync_option, write_all
 from pylogd.keys import INTEGER_TYPES, Key, KeyType
-from pylogd.log import ERROR, NOTICE
 from pylogd.loop import EventLoop
 from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, path_option, str_option
+from pylogd.transport import MODES as TRANSPORT_MODES
+from pylogd.transport import Transport, check_address, open_transport
 
-MODES = ("file", "tcp", "udp", "unix")
-UNIX_PATH_MAX = 108  # sun_path, the terminating NUL included
-CONNECT_TIMEOUT = 5.0
-#: a collector that takes no byte for this long is treated as gone: the connection is dropped
-SEND_TIMEOUT = 20.0
-#: unix mode, after a collector closed with lines unread: how long the first line sent again waits alone
-#: to be read before the rest follows it
-CAREFUL_WAIT = 5.0
+MODES = ("file", *TRANSPORT_MODES)
 ECS_VERSION = "8.11.0"
 #: this many keys in consecutive slots are skipped with one test when all are missing
 RUN = 4
@@ -799,21 +785,7 @@ class Json(FileOutput):
     def __init__(self, instance_id: str, options: dict[str, Any], log: Any) -> None:
         super().__init__(instance_id, options, log)
         self.mode = str(options["mode"]).lower()
-        self.sock: socket.socket | None = None
-        self._reconnect = False
-        self._lock = threading.Lock()  # the socket, between the worker and stop()/SIGHUP
-        self.oversized = 0
-        self.connects = 0
-        # unix mode: lines sent on this connection that the collector may not have read, oldest first
-        self._inflight: collections.deque[bytes] = collections.deque()
-        self._inflight_bytes = 0
-        self._resend: list[bytes] = []  # lines to send again, first, on the next connection
-        self._careful = False  # the next connection's first line goes alone and waits to be read
-        self._stopping = False
-        self._unread = threading.Event()  # set while lines may wait unread: the watcher looks at them
-        self._watcher: threading.Thread | None = None
-        self.resent = 0
-        self.lost = 0
+        self.transport: Transport | None = None  # the socket modes: where the lines go
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -829,33 +801,13 @@ class Json(FileOutput):
             return
         # a socket can block: its writes run in the runner's worker thread
         self.blocking = True  # type: ignore[misc]
-        if self.mode == "unix":
-            path = os.fsencode(o["file"])
-            if not path:
-                raise PluginError("mode unix needs the socket's path in file", option="file")
-            if len(path) >= UNIX_PATH_MAX:
-                raise PluginError(
-                    f"the unix socket path is {len(path)} bytes long; at most {UNIX_PATH_MAX - 1} fit", "file"
-                )
-            return
-        host, port = o["host"], o["port"]
-        if not host or len(host) > 253:
-            raise PluginError("host must be a host name or address of at most 253 characters", option="host")
-        if port.isdigit():
-            if not 1 <= int(port) <= 65535:
-                raise PluginError(f"port {port} is out of range (1 to 65535)", option="port")
-        else:
-            try:
-                socket.getservbyname(port, self.mode)
-            except OSError:
-                raise PluginError(f'port "{port}" is neither a number nor a {self.mode} service name', "port") from None
+        check_address(self.mode, o["host"], o["port"], o["file"], path_option="file")
+        self.transport = open_transport(
+            self.mode, host=o["host"], port=o["port"], path=o["file"], log=self.log, name=self.id
+        )
 
     def statistics(self) -> dict[str, int]:
-        if self.mode == "file":
-            return {}
-        if self.mode == "unix":
-            return {"connects": self.connects, "oversized": self.oversized, "resent": self.resent, "lost": self.lost}
-        return {"connects": self.connects, "oversized": self.oversized}
+        return {} if self.transport is None else self.transport.statistics()
 
     # -- the converter --------------------------------------------------------------------------
 
@@ -879,355 +831,19 @@ class Json(FileOutput):
         # must not keep the daemon from starting
 
     def reopen(self) -> None:
-        if self.mode == "file":
+        if self.transport is None:
             super().reopen()
         else:
-            self._reconnect = True
-            self.log.notice(f"{self.id}: reconnecting to {self._peer()} before the next write")
+            self.transport.reopen()
 
     def stop(self) -> None:
-        if self.mode == "file":
+        if self.transport is None:
             super().stop()
-            return
-        self._stopping = True
-        self._unread.set()  # the watcher sees _stopping and ends
-        sock = self.sock
-        if sock is not None:
-            # a worker still blocked in send() on a collector that takes nothing wakes up now
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        if self._lock.acquire(timeout=5):
-            try:
-                if self.mode == "unix":
-                    self._resend_at_stop()
-                self._close()
-            finally:
-                self._lock.release()
+        else:
+            self.transport.close()
 
     def write(self, entries: list) -> None:
-        if self.mode == "file":
+        if self.transport is None:
             write_all(self.fd, entries)
-            return
-        with self._lock:
-            if self._reconnect:
-                self._reconnect = False
-                self._close()  # our close: the collector still reads what it was sent
-                self._inflight.clear()
-                self._inflight_bytes = 0
-            if self.mode == "unix":
-                self._write_unix(entries)
-                if self._inflight:
-                    self._watch()
-                return
-            if self.sock is not None and self.mode != "udp" and _peer_gone(self.sock):
-                self.log.notice(f"{self.id}: {self._peer()} closed the connection; reconnecting")
-                self._close()
-            if self.sock is None:
-                self.sock = self._connect()
-            if self.mode == "udp":
-                self._send_datagrams(entries)
-            else:
-                self._send_stream(entries)
-
-    def _send_stream(self, entries: list) -> None:
-        assert self.sock is not None
-        data = memoryview(b"".join(entries))
-        sent = 0
-        try:
-            while sent < len(data):
-                sent += self.sock.send(data[sent:])
-        except OSError:
-            self._close()
-            # the lines sent whole are done; a line cut by the failure goes again whole on the next
-            # connection, where its first part would make no line
-            whole, done = 0, 0
-            for entry in entries:
-                if done + len(entry) > sent:
-                    break
-                done += len(entry)
-                whole += 1
-            del entries[:whole]
-            raise
-
-    # -- unix mode: at least once ------------------------------------------------------------
-
-    def _write_unix(self, entries: list) -> None:
-        """Send what must go again, then ``entries``; a collector that closes is reconnected at once as
-        long as each connection gets a line read (a careful connection that gets none raises: the runner
-        backs off)."""
-        while True:
-            if self._stopping:
-                raise OSError(errno.ESHUTDOWN, "stopping")
-            if self.sock is not None and (lossy := _unix_peer_closed(self.sock)) is not None:
-                self._connection_lost(lossy)
-            if not self._resend and not entries:
-                return
-            if self.sock is None:
-                self.sock = self._connect()
-            if self._careful and not self._first_line_read(entries):
-                if self.sock is not None:
-                    # alive but slow: the rest follows, the first line stays kept until it is read
-                    self._careful = False
-                else:
-                    raise OSError(errno.ECONNRESET, f"{self._peer()} closed the connection without reading")
-            if self.sock is None:
-                continue  # closed, once it had read the careful line: the next connection
-            try:
-                self._send_unix(entries)
-                return
-            except OSError as exc:
-                if self._stopping:
-                    raise
-                self._connection_lost(exc.errno != errno.EPIPE)
-
-    def _watch(self) -> None:
-        """Have the watcher thread follow the lines not read yet: a collector may close with them unread
-        while nothing else is written for a long time."""
-        self._unread.set()
-        if self._watcher is None:
-            self._watcher = threading.Thread(target=self._watching, name=f"unread-{self.id}", daemon=True)
-            self._watcher.start()
-
-    def _watching(self) -> None:
-        """While lines may be unread, look every few milliseconds (nothing wakes a sender when its data is
-        read) whether the collector read them or closed; after a close, send them again."""
-        step = 0.001
-        while self._unread.wait() and not self._stopping:
-            time.sleep(step)
-            step = min(step * 2, 0.05)
-            with self._lock:
-                if self._stopping:
-                    return
-                if self.sock is not None and self._inflight:
-                    if (lossy := _unix_peer_closed(self.sock)) is None:
-                        self._forget_read()
-                    else:
-                        self._connection_lost(lossy)
-                if self._resend:
-                    try:
-                        self._write_unix([])
-                        step = 0.001
-                    except OSError:
-                        step = 0.25  # the collector is away or reads nothing: look again later
-                        continue
-                if not self._inflight and not self._resend:
-                    self._unread.clear()
-                    step = 0.001
-
-    def _send_unix(self, entries: list) -> None:
-        """Send the lines to send again, then ``entries``; the lines sent whole leave ``entries`` and are
-        kept until the collector is known to have read them."""
-        assert self.sock is not None
-        resend = self._resend
-        lines = resend + entries if resend else entries
-        data = memoryview(b"".join(lines))
-        sent = 0
-        try:
-            while sent < len(data):
-                sent += self.sock.send(data[sent:])
-        except OSError:
-            whole = done = 0
-            for line in lines:
-                if done + len(line) > sent:
-                    break
-                done += len(line)
-                whole += 1
-            again = min(whole, len(resend))
-            self._keep(lines[:whole], done, again)
-            del resend[:again]
-            del entries[: whole - again]
-            raise
-        self._keep(lines if resend else list(lines), len(data), len(resend))
-        resend.clear()
-        entries.clear()
-        self._forget_read()
-
-    def _keep(self, lines: list, nbytes: int, again: int) -> None:
-        self._inflight.extend(lines)
-        self._inflight_bytes += nbytes
-        self.resent += again
-
-    def _forget_read(self) -> None:
-        """Forget the kept lines the collector has read: one ioctl for the batch.  SIOCOUTQ counts the
-        unread buffers by their size in memory, which is at least what they hold: the lines within that
-        many bytes of the end may be unread, the ones before are read."""
-        assert self.sock is not None
-        unread = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
-        inflight = self._inflight
-        if unread < self._inflight_bytes and _unix_peer_closed(self.sock) is not None:
-            return  # a close discards what is unread: the count says nothing then (the next write sees it)
-        if unread <= 0:
-            inflight.clear()
-            self._inflight_bytes = 0
-            return
-        while inflight and self._inflight_bytes - len(inflight[0]) >= unread:
-            self._inflight_bytes -= len(inflight.popleft())
-
-    def _connection_lost(self, lossy: bool) -> None:
-        """The collector closed.  With lines unread (``lossy``: ECONNRESET) the kernel discarded them and
-        the kept lines go again; without, it read everything sent."""
-        self._close()
-        if lossy and self._inflight:
-            self._resend[:0] = self._inflight
-            self._careful = True
-            self.log.every(
-                10,
-                ERROR,
-                "unread",
-                f"{self.id}: {self._peer()} closed the connection with lines unread; "
-                f"sending the {len(self._resend)} lines it may not have read again",
-            )
-        else:  # a collector that closes after each line must not fill the log
-            self.log.every(10, NOTICE, "closed", f"{self.id}: {self._peer()} closed the connection; reconnecting")
-        self._inflight.clear()
-        self._inflight_bytes = 0
-
-    def _first_line_read(self, entries: list) -> bool:
-        """Careful: send the first line alone and wait (up to CAREFUL_WAIT) until the collector has read
-        it or closed.  True when it read it; False with the connection closed (and the line kept to go
-        again) or, with the connection still open, when the collector took too long."""
-        assert self.sock is not None
-        try:
-            if self._resend:
-                first, later = self._resend[:1], self._resend[1:]
-                self._resend = first
-                try:
-                    self._send_unix([])
-                finally:
-                    self._resend += later  # after the first line, unless it went
-            elif entries:
-                one = entries[:1]
-                try:
-                    self._send_unix(one)
-                finally:
-                    if not one:  # it went
-                        del entries[:1]
-            else:
-                return True
-        except OSError as exc:
-            self._connection_lost(exc.errno != errno.EPIPE)
-            return False
-        sock, poller = self.sock, select.poll()
-        poller.register(sock, select.POLLRDHUP)
-        # nothing wakes a sender when its data is read: look again after 1 ms, 2, 4... up to 50
-        step, deadline = 0.001, time.monotonic() + CAREFUL_WAIT
-        while time.monotonic() < deadline and not self._stopping:
-            lossy = _unix_peer_closed(sock)
-            if lossy is not None:
-                self._connection_lost(lossy)
-                self._careful = True  # read or not, this collector closes: its next connection too
-                return not lossy
-            if not self._inflight:
-                self._careful = False
-                return True
-            poller.poll(step * 1000)
-            step = min(step * 2, 0.05)
-            self._forget_read()
-        return False
-
-    def _resend_at_stop(self) -> None:
-        """At stop: a collector gone with lines unread gets them on one last connection; what cannot
-        go is counted and logged as lost."""
-        if self.sock is not None and (lossy := _unix_peer_closed(self.sock)) is not None:
-            self._connection_lost(lossy)
-        if not self._resend:
-            return
-        count = len(self._resend)
-        try:
-            self.sock = self._connect()
-            self._send_unix([])
-        except OSError as exc:
-            self.lost += len(self._resend)
-            self.log.error(
-                f"{self.id}: {len(self._resend)} lines {self._peer()} did not read before it closed could not be "
-                f"sent again ({exc}); lost ({self.lost} since start)"
-            )
-            self._resend.clear()
-            return
-        self.log.notice(f"{self.id}: sent {count} lines again to {self._peer()} at stop")
-
-    def _send_datagrams(self, entries: list) -> None:
-        assert self.sock is not None
-        send = self.sock.send
-        n = 0
-        try:
-            for entry in entries:
-                try:
-                    send(entry)
-                except OSError as exc:
-                    if exc.errno != 90:  # EMSGSIZE: this line can never go; the others can
-                        raise
-                    self.oversized += 1
-                    self.log.every(
-                        10, ERROR, "oversized", f"{self.id}: dropped a {len(entry)}-byte line, too big for a datagram"
-                    )
-                n += 1
-        except OSError:
-            self._close()
-            raise
-        finally:
-            del entries[:n]
-
-    def _peer(self) -> str:
-        if self.mode == "unix":
-            return f"unix:{self.options['file']}"
-        return f"{self.mode}:{self.options['host']}:{self.options['port']}"
-
-    def _connect(self) -> socket.socket:
-        if self.mode == "unix":
-            candidates = [(socket.AF_UNIX, socket.SOCK_STREAM, 0, self.options["file"])]
         else:
-            kind = socket.SOCK_DGRAM if self.mode == "udp" else socket.SOCK_STREAM
-            infos = socket.getaddrinfo(self.options["host"], self.options["port"], socket.AF_UNSPEC, kind)
-            candidates = [(family, stype, proto, addr) for family, stype, proto, _, addr in infos]
-        error: OSError = OSError(f"no address for {self._peer()}")
-        for family, stype, proto, addr in candidates:
-            sock = socket.socket(family, stype | socket.SOCK_CLOEXEC, proto)
-            try:
-                sock.settimeout(CONNECT_TIMEOUT)
-                sock.connect(addr)
-                sock.settimeout(SEND_TIMEOUT)
-            except OSError as exc:
-                sock.close()
-                error = exc
-                continue
-            self.connects += 1
-            self.log.notice(f"{self.id}: connected to {self._peer()}")
-            return sock
-        raise error
-
-    def _close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-
-
-def _unix_peer_closed(sock: socket.socket) -> bool | None:
-    """None while the other end of a unix stream socket is open; once it has closed, whether it left
-    lines unread: the kernel then discarded them and set ECONNRESET on this socket, which poll shows
-    as POLLERR without clearing it (a send would clear it, failing with it)."""
-    poller = select.poll()
-    poller.register(sock, select.POLLRDHUP)
-    for _, events in poller.poll(0):
-        if events & (select.POLLHUP | select.POLLERR | select.POLLRDHUP | select.POLLNVAL):
-            return bool(events & select.POLLERR)
-    return None
-
-
-def _peer_gone(sock: socket.socket) -> bool:
-    """Whether the other end of a stream socket has closed or failed (it is not expected to send)."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN | select.POLLRDHUP)
-    for _, events in poller.poll(0):
-        if events & (select.POLLHUP | select.POLLERR | select.POLLRDHUP | select.POLLNVAL):
-            return True
-        if events & select.POLLIN:
-            try:
-                while True:
-                    if not sock.recv(65536, socket.MSG_DONTWAIT):
-                        return True
-            except BlockingIOError:
-                return False
-            except OSError:
-                return True
-    return False
+            self.transport.send(entries)

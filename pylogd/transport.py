@@ -1,0 +1,523 @@
+"""Transports: where an output's lines go over a socket, apart from what the lines say.
+
+An output that sends to a collector is a format (it turns a record into bytes: a JSON line, a carbon
+line) plus a transport from :func:`open_transport`.  It sets ``blocking = True`` (a socket can block:
+the runner calls its ``write`` from a worker thread), passes each batch to :meth:`Transport.send`, and
+leaves waiting, retrying with back-off and spooling to the runner, as every output does.  The
+configuration of an address is checked once, the same way for every output: :func:`check_address`.
+
+What every transport guarantees:
+
+* **Whole entries, in order.**  ``send`` writes the entries in order.  On failure it raises OSError
+  and leaves in the list exactly what was not delivered, the same contract as ``Output.write``: the
+  runner retries those, with back-off, from its backlog or spool, so nothing is kept twice.
+* **The partial-write rule of a stream.**  An entry cut by the failure stays in the list whole and goes
+  again whole on the next connection, where its first part would make no line.  (A file keeps the
+  other half instead, :func:`pylogd.files.write_all`: a file continues where it stopped, a new
+  connection does not.)
+* **Reconnect.**  A socket is connected lazily, when there is something to send (a collector that is
+  not up must not keep the daemon from starting), and again after a failure or :meth:`reopen`
+  (SIGHUP).  Before each batch a stream checks for a peer that closed, so a batch is not sent into a
+  dead connection.  A peer that takes no byte for SEND_TIMEOUT seconds is treated as gone.
+  :meth:`close` (at stop) shuts the socket down first, so a worker blocked on a peer that reads
+  nothing lets go at once.
+
+The modes:
+
+``tcp`` (:class:`StreamTransport`)
+    A stream of entries.  What the kernel had already taken for a collector that then dies without
+    reading it is lost: a TCP socket does not tell the sender what the other end read.
+``unix`` (:class:`UnixStreamTransport`)
+    A stream to a unix socket, at least once.  After each batch one ioctl (SIOCOUTQ) tells how much
+    the collector has not read yet; the entries that may be in it are kept (at most what the socket
+    buffers hold).  A collector that closes with entries unread makes the kernel discard them and
+    report ECONNRESET: the kept entries are sent again, first, on the next connection, the first of
+    them alone until the collector has read it, and so on while the collector closes its connections
+    (so a collector that reads one entry per connection still gets every entry).  A watcher thread
+    looks at the unread entries while nothing else is sent, so a collector that closes during a lull
+    gets them again at once.  The window that remains: an entry the collector read just before
+    closing may arrive twice (first arrivals stay in order); entries that could not be sent again
+    before :meth:`close` are counted (``lost``) and logged.
+``udp`` (:class:`DatagramTransport`)
+    One datagram per entry, nothing acknowledged.  An entry too big for a datagram is dropped,
+    counted (``oversized``) and logged; the others go.
+
+Statistics (SIGUSR1, the control socket): ``connects`` (connections made), ``oversized`` (entries too
+big for a datagram) and, in unix mode, ``resent`` (entries sent again) and ``lost``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+import termios
+import threading
+import time
+
+from .log import ERROR, NOTICE, Logger
+from .plugin import PluginError
+
+MODES = ("tcp", "udp", "unix")
+UNIX_PATH_MAX = 108  # sun_path, the terminating NUL included
+CONNECT_TIMEOUT = 5.0
+#: a collector that takes no byte for this long is treated as gone: the connection is dropped
+SEND_TIMEOUT = 20.0
+#: unix mode, after a collector closed with lines unread: how long the first line sent again waits alone
+#: to be read before the rest follows it
+CAREFUL_WAIT = 5.0
+
+
+def check_address(mode: str, host: str, port: str, path: str, *, path_option: str = "path") -> None:
+    """Refuse an address ``mode`` cannot use, with PluginError naming the option: ``path`` (named
+    ``path_option`` in the output's options) for unix, ``host`` and ``port`` for tcp and udp."""
+    if mode not in MODES:
+        raise PluginError(f'unknown mode "{mode}" (choose {", ".join(MODES)})', option="mode")
+    if mode == "unix":
+        raw = os.fsencode(path)
+        if not raw:
+            raise PluginError(f"mode unix needs the socket's path in {path_option}", option=path_option)
+        if len(raw) >= UNIX_PATH_MAX:
+            raise PluginError(
+                f"the unix socket path is {len(raw)} bytes long; at most {UNIX_PATH_MAX - 1} fit", path_option
+            )
+        return
+    if not host or len(host) > 253:
+        raise PluginError("host must be a host name or address of at most 253 characters", option="host")
+    if port.isdigit():
+        if not 1 <= int(port) <= 65535:
+            raise PluginError(f"port {port} is out of range (1 to 65535)", option="port")
+    else:
+        try:
+            socket.getservbyname(port, mode)
+        except OSError:
+            raise PluginError(f'port "{port}" is neither a number nor a {mode} service name', "port") from None
+
+
+class Transport:
+    """One socket to one peer, written from the runner's worker thread (see the module's docstring)."""
+
+    def __init__(self, mode: str, *, host: str, port: str, path: str, log: Logger, name: str) -> None:
+        self.mode = mode
+        self.host, self.port, self.path = host, port, path
+        self.log = log
+        self.name = name
+        self.sock: socket.socket | None = None
+        self.connects = 0
+        self.oversized = 0
+        self._reconnect = False
+        self._stopping = False
+        self._lock = threading.Lock()  # the socket, between the worker and close()/SIGHUP
+
+    def peer(self) -> str:
+        if self.mode == "unix":
+            return f"unix:{self.path}"
+        return f"{self.mode}:{self.host}:{self.port}"
+
+    def statistics(self) -> dict[str, int]:
+        # oversized is 0 but for datagrams: every socket mode has shown the same counters
+        return {"connects": self.connects, "oversized": self.oversized}
+
+    def send(self, entries: list[bytes]) -> None:
+        """Write every entry whole, in order; on failure raise OSError with ``entries`` holding exactly what
+        was not delivered (an entry cut by the failure whole: it goes again whole on the next connection)."""
+        with self._lock:
+            if self._reconnect:
+                self._reconnect = False
+                self._close()  # our close: the peer still reads what it was sent
+                self._forget_connection()
+            self._send(entries)
+
+    def reopen(self) -> None:
+        """SIGHUP: a new connection before the next send."""
+        self._reconnect = True
+        self.log.notice(f"{self.name}: reconnecting to {self.peer()} before the next write")
+
+    def close(self) -> None:
+        """At stop: a send blocked on a peer that reads nothing lets go, then the socket is closed."""
+        self._stopping = True
+        self._stopping_hook()
+        sock = self.sock
+        if sock is not None:
+            # a worker still blocked in send() on a collector that takes nothing wakes up now
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._lock.acquire(timeout=5):
+            try:
+                self._last_send()
+                self._close()
+            finally:
+                self._lock.release()
+
+    # -- for the modes ------------------------------------------------------------------------------
+
+    def _send(self, entries: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _forget_connection(self) -> None:
+        """What a mode knows of the connection just closed by us (reopen) no longer applies."""
+
+    def _stopping_hook(self) -> None:
+        """close() has begun: threads of the mode end."""
+
+    def _last_send(self) -> None:
+        """close(), holding the lock: what the mode still owes the peer goes now, or is counted lost."""
+
+    def _connect(self) -> socket.socket:
+        if self.mode == "unix":
+            candidates = [(socket.AF_UNIX, socket.SOCK_STREAM, 0, self.path)]
+        else:
+            kind = socket.SOCK_DGRAM if self.mode == "udp" else socket.SOCK_STREAM
+            infos = socket.getaddrinfo(self.host, self.port, socket.AF_UNSPEC, kind)
+            candidates = [(family, stype, proto, addr) for family, stype, proto, _, addr in infos]
+        error: OSError = OSError(f"no address for {self.peer()}")
+        for family, stype, proto, addr in candidates:
+            sock = socket.socket(family, stype | socket.SOCK_CLOEXEC, proto)
+            try:
+                sock.settimeout(CONNECT_TIMEOUT)
+                sock.connect(addr)
+                sock.settimeout(SEND_TIMEOUT)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            self.connects += 1
+            self.log.notice(f"{self.name}: connected to {self.peer()}")
+            return sock
+        raise error
+
+    def _close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class StreamTransport(Transport):
+    """TCP: a stream of entries; a peer that closed is seen before a batch, a cut entry goes again whole."""
+
+    def _send(self, entries: list[bytes]) -> None:
+        if self.sock is not None and _peer_gone(self.sock):
+            self.log.notice(f"{self.name}: {self.peer()} closed the connection; reconnecting")
+            self._close()
+        if self.sock is None:
+            self.sock = self._connect()
+        data = memoryview(b"".join(entries))
+        sent = 0
+        try:
+            while sent < len(data):
+                sent += self.sock.send(data[sent:])
+        except OSError:
+            self._close()
+            # the entries sent whole are done; an entry cut by the failure goes again whole on the next
+            # connection, where its first part would make no line
+            del entries[: _whole(entries, sent)[0]]
+            raise
+
+
+class DatagramTransport(Transport):
+    """UDP: one datagram per entry; an entry too big for a datagram is dropped and counted."""
+
+    def _send(self, entries: list[bytes]) -> None:
+        if self.sock is None:
+            self.sock = self._connect()
+        send = self.sock.send
+        n = 0
+        try:
+            for entry in entries:
+                try:
+                    send(entry)
+                except OSError as exc:
+                    if exc.errno != errno.EMSGSIZE:  # this entry can never go; the others can
+                        raise
+                    self.oversized += 1
+                    self.log.every(
+                        10, ERROR, "oversized", f"{self.name}: dropped a {len(entry)}-byte line, too big for a datagram"
+                    )
+                n += 1
+        except OSError:
+            self._close()
+            raise
+        finally:
+            del entries[:n]
+
+
+class UnixStreamTransport(Transport):
+    """A unix stream socket, at least once: entries a collector closed on unread go again."""
+
+    def __init__(self, mode: str, *, host: str, port: str, path: str, log: Logger, name: str) -> None:
+        super().__init__(mode, host=host, port=port, path=path, log=log, name=name)
+        # entries sent on this connection that the collector may not have read, oldest first
+        self._inflight: collections.deque[bytes] = collections.deque()
+        self._inflight_bytes = 0
+        self._resend: list[bytes] = []  # entries to send again, first, on the next connection
+        self._careful = False  # the next connection's first entry goes alone and waits to be read
+        self._unread = threading.Event()  # set while entries may wait unread: the watcher looks at them
+        self._watcher: threading.Thread | None = None
+        self.resent = 0
+        self.lost = 0
+
+    def statistics(self) -> dict[str, int]:
+        return {**super().statistics(), "resent": self.resent, "lost": self.lost}
+
+    def _forget_connection(self) -> None:
+        self._inflight.clear()
+        self._inflight_bytes = 0
+
+    def _stopping_hook(self) -> None:
+        self._unread.set()  # the watcher sees _stopping and ends
+
+    def _send(self, entries: list[bytes]) -> None:
+        self._write_unix(entries)
+        if self._inflight:
+            self._watch()
+
+    def _write_unix(self, entries: list[bytes]) -> None:
+        """Send what must go again, then ``entries``; a collector that closes is reconnected at once as
+        long as each connection gets a line read (a careful connection that gets none raises: the runner
+        backs off)."""
+        while True:
+            if self._stopping:
+                raise OSError(errno.ESHUTDOWN, "stopping")
+            if self.sock is not None and (lossy := _unix_peer_closed(self.sock)) is not None:
+                self._connection_lost(lossy)
+            if not self._resend and not entries:
+                return
+            if self.sock is None:
+                self.sock = self._connect()
+            if self._careful and not self._first_line_read(entries):
+                if self.sock is not None:
+                    # alive but slow: the rest follows, the first line stays kept until it is read
+                    self._careful = False
+                else:
+                    raise OSError(errno.ECONNRESET, f"{self.peer()} closed the connection without reading")
+            if self.sock is None:
+                continue  # closed, once it had read the careful line: the next connection
+            try:
+                self._send_unix(entries)
+                return
+            except OSError as exc:
+                if self._stopping:
+                    raise
+                self._connection_lost(exc.errno != errno.EPIPE)
+
+    def _watch(self) -> None:
+        """Have the watcher thread follow the lines not read yet: a collector may close with them unread
+        while nothing else is written for a long time."""
+        self._unread.set()
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watching, name=f"unread-{self.name}", daemon=True)
+            self._watcher.start()
+
+    def _watching(self) -> None:
+        """While lines may be unread, look every few milliseconds (nothing wakes a sender when its data is
+        read) whether the collector read them or closed; after a close, send them again."""
+        step = 0.001
+        while self._unread.wait() and not self._stopping:
+            time.sleep(step)
+            step = min(step * 2, 0.05)
+            with self._lock:
+                if self._stopping:
+                    return
+                if self.sock is not None and self._inflight:
+                    if (lossy := _unix_peer_closed(self.sock)) is None:
+                        self._forget_read()
+                    else:
+                        self._connection_lost(lossy)
+                if self._resend:
+                    try:
+                        self._write_unix([])
+                        step = 0.001
+                    except OSError:
+                        step = 0.25  # the collector is away or reads nothing: look again later
+                        continue
+                if not self._inflight and not self._resend:
+                    self._unread.clear()
+                    step = 0.001
+
+    def _send_unix(self, entries: list[bytes]) -> None:
+        """Send the lines to send again, then ``entries``; the lines sent whole leave ``entries`` and are
+        kept until the collector is known to have read them."""
+        assert self.sock is not None
+        resend = self._resend
+        lines = resend + entries if resend else entries
+        data = memoryview(b"".join(lines))
+        sent = 0
+        try:
+            while sent < len(data):
+                sent += self.sock.send(data[sent:])
+        except OSError:
+            whole, done = _whole(lines, sent)
+            again = min(whole, len(resend))
+            self._keep(lines[:whole], done, again)
+            del resend[:again]
+            del entries[: whole - again]
+            raise
+        self._keep(lines if resend else list(lines), len(data), len(resend))
+        resend.clear()
+        entries.clear()
+        self._forget_read()
+
+    def _keep(self, lines: list[bytes], nbytes: int, again: int) -> None:
+        self._inflight.extend(lines)
+        self._inflight_bytes += nbytes
+        self.resent += again
+
+    def _forget_read(self) -> None:
+        """Forget the kept lines the collector has read: one ioctl for the batch.  SIOCOUTQ counts the
+        unread buffers by their size in memory, which is at least what they hold: the lines within that
+        many bytes of the end may be unread, the ones before are read."""
+        assert self.sock is not None
+        unread = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        inflight = self._inflight
+        if unread < self._inflight_bytes and _unix_peer_closed(self.sock) is not None:
+            return  # a close discards what is unread: the count says nothing then (the next write sees it)
+        if unread <= 0:
+            inflight.clear()
+            self._inflight_bytes = 0
+            return
+        while inflight and self._inflight_bytes - len(inflight[0]) >= unread:
+            self._inflight_bytes -= len(inflight.popleft())
+
+    def _connection_lost(self, lossy: bool) -> None:
+        """The collector closed.  With lines unread (``lossy``: ECONNRESET) the kernel discarded them and
+        the kept lines go again; without, it read everything sent."""
+        self._close()
+        if lossy and self._inflight:
+            self._resend[:0] = self._inflight
+            self._careful = True
+            self.log.every(
+                10,
+                ERROR,
+                "unread",
+                f"{self.name}: {self.peer()} closed the connection with lines unread; "
+                f"sending the {len(self._resend)} lines it may not have read again",
+            )
+        else:  # a collector that closes after each line must not fill the log
+            self.log.every(10, NOTICE, "closed", f"{self.name}: {self.peer()} closed the connection; reconnecting")
+        self._inflight.clear()
+        self._inflight_bytes = 0
+
+    def _first_line_read(self, entries: list[bytes]) -> bool:
+        """Careful: send the first line alone and wait (up to CAREFUL_WAIT) until the collector has read
+        it or closed.  True when it read it; False with the connection closed (and the line kept to go
+        again) or, with the connection still open, when the collector took too long."""
+        assert self.sock is not None
+        try:
+            if self._resend:
+                first, later = self._resend[:1], self._resend[1:]
+                self._resend = first
+                try:
+                    self._send_unix([])
+                finally:
+                    self._resend += later  # after the first line, unless it went
+            elif entries:
+                one = entries[:1]
+                try:
+                    self._send_unix(one)
+                finally:
+                    if not one:  # it went
+                        del entries[:1]
+            else:
+                return True
+        except OSError as exc:
+            self._connection_lost(exc.errno != errno.EPIPE)
+            return False
+        sock, poller = self.sock, select.poll()
+        poller.register(sock, select.POLLRDHUP)
+        # nothing wakes a sender when its data is read: look again after 1 ms, 2, 4... up to 50
+        step, deadline = 0.001, time.monotonic() + CAREFUL_WAIT
+        while time.monotonic() < deadline and not self._stopping:
+            lossy = _unix_peer_closed(sock)
+            if lossy is not None:
+                self._connection_lost(lossy)
+                self._careful = True  # read or not, this collector closes: its next connection too
+                return not lossy
+            if not self._inflight:
+                self._careful = False
+                return True
+            poller.poll(step * 1000)
+            step = min(step * 2, 0.05)
+            self._forget_read()
+        return False
+
+    def _last_send(self) -> None:
+        """At stop: a collector gone with lines unread gets them on one last connection; what cannot
+        go is counted and logged as lost."""
+        if self.sock is not None and (lossy := _unix_peer_closed(self.sock)) is not None:
+            self._connection_lost(lossy)
+        if not self._resend:
+            return
+        count = len(self._resend)
+        try:
+            self.sock = self._connect()
+            self._send_unix([])
+        except OSError as exc:
+            self.lost += len(self._resend)
+            self.log.error(
+                f"{self.name}: {len(self._resend)} lines {self.peer()} did not read before it closed could not be "
+                f"sent again ({exc}); lost ({self.lost} since start)"
+            )
+            self._resend.clear()
+            return
+        self.log.notice(f"{self.name}: sent {count} lines again to {self.peer()} at stop")
+
+
+def open_transport(mode: str, *, host: str = "", port: str = "", path: str = "", log: Logger, name: str) -> Transport:
+    """The transport of ``mode`` (tcp, udp, unix) to ``host``:``port`` or the unix socket ``path``; it
+    connects on its first send.  ``name`` (the output's instance id) starts its log messages."""
+    mode = mode.lower()
+    kinds: dict[str, type[Transport]] = {
+        "tcp": StreamTransport,
+        "udp": DatagramTransport,
+        "unix": UnixStreamTransport,
+    }
+    if mode not in kinds:
+        raise ValueError(f"unknown transport mode {mode!r}")
+    return kinds[mode](mode, host=host, port=port, path=path, log=log, name=name)
+
+
+def _whole(entries: list[bytes], sent: int) -> tuple[int, int]:
+    """How many of ``entries`` the first ``sent`` bytes of their concatenation hold whole, and their bytes."""
+    whole = done = 0
+    for entry in entries:
+        if done + len(entry) > sent:
+            break
+        done += len(entry)
+        whole += 1
+    return whole, done
+
+
+def _unix_peer_closed(sock: socket.socket) -> bool | None:
+    """None while the other end of a unix stream socket is open; once it has closed, whether it left
+    lines unread: the kernel then discarded them and set ECONNRESET on this socket, which poll shows
+    as POLLERR without clearing it (a send would clear it, failing with it)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)
+    for _, events in poller.poll(0):
+        if events & (select.POLLHUP | select.POLLERR | select.POLLRDHUP | select.POLLNVAL):
+            return bool(events & select.POLLERR)
+    return None
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    """Whether the other end of a stream socket has closed or failed (it is not expected to send)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLRDHUP)
+    for _, events in poller.poll(0):
+        if events & (select.POLLHUP | select.POLLERR | select.POLLRDHUP | select.POLLNVAL):
+            return True
+        if events & select.POLLIN:
+            try:
+                while True:
+                    if not sock.recv(65536, socket.MSG_DONTWAIT):
+                        return True
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+    return False
