@@ -535,7 +535,7 @@ def test_missing_key_names_the_plugin_that_provides_it(tmp_path):
     assert "oob.uid" not in err
 
 
-@pytest.mark.parametrize(("plugin", "kind"), [("XML", "output"), ("NFACCT", "input"), ("GRAPHITE", "output")])
+@pytest.mark.parametrize(("plugin", "kind"), [("XML", "output"), ("IPFIX", "output"), ("GRAPHITE", "output")])
 def test_ulogd_plugin_pylogd_lacks_is_not_a_typo(tmp_path, plugin, kind):
     if kind == "output":
         text = nflog_conf(tmp_path).replace("emu1:LOGEMU", f"x1:{plugin}")
@@ -560,7 +560,7 @@ def test_ulogd_plugins_pylogd_has_are_not_reported_missing():
     from pylogd.registry import ULOGD_PLUGINS, Registry
 
     registry = Registry()
-    for name in ("NFLOG", "NFCT", "LOGEMU", "BASE"):
+    for name in ("NFLOG", "NFCT", "NFACCT", "LOGEMU", "BASE"):
         assert name in ULOGD_PLUGINS and registry.require(name, None).spec.name == name
 
 

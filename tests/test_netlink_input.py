@@ -14,7 +14,7 @@ IMPORTED = "import sys, importlib; importlib.import_module(sys.argv[1]); print('
 
 
 def test_protocol_modules_import_nothing_of_the_plugin_api() -> None:
-    for module in ("pylogd.netlink", "pylogd.nflog", "pylogd.conntrack"):
+    for module in ("pylogd.netlink", "pylogd.nflog", "pylogd.conntrack", "pylogd.nfacct"):
         out = subprocess.run(
             [sys.executable, "-c", IMPORTED, module], capture_output=True, text=True, check=True, timeout=60
         )

@@ -1,0 +1,224 @@
+"""nfnetlink_acct over netlink: the extended accounting objects of a network namespace.
+
+Accounting objects are named packet and byte counters in the kernel (Debian's ``nfacct add NAME``
+makes one; iptables ``-m nfacct --nfacct-name NAME`` counts what a rule matches into it).  This
+module reads them without C libraries, as a library (it knows nothing of plugins)::
+
+    from pylogd.nfacct import AcctSocket
+    with AcctSocket(netns="fw") as sock:
+        for obj in sock.dump():
+            print(obj.name, obj.pkts, obj.bytes)
+
+* :meth:`AcctSocket.request` asks for a dump (NFNL_MSG_ACCT_GET, or GET_CTRZERO which zeroes each
+  counter as it is read); the answer is read like any pylogd netlink socket's, ahead into a ring
+  (:class:`pylogd.netlink.NetlinkSocket`), and :meth:`AcctSocket.drain` hands on each object.
+  A request made while the answer to another is still coming (the kernel runs one dump per socket
+  at a time and refuses a second with EBUSY) waits and is sent once that one is done.
+* :meth:`AcctSocket.dump`: one dump, blocking, as a list.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .netlink import (
+    NETLINK_NETFILTER,
+    NLA_TYPE_MASK,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSG_FULL,
+    NetlinkError,
+    NetlinkSocket,
+    netns_context,
+    nlmsg_error,
+)
+
+__all__ = [
+    "NFNL_SUBSYS_ACCT",
+    "AcctObject",
+    "AcctSocket",
+    "dump",
+]
+
+NFNL_SUBSYS_ACCT = 7
+NFNL_MSG_ACCT_NEW, NFNL_MSG_ACCT_GET, NFNL_MSG_ACCT_GET_CTRZERO = 0, 1, 2
+NFACCT_NAME, NFACCT_PKTS, NFACCT_BYTES, NFACCT_USE, NFACCT_FLAGS, NFACCT_QUOTA = 1, 2, 3, 4, 5, 6
+NFACCT_F_QUOTA_PKTS, NFACCT_F_QUOTA_BYTES = 1, 2
+MSG_ACCT_NEW = NFNL_SUBSYS_ACCT << 8 | NFNL_MSG_ACCT_NEW  # what the kernel answers a dump with
+MAX_DATAGRAM = 65536  # a dump's datagrams are at most 32 KiB
+RING_SIZE = 1 << 20
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_NLA = struct.Struct("=HH")
+
+
+class AcctObject(NamedTuple):
+    """One accounting object as a dump showed it."""
+
+    name: str
+    pkts: int
+    bytes: int
+    #: the dump (its request's sequence number) that brought it
+    seq: int
+    #: the netlink message
+    msg: bytes
+    #: NFACCT_F_QUOTA_PKTS / _BYTES when the object is a quota, else 0
+    flags: int = 0
+    quota: int | None = None
+
+
+def decode(mv: memoryview, start: int, end: int) -> AcctObject | None:
+    """The object of one NFNL_MSG_ACCT_NEW message at ``mv[start:end]`` (None: another message,
+    or one without a name)."""
+    _len, mtype, _flags, seq, _pid = NLMSG_FULL.unpack_from(mv, start)
+    if mtype != MSG_ACCT_NEW:
+        return None
+    name, pkts, nbytes, flags, quota = None, 0, 0, 0, None
+    off = start + 20  # nlmsghdr, nfgenmsg
+    while off + 4 <= end:
+        alen, atype = _NLA.unpack_from(mv, off)
+        if alen < 4 or off + alen > end:
+            break
+        atype &= NLA_TYPE_MASK
+        value = mv[off + 4 : off + alen]
+        if atype == NFACCT_NAME:
+            name = bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif atype == NFACCT_PKTS and len(value) >= 8:
+            pkts = _U64.unpack_from(value)[0]
+        elif atype == NFACCT_BYTES and len(value) >= 8:
+            nbytes = _U64.unpack_from(value)[0]
+        elif atype == NFACCT_FLAGS and len(value) >= 4:
+            flags = _U32.unpack_from(value)[0]
+        elif atype == NFACCT_QUOTA and len(value) >= 8:
+            quota = _U64.unpack_from(value)[0]
+        off += (alen + 3) & ~3
+    if name is None:
+        return None
+    return AcctObject(name, pkts, nbytes, seq, bytes(mv[start:end]), flags, quota)
+
+
+class AcctSocket(NetlinkSocket):
+    """A netlink socket that asks nfnetlink_acct for its objects in one network namespace.
+
+    Arguments:
+        netns: a name under /run/netns or a path; the socket is created inside it.
+        rcvbuf: receive buffer in bytes (0: the kernel's).
+    """
+
+    def __init__(self, netns: str | None = None, rcvbuf: int = 0) -> None:
+        self.netns = netns
+        self.received = 0  # objects handed on
+        self.errors = 0
+        self.dumps = 0  # dumps answered to the end
+        self.last_error: OSError | None = None
+        with netns_context(netns):
+            try:
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+            except OSError as exc:
+                raise NetlinkError(exc.errno, f"cannot open a netfilter netlink socket: {exc.strerror}") from None
+        try:
+            sock.bind((0, 0))
+        except OSError as exc:
+            sock.close()
+            raise NetlinkError(exc.errno, f"cannot bind a netfilter netlink socket: {exc.strerror}") from None
+        sock.setblocking(False)
+        self._sock = sock
+        self._init_rcvbuf(rcvbuf, 0)
+        self._init_ring(RING_SIZE, MAX_DATAGRAM)
+        self._seq = int(time.time()) & 0xFFFFFF
+        #: the request being answered: (seq, sent at in ns since the epoch), or None
+        self.running: tuple[int, int] | None = None
+        self._waiting: deque[bool] = deque()  # requests (reset or not) made while one ran
+        #: request seq -> when it was sent (ns since the epoch), while its answer comes
+        self.sent: dict[int, int] = {}
+
+    def request(self, reset: bool = False) -> None:
+        """Ask for a dump of every object; ``reset`` zeroes each counter as it is read.  While
+        another dump is being answered the request waits for its end."""
+        if self.running is not None:
+            if reset or not self._waiting or self._waiting[-1]:
+                self._waiting.append(reset)
+            return
+        self._send(reset)
+
+    def _send(self, reset: bool) -> None:
+        self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
+        mtype = NFNL_SUBSYS_ACCT << 8 | (NFNL_MSG_ACCT_GET_CTRZERO if reset else NFNL_MSG_ACCT_GET)
+        msg = NLMSG_FULL.pack(20, mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + bytes(4)  # nfgenmsg AF_UNSPEC
+        try:
+            self._sock.send(msg)
+        except OSError as exc:
+            raise NetlinkError(exc.errno, f"cannot ask for the accounting objects: {exc.strerror}") from None
+        now = time.time_ns()
+        self.running = (seq, now)
+        self.sent[seq] = now
+
+    def _finish(self, seq: int) -> None:
+        """The dump of ``seq`` ended (done or refused): send a request that waited."""
+        self.sent.pop(seq, None)
+        if self.running is not None and self.running[0] == seq:
+            self.running = None
+            if self._waiting:
+                self._send(self._waiting.popleft())
+
+    def drain(self, on_object: Callable[[AcctObject], object], limit: int | None = None) -> int:
+        """Hand each object the kernel answered with to ``on_object``; returns the messages handled."""
+        return self._drain_ring(on_object, self.drain_limit if limit is None else limit)
+
+    def _walk(self, mv: memoryview, start: int, stop: int, on_object: Callable) -> int:
+        count, off = 0, start
+        while off + 16 <= stop:
+            mlen, mtype, _flags, seq, _pid = NLMSG_FULL.unpack_from(mv, off)
+            end = off + mlen
+            if mlen < 16 or end > stop:
+                self.errors += 1
+                break
+            count += 1
+            if mtype == MSG_ACCT_NEW:
+                obj = decode(mv, off, end)
+                if obj is not None:
+                    self.received += 1
+                    on_object(obj)
+            elif mtype == NLMSG_DONE:
+                self.dumps += 1
+                self._finish(seq)
+            elif mtype == NLMSG_ERROR:
+                err = nlmsg_error(mv, off, end)
+                if err:
+                    self.errors += 1
+                    self.last_error = OSError(err, f"accounting dump refused: {errno.errorcode.get(err, err)}")
+                self._finish(seq)
+            off = (end + 3) & ~3
+        return count
+
+    def dump(self, reset: bool = False, timeout: float = 10.0) -> list[AcctObject]:
+        """One dump, blocking: every object, in the kernel's order.  Raises :class:`NetlinkError`
+        when the kernel refuses it or does not answer within ``timeout`` seconds."""
+        got: list[AcctObject] = []
+        errors = self.errors
+        self.request(reset)
+        deadline = time.monotonic() + timeout
+        while self.running is not None or self._waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._sock], [], [], remaining)[0]:
+                raise NetlinkError(errno.ETIMEDOUT, "accounting dump: no answer")
+            self.drain(got.append)
+        if self.errors != errors and self.last_error is not None:
+            raise NetlinkError(self.last_error.errno, str(self.last_error))
+        return got
+
+
+def dump(netns: str | None = None, reset: bool = False, timeout: float = 10.0) -> list[AcctObject]:
+    """Every accounting object of a network namespace (``reset``: zeroed as they are read)."""
+    with AcctSocket(netns) as sock:
+        return sock.dump(reset, timeout)
