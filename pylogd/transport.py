@@ -25,8 +25,19 @@ What every transport guarantees:
 The modes:
 
 ``tcp`` (:class:`StreamTransport`)
-    A stream of entries.  What the kernel had already taken for a collector that then dies without
-    reading it is lost: a TCP socket does not tell the sender what the other end read.
+    A stream of entries; what the peer's kernel never acknowledged goes again.  After each batch one
+    getsockopt (TCP_INFO's ``tcpi_bytes_acked``, Linux 4.2 and later) tells how much of the connection
+    the peer's kernel has acknowledged; the entries sent since are kept (at most what the socket's send
+    buffer holds, where the kernel keeps every unacknowledged byte).  When the connection breaks (a
+    failed send, or a peer that closed or reset it, seen before the next batch) the count is read once
+    more (it survives a reset) and the entries not acknowledged are sent again, first, on the next
+    connection: so a batch written into a connection whose peer had just died is not lost.  The window
+    that remains: an entry the peer's kernel acknowledged but its application had not read when it
+    died is lost (a TCP socket does not tell the sender what the other end read); an entry the
+    application read before its kernel's acknowledgement came (delayed ACK) may arrive twice; first
+    arrivals stay in order.  A peer that dies while nothing is sent gets its unacknowledged entries
+    with the next batch, or at :meth:`close` on one last connection; what cannot go then is counted
+    (``lost``) and logged.  Without ``tcpi_bytes_acked`` (older kernels) entries sent are done.
 ``unix`` (:class:`UnixStreamTransport`)
     A stream to a unix socket, at least once.  After each batch one ioctl (SIOCOUTQ) tells how much
     the collector has not read yet; the entries that may be in it are kept (at most what the socket
@@ -43,7 +54,7 @@ The modes:
     counted (``oversized``) and logged; the others go.
 
 Statistics (SIGUSR1, the control socket): ``connects`` (connections made), ``oversized`` (entries too
-big for a datagram) and, in unix mode, ``resent`` (entries sent again) and ``lost``.
+big for a datagram) and, in tcp and unix modes, ``resent`` (entries sent again) and ``lost``.
 """
 
 from __future__ import annotations
@@ -198,25 +209,132 @@ class Transport:
 
 
 class StreamTransport(Transport):
-    """TCP: a stream of entries; a peer that closed is seen before a batch, a cut entry goes again whole."""
+    """TCP: a stream of entries; a peer that closed is seen before a batch, a cut entry goes again whole,
+    and the entries the peer's kernel never acknowledged go again on the next connection."""
+
+    def __init__(self, mode: str, *, host: str, port: str, path: str, log: Logger, name: str) -> None:
+        super().__init__(mode, host=host, port=port, path=path, log=log, name=name)
+        # entries sent whole on this connection that the peer's kernel may not have acknowledged, oldest
+        # first; they are the last _inflight_bytes of the _sent bytes sent on it
+        self._inflight: collections.deque[bytes] = collections.deque()
+        self._inflight_bytes = 0
+        self._sent = 0
+        self._acked_at_connect = 0  # tcpi_bytes_acked counts the SYN: the data's count starts after it
+        self._resend: list[bytes] = []  # entries to send again, first, on the next connection
+        self._broken_at_stop = False
+        self.resent = 0
+        self.lost = 0
+
+    def statistics(self) -> dict[str, int]:
+        return {**super().statistics(), "resent": self.resent, "lost": self.lost}
+
+    def _connect(self) -> socket.socket:
+        sock = super()._connect()
+        self._sent = 0
+        self._acked_at_connect = _bytes_acked(sock) or 0
+        return sock
+
+    def _forget_connection(self) -> None:
+        # our own close: the kernel still delivers what it holds, then sends FIN
+        self._inflight.clear()
+        self._inflight_bytes = 0
 
     def _send(self, entries: list[bytes]) -> None:
         if self.sock is not None and _peer_gone(self.sock):
             self.log.notice(f"{self.name}: {self.peer()} closed the connection; reconnecting")
-            self._close()
+            self._connection_broken()
         if self.sock is None:
             self.sock = self._connect()
-        data = memoryview(b"".join(entries))
+        resend = self._resend
+        lines = resend + entries if resend else entries
+        data = memoryview(b"".join(lines))
         sent = 0
         try:
             while sent < len(data):
                 sent += self.sock.send(data[sent:])
         except OSError:
-            self._close()
-            # the entries sent whole are done; an entry cut by the failure goes again whole on the next
-            # connection, where its first part would make no line
-            del entries[: _whole(entries, sent)[0]]
+            # the entries sent whole are kept until acknowledged; an entry cut by the failure goes again
+            # whole on the next connection, where its first part would make no line
+            whole, done = _whole(lines, sent)
+            again = min(whole, len(resend))
+            self._keep(lines[:whole], done, again)
+            del resend[:again]
+            del entries[: whole - again]
+            if self._stopping:  # close() shut the socket to free a worker stuck on a peer that reads nothing
+                self._close()
+            else:
+                self._connection_broken()
             raise
+        self._keep(lines if resend else list(lines), len(data), len(resend))
+        resend.clear()
+        entries.clear()
+        self._forget_acknowledged()
+
+    def _keep(self, lines: list[bytes], nbytes: int, again: int) -> None:
+        self._inflight.extend(lines)
+        self._inflight_bytes += nbytes
+        self._sent += nbytes
+        self.resent += again
+
+    def _forget_acknowledged(self) -> None:
+        """Forget the kept entries the peer's kernel has acknowledged: one getsockopt for the batch.  What
+        stays is bounded by the socket's send buffer, where the kernel holds every unacknowledged byte."""
+        assert self.sock is not None
+        inflight = self._inflight
+        acked = _bytes_acked(self.sock)
+        if acked is None:  # a kernel before 4.2 does not tell: the entries sent are done, as they were
+            inflight.clear()
+            self._inflight_bytes = 0
+            return
+        unacked = self._sent - (acked - self._acked_at_connect)
+        while inflight and self._inflight_bytes - len(inflight[0]) >= unacked:
+            self._inflight_bytes -= len(inflight.popleft())
+        if unacked <= 0:
+            inflight.clear()
+            self._inflight_bytes = 0
+
+    def _connection_broken(self) -> None:
+        """The connection failed or the peer closed it: the entries its kernel never acknowledged go again,
+        first, on the next connection (the count survives a reset)."""
+        self._forget_acknowledged()
+        self._close()
+        if self._inflight:
+            self._resend[:0] = self._inflight
+            self.log.every(
+                10,
+                ERROR,
+                "unacked",
+                f"{self.name}: the connection to {self.peer()} broke with lines it had not acknowledged; "
+                f"sending those {len(self._inflight)} lines again",
+            )
+        self._inflight.clear()
+        self._inflight_bytes = 0
+
+    def _stopping_hook(self) -> None:
+        # before close() shuts the socket down, which a later look could not tell from the peer's close
+        sock = self.sock
+        self._broken_at_stop = sock is not None and _peer_closed(sock)
+
+    def _last_send(self) -> None:
+        """At stop: entries a broken connection left unacknowledged get one last connection; what cannot go
+        is counted and logged as lost.  On a connection that works the kernel still delivers what it holds."""
+        if self.sock is not None and self._broken_at_stop:
+            self._connection_broken()
+        if not self._resend:
+            return
+        count = len(self._resend)
+        try:
+            self.sock = self._connect()
+            self._send([])
+        except OSError as exc:
+            self.lost += len(self._resend)
+            self.log.error(
+                f"{self.name}: {len(self._resend)} lines {self.peer()} had not acknowledged when the connection "
+                f"broke could not be sent again ({exc}); lost ({self.lost} since start)"
+            )
+            self._resend.clear()
+            return
+        self.log.notice(f"{self.name}: sent {count} lines again to {self.peer()} at stop")
 
 
 class DatagramTransport(Transport):
@@ -492,6 +610,22 @@ def _whole(entries: list[bytes], sent: int) -> tuple[int, int]:
     return whole, done
 
 
+#: struct tcp_info: tcpi_bytes_acked, a u64 at this offset since Linux 4.2 (RFC 4898's ThruOctetsAcked)
+TCPI_BYTES_ACKED = 120
+
+
+def _bytes_acked(sock: socket.socket) -> int | None:
+    """The bytes of this TCP connection its peer's kernel acknowledged (its SYN counts one), or None on a
+    kernel that does not tell.  Still there after a reset."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except (OSError, AttributeError):  # AttributeError: a socket-like object without it tells nothing
+        return None
+    if len(info) < TCPI_BYTES_ACKED + 8:
+        return None
+    return struct.unpack_from("Q", info, TCPI_BYTES_ACKED)[0]
+
+
 def _unix_peer_closed(sock: socket.socket) -> bool | None:
     """None while the other end of a unix stream socket is open; once it has closed, whether it left
     lines unread: the kernel then discarded them and set ECONNRESET on this socket, which poll shows
@@ -502,6 +636,15 @@ def _unix_peer_closed(sock: socket.socket) -> bool | None:
         if events & (select.POLLHUP | select.POLLERR | select.POLLRDHUP | select.POLLNVAL):
             return bool(events & select.POLLERR)
     return None
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the other end of a TCP socket has closed or reset it; a look only, safe beside a sender."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)
+    return any(
+        events & (select.POLLHUP | select.POLLERR | select.POLLRDHUP | select.POLLNVAL) for _, events in poller.poll(0)
+    )
 
 
 def _peer_gone(sock: socket.socket) -> bool:

@@ -55,9 +55,13 @@ written from a worker thread, connected when there is something to send, and rec
 an error or SIGHUP; while the collector is away the lines wait in the stack's backlog and go out,
 each once and in order, when it is back.  A line that was only partly sent when a connection
 broke is sent again whole on the next one.  Before each batch a stream socket is checked for a
-peer that has closed, so a batch is not sent into a dead connection.  Over TCP, what the kernel had
-already taken for a collector that then dies without reading it is lost: a TCP socket does not tell
-the sender what the other end read.
+peer that has closed, so a batch is not sent into a dead connection.  Over TCP the lines the
+collector's kernel never acknowledged (TCP_INFO's ``tcpi_bytes_acked``) are kept, at most what the
+socket's send buffer holds, and after a broken connection they are sent again, first, on the next
+one: a batch written into a connection whose collector had just died is not lost.  What remains lost
+is what the collector's kernel acknowledged but the collector had not read when it died: a TCP
+socket does not tell the sender what the other end read.  A line the collector read before its
+kernel acknowledged it may arrive twice; lines first arrive in the order they were sent.
 
 A unix socket does, and ``unix`` mode delivers every line at least once.  After each batch one
 ioctl (SIOCOUTQ) tells how much the collector has not read yet; the lines that may be in it are kept
@@ -68,7 +72,8 @@ connections (so a collector that reads a line per connection still gets every li
 collector read just before closing may so arrive twice; lines first arrive in the order they were
 sent.  Lines that could not be sent again before the daemon stopped are counted (``lost``) and
 logged.  SIGUSR1 shows ``connects`` (connections made), ``oversized`` (lines too big for a
-datagram, dropped) and, in unix mode, ``resent`` (lines sent again) and ``lost``.
+datagram, dropped) and, in tcp and unix modes, ``resent`` (lines sent again) and ``lost`` (lines that
+could not be sent again before the daemon stopped).
 
 Differences from ulogd 2.0.8
 ----------------------------
