@@ -46,6 +46,7 @@ __all__ = [
     "NFNL_SUBSYS_ACCT",
     "AcctObject",
     "AcctSocket",
+    "NftCounterSocket",
     "dump",
 ]
 
@@ -153,8 +154,7 @@ class AcctSocket(NetlinkSocket):
 
     def _send(self, reset: bool) -> None:
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
-        mtype = NFNL_SUBSYS_ACCT << 8 | (NFNL_MSG_ACCT_GET_CTRZERO if reset else NFNL_MSG_ACCT_GET)
-        msg = NLMSG_FULL.pack(20, mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + bytes(4)  # nfgenmsg AF_UNSPEC
+        msg = self._request_message(seq, reset)
         try:
             self._sock.send(msg)
         except OSError as exc:
@@ -162,6 +162,14 @@ class AcctSocket(NetlinkSocket):
         now = time.time_ns()
         self.running = (seq, now)
         self.sent[seq] = now
+
+    def _request_message(self, seq: int, reset: bool) -> bytes:
+        mtype = NFNL_SUBSYS_ACCT << 8 | (NFNL_MSG_ACCT_GET_CTRZERO if reset else NFNL_MSG_ACCT_GET)
+        return NLMSG_FULL.pack(20, mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + bytes(4)  # nfgenmsg AF_UNSPEC
+
+    #: the type of the messages that carry one object each, and how one is read
+    _answer_type = MSG_ACCT_NEW
+    _decode = staticmethod(decode)
 
     def _finish(self, seq: int) -> None:
         """The dump of ``seq`` ended (done or refused): send a request that waited."""
@@ -184,8 +192,8 @@ class AcctSocket(NetlinkSocket):
                 self.errors += 1
                 break
             count += 1
-            if mtype == MSG_ACCT_NEW:
-                obj = decode(mv, off, end)
+            if mtype == self._answer_type:
+                obj = self._decode(mv, off, end)
                 if obj is not None:
                     self.received += 1
                     on_object(obj)
@@ -218,7 +226,82 @@ class AcctSocket(NetlinkSocket):
         return got
 
 
-def dump(netns: str | None = None, reset: bool = False, timeout: float = 10.0) -> list[AcctObject]:
-    """Every accounting object of a network namespace (``reset``: zeroed as they are read)."""
-    with AcctSocket(netns) as sock:
+# ---------------------------------------------------------------------------------------------
+# nftables named counters
+
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_NEWOBJ, NFT_MSG_GETOBJ, NFT_MSG_GETOBJ_RESET = 18, 19, 21
+NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
+NFT_OBJECT_COUNTER = 1
+NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
+MSG_NFT_NEWOBJ = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWOBJ
+#: nfgenmsg family -> the name nft gives it
+NFT_FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
+
+
+def _attrs(mv: memoryview, off: int, end: int) -> dict[int, memoryview]:
+    """The attributes from ``off`` to ``end``, by type (the last of a type wins)."""
+    out: dict[int, memoryview] = {}
+    while off + 4 <= end:
+        alen, atype = _NLA.unpack_from(mv, off)
+        if alen < 4 or off + alen > end:
+            break
+        out[atype & NLA_TYPE_MASK] = mv[off + 4 : off + alen]
+        off += (alen + 3) & ~3
+    return out
+
+
+def _string(value: memoryview) -> str:
+    return bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def decode_nft_counter(mv: memoryview, start: int, end: int) -> AcctObject | None:
+    """The counter of one NFT_MSG_NEWOBJ message, named ``FAMILY.TABLE.NAME`` (``inet.fw.web``);
+    None for another kind of object or message."""
+    _len, mtype, _flags, seq, _pid = NLMSG_FULL.unpack_from(mv, start)
+    if mtype != MSG_NFT_NEWOBJ or end - start < 20:
+        return None
+    attrs = _attrs(mv, start + 20, end)
+    otype, data = attrs.get(NFTA_OBJ_TYPE), attrs.get(NFTA_OBJ_DATA)
+    if otype is None or len(otype) < 4 or _U32.unpack_from(otype)[0] != NFT_OBJECT_COUNTER or data is None:
+        return None
+    if NFTA_OBJ_TABLE not in attrs or NFTA_OBJ_NAME not in attrs:
+        return None
+    family = NFT_FAMILIES.get(mv[start + 16], str(mv[start + 16]))
+    name = f"{family}.{_string(attrs[NFTA_OBJ_TABLE])}.{_string(attrs[NFTA_OBJ_NAME])}"
+    counter = _attrs(data, 0, len(data))
+    pkts, nbytes = counter.get(NFTA_COUNTER_PACKETS), counter.get(NFTA_COUNTER_BYTES)
+    return AcctObject(
+        name,
+        _U64.unpack_from(pkts)[0] if pkts is not None and len(pkts) >= 8 else 0,
+        _U64.unpack_from(nbytes)[0] if nbytes is not None and len(nbytes) >= 8 else 0,
+        seq,
+        bytes(mv[start:end]),
+    )
+
+
+class NftCounterSocket(AcctSocket):
+    """As :class:`AcctSocket`, for the named counters of nftables (``nft add counter inet fw web``)
+    of every table and family: NFT_MSG_GETOBJ, or NFT_MSG_GETOBJ_RESET which zeroes them as they
+    are read.  Each object is named ``FAMILY.TABLE.NAME``."""
+
+    _answer_type = MSG_NFT_NEWOBJ
+    _decode = staticmethod(decode_nft_counter)
+
+    def _request_message(self, seq: int, reset: bool) -> bytes:
+        mtype = NFNL_SUBSYS_NFTABLES << 8 | (NFT_MSG_GETOBJ_RESET if reset else NFT_MSG_GETOBJ)
+        body = bytes(4) + _NLA.pack(8, NFTA_OBJ_TYPE) + _U32.pack(NFT_OBJECT_COUNTER)  # every family; counters
+        return NLMSG_FULL.pack(16 + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+#: the sources of counters by name: nfnetlink_acct's objects, nftables' named counters
+SOURCES: dict[str, type[AcctSocket]] = {"nfacct": AcctSocket, "nft": NftCounterSocket}
+
+
+def dump(
+    netns: str | None = None, reset: bool = False, timeout: float = 10.0, source: str = "nfacct"
+) -> list[AcctObject]:
+    """Every accounting object (``source="nft"``: nftables named counter) of a network namespace
+    (``reset``: zeroed as they are read)."""
+    with SOURCES[source](netns) as sock:
         return sock.dump(reset, timeout)

@@ -229,3 +229,40 @@ def test_same_sums_as_ulogd(rig: Rig, tmp_path: Path) -> None:
     # every line either wrote is one of these two polls' (the traffic came in one go), in one format
     assert set(read_text(u_out).splitlines()) <= set(first + last)
     assert set(read_text(p_out).splitlines()) <= set(first + last)
+
+
+NFT_COUNTERS = """
+table inet fw {
+    counter web { }
+    counter idle { }
+    chain out { type filter hook output priority 0; udp dport 9 counter name web; }
+}
+table ip fw4 {
+    counter errors { }
+    chain out { type filter hook output priority 0; ip protocol icmp counter name errors; }
+}
+"""
+
+
+def test_nft_named_counters_as_a_second_source(rig: Rig, tmp_path: Path) -> None:
+    ns = rig.netns("acct")
+    ns.nft(NFT_COUNTERS)
+    start_pylogd(ns, config(tmp_path, "pylogd", "pollinterval=1\nsource=nft"), tmp_path / "pylogd.daemon.log")
+    out = tmp_path / "pylogd.gprint"
+    ns.call(udp, 3)
+
+    def total(name: str) -> tuple[int, int]:
+        got = sums(out, name)
+        return sum(p for p, _ in got), sum(b for _, b in got)
+
+    wait_for(
+        lambda: total("inet.fw.web") == (3, in_bytes(3)) and total("ip.fw4.errors") == (3, out_bytes(3) - in_bytes(3)),
+        what="the named counters' sums",
+    )
+    assert total("inet.fw.idle") == (0, 0)
+    # zerocounter=1 reset them as they were read (NFT_MSG_GETOBJ_RESET)
+    wait_for(lambda: sums(out, "inet.fw.web")[-1] == (0, 0), what="a poll after the reset")
+    assert {(o.name, o.pkts) for o in dump(ns.name, source="nft")} <= {
+        ("inet.fw.web", 0), ("inet.fw.idle", 0), ("ip.fw4.errors", 0)
+    }  # fmt: skip
+    assert "reading the nftables named counters every 1 s, zeroing them" in read_text(tmp_path / "pylogd.daemon.log")

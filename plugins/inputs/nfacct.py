@@ -23,6 +23,10 @@ Differences from ulogd 2.0.8
   ``sum`` is the netlink message of the object (ulogd: a pointer to libnetfilter_acct's object).
   Objects created or deleted while pylogd runs are in the next poll or not, as with ulogd: each
   poll is a dump of every object.
+* New option ``source``: ``nft`` reads nftables' named counters (``nft add counter inet fw web``,
+  counted into by ``counter name web`` in a rule) of every table and family instead, each as
+  ``sum.name`` ``FAMILY.TABLE.NAME`` (``inet.fw.web``), zeroed as they are read with
+  ``zerocounter=1`` (NFT_MSG_GETOBJ_RESET).  Quotas are not read.
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from pylogd.keys import KeyType
 from pylogd.loop import BacklogReader, EventLoop, Timer
 from pylogd.netlink import NetlinkError, NetlinkSocket
 from pylogd.netlink_input import NetlinkInput, netns_option
-from pylogd.nfacct import AcctObject, AcctSocket
-from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, key
+from pylogd.nfacct import SOURCES, AcctObject, AcctSocket
+from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, key, str_option
 
 #: the longest poll interval, in seconds (the loop's timers are C ints of milliseconds)
 MAX_INTERVAL = 24 * 86400
@@ -64,6 +68,12 @@ class Nfacct(NetlinkInput):
             int_option("zerocounter", 1, "1: zero the counters as they are read", min=0, max=INT_MAX),
             int_option("timestamp", 0, "1: set oob.time.sec/usec to the time of the poll", min=0, max=INT_MAX),
             netns_option("the accounting objects"),
+            str_option(
+                "source",
+                "nfacct",
+                "nfacct: nfacct objects (iptables -m nfacct); nft: nftables named counters, as FAMILY.TABLE.NAME",
+                choices=tuple(SOURCES),
+            ),
         ),
         outputs=_OUTPUTS,
         section_required=True,
@@ -82,14 +92,15 @@ class Nfacct(NetlinkInput):
     def start(self, loop: EventLoop) -> None:
         o = self.options
         try:
-            sock = AcctSocket(o["netns"])
+            sock = SOURCES[o["source"].lower()](o["netns"])
         except NetlinkError as exc:
             raise PluginError(str(exc)) from None
         self._listen(loop, sock)
         self._timer = loop.call_every(o["pollinterval"], self._poll)
         where = f" in network namespace {o['netns']}" if o["netns"] else ""
         zero = ", zeroing them" if o["zerocounter"] else ""
-        self.log.info(f"reading the accounting objects{where} every {o['pollinterval']} s{zero}")
+        what = "nftables named counters" if o["source"].lower() == "nft" else "accounting objects"
+        self.log.info(f"reading the {what}{where} every {o['pollinterval']} s{zero}")
 
     def _make_reader(self) -> BacklogReader:
         sock = self.sock
