@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from pathlib import Path
 
 from sqlkit import SqlStack
@@ -73,4 +74,15 @@ def test_gprint_prints_an_ipv6_address_as_one(tmp_path: Path) -> None:
     stack = SqlStack("log1:NFLOG,base1:BASE,gp1:GPRINT", f'[log1]\ngroup=9\n[gp1]\nfile="{tmp_path / "g.log"}"\n')
     line = stack.entry({"ip.saddr": socket.inet_pton(socket.AF_INET6, "fd77::2"), "ip.protocol": 17})
     assert line == b"ip.saddr=fd77::2,ip.protocol=17\n"
+    stack.stop()
+
+
+def test_graphite_lines_use_the_event_time_or_now_and_no_leading_dot_without_prefix(tmp_path: Path) -> None:
+    sections = '[in1]\npath="/nonexistent"\n[gr1]\nhost="127.0.0.1"\nport="2003"\n'
+    stack = NacctStack("in1:SUMIN,gr1:GRAPHITE", sections)
+    line = stack.entry({"sum.name": "ssh", "sum.pkts": 3, "sum.bytes": 180, "oob.time.sec": 1795388587})
+    assert line == b"ssh.pkts 3 1795388587\nssh.bytes 180 1795388587\n"
+    before = int(time.time())
+    stamp = int(stack.entry({"sum.name": "dns", "sum.pkts": 1, "sum.bytes": 60}).split()[2])
+    assert before <= stamp <= time.time()
     stack.stop()

@@ -58,7 +58,7 @@ class PipeIn(Input):
         # opened read-write so that writers coming and going never give us EOF
         self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
         self.rest = b""
-        self.slots = [(k.name, self.feed.slot(k.name)) for k in _INPUT_KEYS]
+        self.slots = [(k.name, self.feed.slot(k.name)) for k in self.spec.outputs]
         self.received = 0
         loop.add_reader(self.fd, self.readable)
         self.loop = loop
@@ -90,6 +90,25 @@ class PipeIn(Input):
     def stop(self) -> None:
         self.loop.remove_reader(self.fd)
         os.close(self.fd)
+
+
+class SumIn(PipeIn):
+    """PIPEIN with NFACCT's keys: counter sums (sum.name, sum.pkts, sum.bytes) for GRAPHITE."""
+
+    spec = PluginSpec(
+        name="SUMIN",
+        kind=Kind.INPUT,
+        help="Test input: counter sums as JSON lines read from a FIFO.",
+        options=(str_option("path", None, "the FIFO to read", mandatory=True),),
+        outputs=(
+            key("sum.name", KeyType.STRING, "the counter's name"),
+            key("sum.pkts", KeyType.UINT64, "its packets"),
+            key("sum.bytes", KeyType.UINT64, "its bytes"),
+            key("oob.time.sec", KeyType.UINT32, "when it was read"),
+            key("oob.time.usec", KeyType.UINT32, "when it was read"),
+        ),
+        section_required=True,
+    )
 
 
 class OddStop(Filter):
