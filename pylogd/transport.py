@@ -313,7 +313,10 @@ class StreamTransport(Transport):
     def _stopping_hook(self) -> None:
         # before close() shuts the socket down, which a later look could not tell from the peer's close
         sock = self.sock
-        self._broken_at_stop = sock is not None and _peer_closed(sock)
+        try:
+            self._broken_at_stop = sock is not None and _peer_closed(sock)
+        except (OSError, ValueError):  # the worker closed it meanwhile (ValueError: a closed socket's fd, -1)
+            self._broken_at_stop = False
 
     def _last_send(self) -> None:
         """At stop: entries a broken connection left unacknowledged get one last connection; what cannot go
