@@ -14,6 +14,7 @@ representation fixed for its type:
 from __future__ import annotations
 
 import enum
+import socket
 from dataclasses import dataclass
 
 
@@ -116,3 +117,13 @@ def types_compatible(wanted: KeyType, offered: KeyType) -> bool:
     """
     fw, fo = wanted.family, offered.family
     return fw == "any" or fo == "any" or fw == fo
+
+
+def address_text(value: bytes) -> str:
+    """A raw address key's value as text: dotted quad, compressed IPv6, else its bytes in hex."""
+    n = len(value)
+    if n == 4:
+        return socket.inet_ntop(socket.AF_INET, value)
+    if n == 16:
+        return socket.inet_ntop(socket.AF_INET6, value)
+    return bytes(value).hex()

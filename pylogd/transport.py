@@ -208,25 +208,60 @@ class Transport:
             self.sock = None
 
 
-class StreamTransport(Transport):
-    """TCP: a stream of entries; a peer that closed is seen before a batch, a cut entry goes again whole,
-    and the entries the peer's kernel never acknowledged go again on the next connection."""
+class _KeepingStream(Transport):
+    """A stream that keeps the entries sent on the connection until the peer is known to have them, and
+    sends them again, first, on the next connection when it is not."""
 
     def __init__(self, mode: str, *, host: str, port: str, path: str, log: Logger, name: str) -> None:
         super().__init__(mode, host=host, port=port, path=path, log=log, name=name)
-        # entries sent whole on this connection that the peer's kernel may not have acknowledged, oldest
-        # first; they are the last _inflight_bytes of the _sent bytes sent on it
+        # entries sent whole on this connection that the peer may not have, oldest first
         self._inflight: collections.deque[bytes] = collections.deque()
         self._inflight_bytes = 0
-        self._sent = 0
-        self._acked_at_connect = 0  # tcpi_bytes_acked counts the SYN: the data's count starts after it
         self._resend: list[bytes] = []  # entries to send again, first, on the next connection
-        self._broken_at_stop = False
         self.resent = 0
         self.lost = 0
 
     def statistics(self) -> dict[str, int]:
         return {**super().statistics(), "resent": self.resent, "lost": self.lost}
+
+    def _send_kept(self, entries: list[bytes]) -> None:
+        """Send the entries to send again, then ``entries``; every entry sent whole is kept.  On a failure
+        the entries sent whole leave ``entries`` (kept), and an entry cut by it stays, to go again whole
+        on the next connection, where its first part would make no line."""
+        assert self.sock is not None
+        resend = self._resend
+        lines = resend + entries if resend else entries
+        data = memoryview(b"".join(lines))
+        sent = 0
+        try:
+            while sent < len(data):
+                sent += self.sock.send(data[sent:])
+        except OSError:
+            whole, done = _whole(lines, sent)
+            again = min(whole, len(resend))
+            self._keep(lines[:whole], done, again)
+            del resend[:again]
+            del entries[: whole - again]
+            raise
+        self._keep(lines if resend else list(lines), len(data), len(resend))
+        resend.clear()
+
+    def _keep(self, lines: list[bytes], nbytes: int, again: int) -> None:
+        self._inflight.extend(lines)
+        self._inflight_bytes += nbytes
+        self.resent += again
+
+
+class StreamTransport(_KeepingStream):
+    """TCP: a stream of entries; a peer that closed is seen before a batch, a cut entry goes again whole,
+    and the entries the peer's kernel never acknowledged go again on the next connection."""
+
+    def __init__(self, mode: str, *, host: str, port: str, path: str, log: Logger, name: str) -> None:
+        super().__init__(mode, host=host, port=port, path=path, log=log, name=name)
+        # the kept entries are the last _inflight_bytes of the _sent bytes sent on this connection
+        self._sent = 0
+        self._acked_at_connect = 0  # tcpi_bytes_acked counts the SYN: the data's count starts after it
+        self._broken_at_stop = False
 
     def _connect(self) -> socket.socket:
         sock = super()._connect()
@@ -245,36 +280,20 @@ class StreamTransport(Transport):
             self._connection_broken()
         if self.sock is None:
             self.sock = self._connect()
-        resend = self._resend
-        lines = resend + entries if resend else entries
-        data = memoryview(b"".join(lines))
-        sent = 0
         try:
-            while sent < len(data):
-                sent += self.sock.send(data[sent:])
+            self._send_kept(entries)
         except OSError:
-            # the entries sent whole are kept until acknowledged; an entry cut by the failure goes again
-            # whole on the next connection, where its first part would make no line
-            whole, done = _whole(lines, sent)
-            again = min(whole, len(resend))
-            self._keep(lines[:whole], done, again)
-            del resend[:again]
-            del entries[: whole - again]
             if self._stopping:  # close() shut the socket to free a worker stuck on a peer that reads nothing
                 self._close()
             else:
                 self._connection_broken()
             raise
-        self._keep(lines if resend else list(lines), len(data), len(resend))
-        resend.clear()
         entries.clear()
         self._forget_acknowledged()
 
     def _keep(self, lines: list[bytes], nbytes: int, again: int) -> None:
-        self._inflight.extend(lines)
-        self._inflight_bytes += nbytes
+        super()._keep(lines, nbytes, again)
         self._sent += nbytes
-        self.resent += again
 
     def _forget_acknowledged(self) -> None:
         """Forget the kept entries the peer's kernel has acknowledged: one getsockopt for the batch.  What
@@ -367,23 +386,14 @@ class DatagramTransport(Transport):
             del entries[:n]
 
 
-class UnixStreamTransport(Transport):
+class UnixStreamTransport(_KeepingStream):
     """A unix stream socket, at least once: entries a collector closed on unread go again."""
 
     def __init__(self, mode: str, *, host: str, port: str, path: str, log: Logger, name: str) -> None:
         super().__init__(mode, host=host, port=port, path=path, log=log, name=name)
-        # entries sent on this connection that the collector may not have read, oldest first
-        self._inflight: collections.deque[bytes] = collections.deque()
-        self._inflight_bytes = 0
-        self._resend: list[bytes] = []  # entries to send again, first, on the next connection
         self._careful = False  # the next connection's first entry goes alone and waits to be read
         self._unread = threading.Event()  # set while entries may wait unread: the watcher looks at them
         self._watcher: threading.Thread | None = None
-        self.resent = 0
-        self.lost = 0
-
-    def statistics(self) -> dict[str, int]:
-        return {**super().statistics(), "resent": self.resent, "lost": self.lost}
 
     def _forget_connection(self) -> None:
         self._inflight.clear()
@@ -419,7 +429,7 @@ class UnixStreamTransport(Transport):
             if self.sock is None:
                 continue  # closed, once it had read the careful line: the next connection
             try:
-                self._send_unix(entries)
+                self._send_kept(entries)
                 return
             except OSError as exc:
                 if self._stopping:
@@ -459,34 +469,6 @@ class UnixStreamTransport(Transport):
                 if not self._inflight and not self._resend:
                     self._unread.clear()
                     step = 0.001
-
-    def _send_unix(self, entries: list[bytes]) -> None:
-        """Send the lines to send again, then ``entries``; the lines sent whole leave ``entries`` and are
-        kept until the collector is known to have read them."""
-        assert self.sock is not None
-        resend = self._resend
-        lines = resend + entries if resend else entries
-        data = memoryview(b"".join(lines))
-        sent = 0
-        try:
-            while sent < len(data):
-                sent += self.sock.send(data[sent:])
-        except OSError:
-            whole, done = _whole(lines, sent)
-            again = min(whole, len(resend))
-            self._keep(lines[:whole], done, again)
-            del resend[:again]
-            del entries[: whole - again]
-            raise
-        self._keep(lines if resend else list(lines), len(data), len(resend))
-        resend.clear()
-        entries.clear()
-        self._forget_read()
-
-    def _keep(self, lines: list[bytes], nbytes: int, again: int) -> None:
-        self._inflight.extend(lines)
-        self._inflight_bytes += nbytes
-        self.resent += again
 
     def _forget_read(self) -> None:
         """Forget the kept lines the collector has read: one ioctl for the batch.  SIOCOUTQ counts the
@@ -533,13 +515,13 @@ class UnixStreamTransport(Transport):
                 first, later = self._resend[:1], self._resend[1:]
                 self._resend = first
                 try:
-                    self._send_unix([])
+                    self._send_kept([])
                 finally:
                     self._resend += later  # after the first line, unless it went
             elif entries:
                 one = entries[:1]
                 try:
-                    self._send_unix(one)
+                    self._send_kept(one)
                 finally:
                     if not one:  # it went
                         del entries[:1]
@@ -576,7 +558,7 @@ class UnixStreamTransport(Transport):
         count = len(self._resend)
         try:
             self.sock = self._connect()
-            self._send_unix([])
+            self._send_kept([])
         except OSError as exc:
             self.lost += len(self._resend)
             self.log.error(

@@ -21,24 +21,14 @@ Differences from ulogd 2.0.8
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 from pylogd.config import INT_MAX
 from pylogd.files import FileOutput, sync_option
-from pylogd.keys import Key, KeyType
+from pylogd.keys import Key, KeyType, address_text
 from pylogd.plugin import Kind, PluginSpec, Slots, int_option, path_option
-
-
-def _address(value: bytes) -> str:
-    n = len(value)
-    if n == 4:
-        return socket.inet_ntop(socket.AF_INET, value)
-    if n == 16:
-        return socket.inet_ntop(socket.AF_INET6, value)
-    return bytes(value).hex()
 
 
 def formatter(k: Key) -> Callable[[Any], str] | None:
@@ -46,7 +36,7 @@ def formatter(k: Key) -> Callable[[Any], str] | None:
     if k.type in (KeyType.STRING, KeyType.RAWSTR):
         return str
     if k.type in (KeyType.IPADDR, KeyType.IP6ADDR):
-        return _address
+        return address_text
     if k.type.family == "integer":
         return lambda value: str(int(value))
     return None

@@ -25,24 +25,14 @@ Differences from ulogd 2.0.8
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
 from pylogd.files import FileOutput, sync_option
-from pylogd.keys import Key, KeyType
+from pylogd.keys import Key, KeyType, address_text
 from pylogd.plugin import Kind, PluginSpec, Slots, path_option
 
 BOUNDARY = "===>PACKET BOUNDARY\n"
-
-
-def _address(value: bytes) -> str:
-    n = len(value)
-    if n == 4:
-        return socket.inet_ntop(socket.AF_INET, value)
-    if n == 16:
-        return socket.inet_ntop(socket.AF_INET6, value)
-    return bytes(value).hex()
 
 
 def formatter(k: Key) -> Callable[[Any], str]:
@@ -50,7 +40,7 @@ def formatter(k: Key) -> Callable[[Any], str]:
     if k.type in (KeyType.STRING, KeyType.RAWSTR):
         return str
     if k.type is KeyType.IPADDR:
-        return _address
+        return address_text
     if k.type is KeyType.NONE:
         return lambda value: "<none>"
     if k.type.family == "integer":
