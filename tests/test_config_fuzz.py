@@ -300,6 +300,7 @@ class Outcome:
     files: list[tuple[str, str]]  # (plugin, path) of every file, path and logfile option when accepted
     nflog_instances: int = 0
     origin: str = ""  # the seed it is a mutation of
+    netns: bool = False  # an input reads another network namespace: one the test did not make
 
 
 def assert_one_line(line: str, path: Path, context: str) -> None:
@@ -352,6 +353,7 @@ def in_process(path: Path, context: str) -> Outcome:
         {i.spec.name for i in topology.instances.values()},
         files,
         sum(i.spec.name == "NFLOG" for i in topology.instances.values()),
+        netns=any(i.plugin.options.get("netns") for i in topology.instances.values()),
     )
 
 
@@ -435,12 +437,14 @@ def test_mutated_configs_through_check(fuzzed: tuple[Path, list[Outcome]]) -> No
 def _startable(tmp: Path, o: Outcome) -> bool:
     """Whether a config can start whatever it says: its files are distinct, new and in the test's
     directory, its pcap file is the one the seed wrote, one NFLOG instance at most (two cannot
-    bind one group).  Other start failures are the environment's, not the config's."""
+    bind one group), no input reading a network namespace by name (it exists nowhere here).  Other start
+    failures are the environment's, not the config's."""
     paths = [path for _plugin, path in o.files]
     return (
         o.accepted
         and o.plugins <= STARTABLE
         and o.nflog_instances <= 1
+        and not o.netns
         and len(set(paths)) == len(paths)
         and all(os.path.dirname(p) == str(tmp) and not os.path.basename(p).startswith("case") for p in paths)
         and all(path == f"{tmp}/one.pcap" for plugin, path in o.files if plugin == "PCAPFILE")

@@ -93,7 +93,9 @@ def test_the_unit_verifies_and_is_hardened(dest: Path, tmp_path: Path) -> None:
     verify = subprocess.run(
         ["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60, env=env
     )
-    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    # verify also loads the machine's other units: what it says of them (a package's obsolete setting) is theirs
+    ours = [line for line in verify.stderr.splitlines() if "pylogd" in line or not line.startswith("/")]
+    assert verify.returncode == 0 and not [line for line in ours if line.strip()], verify.stderr
     security = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(local)], capture_output=True, text=True, timeout=60
     )

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from pylogd.keys import KeyType
 from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, Output, PluginSpec, Slots, key, str_option
+from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, key, str_option
 from pylogd.transport import Transport, check_address, open_transport
 
 
@@ -38,15 +38,15 @@ class Graphite(Output):
         kind=Kind.OUTPUT,
         help="Sends each counter's packets and bytes to a Graphite carbon server (plaintext protocol over TCP).",
         options=(
-            str_option("host", None, "carbon's host name or address", mandatory=True),
-            str_option("port", None, "carbon's plaintext port, a number or a service name", mandatory=True),
+            str_option("host", "", "carbon's host name or address (required)"),
+            str_option("port", "", "carbon's plaintext port, a number or a service name (required)"),
             str_option("prefix", "", "the first components of every metric's name (e.g. netfilter.fw1)"),
         ),
         inputs=(
             key("sum.name", KeyType.STRING, "the counter's name"),
             key("sum.pkts", KeyType.UINT64, "its packets"),
             key("sum.bytes", KeyType.UINT64, "its bytes"),
-            key("oob.time.sec", KeyType.UINT32, "when it was read; the time of writing when absent", optional=True),
+            key("oob.time.sec", KeyType.UINT32, "when it was read; the time of writing when it is not set"),
         ),
         section_required=True,
     )
@@ -58,6 +58,10 @@ class Graphite(Output):
         self.transport: Transport | None = None
 
     def configure(self) -> None:
+        # ulogd declared both without a default and failed the start without them: here --check says so
+        for name in ("host", "port"):
+            if not self.options[name]:
+                raise PluginError(f"{name} is empty: carbon's {'host' if name == 'host' else 'plaintext port'}", name)
         check_address("tcp", self.options["host"], self.options["port"], "")
 
     def start(self, loop: EventLoop) -> None:
