@@ -34,7 +34,6 @@ from operator import itemgetter
 from .netlink import (
     BACKLOG_SIZE,
     NETLINK_BROADCAST_ERROR,
-    NETLINK_NETFILTER,
     NETLINK_NO_ENOBUFS,
     NLA,
     NLA_TYPE_MASK,
@@ -48,8 +47,8 @@ from .netlink import (
     NetlinkError,
     NetlinkSocket,
     iter_messages,
-    netns_context,
     nlmsg_error,
+    open_netfilter,
     set_rcvbuf,
 )
 
@@ -343,17 +342,7 @@ def _request(mtype: int, flags: int, family: int = 0, seq: int = 0) -> bytes:
 
 
 def _open(netns: str | None, groups: int = 0) -> socket.socket:
-    with netns_context(netns):
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-        except OSError as exc:
-            raise NetlinkError(exc.errno, f"cannot open a netfilter netlink socket: {exc.strerror}") from None
-    try:
-        sock.bind((0, groups))
-    except OSError as exc:
-        sock.close()
-        raise NetlinkError(exc.errno, f"cannot subscribe to conntrack events: {exc.strerror}") from None
-    return sock
+    return open_netfilter(netns, groups, "subscribe to conntrack events")
 
 
 def dump_each(

@@ -44,6 +44,7 @@ __all__ = [
     "netns_path",
     "nla",
     "nlmsg_error",
+    "open_netfilter",
     "set_rcvbuf",
 ]
 
@@ -165,6 +166,22 @@ def netns_context(netns: str | None) -> Iterator[None]:
             os.close(own)
     finally:
         os.close(target)
+
+
+def open_netfilter(netns: str | None, groups: int = 0, bound: str = "bind a netfilter netlink socket") -> socket.socket:
+    """A NETLINK_NETFILTER socket made inside ``netns`` (None: this namespace) and bound to the multicast
+    ``groups``; ``bound`` says in the error what binding it was for."""
+    with netns_context(netns):
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        except OSError as exc:
+            raise NetlinkError(exc.errno, f"cannot open a netfilter netlink socket: {exc.strerror}") from None
+    try:
+        sock.bind((0, groups))
+    except OSError as exc:
+        sock.close()
+        raise NetlinkError(exc.errno, f"cannot {bound}: {exc.strerror}") from None
+    return sock
 
 
 # ---------------------------------------------------------------------------------------------

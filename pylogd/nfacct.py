@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import select
-import socket
 import struct
 import time
 from collections import deque
@@ -29,7 +28,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from .netlink import (
-    NETLINK_NETFILTER,
     NLA_TYPE_MASK,
     NLM_F_DUMP,
     NLM_F_REQUEST,
@@ -38,8 +36,8 @@ from .netlink import (
     NLMSG_FULL,
     NetlinkError,
     NetlinkSocket,
-    netns_context,
     nlmsg_error,
+    open_netfilter,
 )
 
 __all__ = [
@@ -122,16 +120,7 @@ class AcctSocket(NetlinkSocket):
         self.errors = 0
         self.dumps = 0  # dumps answered to the end
         self.last_error: OSError | None = None
-        with netns_context(netns):
-            try:
-                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-            except OSError as exc:
-                raise NetlinkError(exc.errno, f"cannot open a netfilter netlink socket: {exc.strerror}") from None
-        try:
-            sock.bind((0, 0))
-        except OSError as exc:
-            sock.close()
-            raise NetlinkError(exc.errno, f"cannot bind a netfilter netlink socket: {exc.strerror}") from None
+        sock = open_netfilter(netns)
         sock.setblocking(False)
         self._sock = sock
         self._init_rcvbuf(rcvbuf, 0)

@@ -70,6 +70,7 @@ import struct
 import termios
 import threading
 import time
+from collections.abc import Callable
 
 from .log import ERROR, NOTICE, Logger
 from .plugin import PluginError
@@ -251,6 +252,24 @@ class _KeepingStream(Transport):
         self._inflight_bytes += nbytes
         self.resent += again
 
+    def _resend_at_stop(self, send: Callable[[list[bytes]], None], why: str) -> None:
+        """The entries to send again get one last connection; what cannot go is counted and logged as lost."""
+        if not self._resend:
+            return
+        count = len(self._resend)
+        try:
+            self.sock = self._connect()
+            send([])
+        except OSError as exc:
+            self.lost += len(self._resend)
+            self.log.error(
+                f"{self.name}: {len(self._resend)} lines {self.peer()} {why} could not be sent again ({exc}); "
+                f"lost ({self.lost} since start)"
+            )
+            self._resend.clear()
+            return
+        self.log.notice(f"{self.name}: sent {count} lines again to {self.peer()} at stop")
+
 
 class StreamTransport(_KeepingStream):
     """TCP: a stream of entries; a peer that closed is seen before a batch, a cut entry goes again whole,
@@ -338,25 +357,11 @@ class StreamTransport(_KeepingStream):
             self._broken_at_stop = False
 
     def _last_send(self) -> None:
-        """At stop: entries a broken connection left unacknowledged get one last connection; what cannot go
-        is counted and logged as lost.  On a connection that works the kernel still delivers what it holds."""
+        """At stop: entries a broken connection left unacknowledged get one last connection.  On a
+        connection that works the kernel still delivers what it holds."""
         if self.sock is not None and self._broken_at_stop:
             self._connection_broken()
-        if not self._resend:
-            return
-        count = len(self._resend)
-        try:
-            self.sock = self._connect()
-            self._send([])
-        except OSError as exc:
-            self.lost += len(self._resend)
-            self.log.error(
-                f"{self.name}: {len(self._resend)} lines {self.peer()} had not acknowledged when the connection "
-                f"broke could not be sent again ({exc}); lost ({self.lost} since start)"
-            )
-            self._resend.clear()
-            return
-        self.log.notice(f"{self.name}: sent {count} lines again to {self.peer()} at stop")
+        self._resend_at_stop(self._send, "had not acknowledged when the connection broke")
 
 
 class DatagramTransport(Transport):
@@ -549,25 +554,10 @@ class UnixStreamTransport(_KeepingStream):
         return False
 
     def _last_send(self) -> None:
-        """At stop: a collector gone with lines unread gets them on one last connection; what cannot
-        go is counted and logged as lost."""
+        """At stop: a collector gone with lines unread gets them on one last connection."""
         if self.sock is not None and (lossy := _unix_peer_closed(self.sock)) is not None:
             self._connection_lost(lossy)
-        if not self._resend:
-            return
-        count = len(self._resend)
-        try:
-            self.sock = self._connect()
-            self._send_kept([])
-        except OSError as exc:
-            self.lost += len(self._resend)
-            self.log.error(
-                f"{self.name}: {len(self._resend)} lines {self.peer()} did not read before it closed could not be "
-                f"sent again ({exc}); lost ({self.lost} since start)"
-            )
-            self._resend.clear()
-            return
-        self.log.notice(f"{self.name}: sent {count} lines again to {self.peer()} at stop")
+        self._resend_at_stop(self._send_kept, "did not read before it closed")
 
 
 def open_transport(mode: str, *, host: str = "", port: str = "", path: str = "", log: Logger, name: str) -> Transport:

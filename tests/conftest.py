@@ -65,4 +65,6 @@ def logged() -> tuple[list[str], LogSink]:
 
 
 # the namespace rig's fixtures: rig, netns, netns_pair
+# daemons: pylogd processes a test starts, killed at its end
+from daemonkit import daemons_fixture  # noqa: E402, F401
 from rig import netns_fixture, netns_pair_fixture, rig_fixture  # noqa: E402, F401

@@ -7,9 +7,10 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from conftest import PYLOGD, ROOT, TEST_PLUGINS
 
 
@@ -84,3 +85,12 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+@pytest.fixture(name="daemons")
+def daemons_fixture() -> Iterator[list[Daemon]]:
+    """Daemons a test starts, killed at its end whatever happened."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()

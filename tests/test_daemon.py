@@ -19,14 +19,6 @@ from conftest import PYLOGD, ROOT
 from daemonkit import Daemon, read, wait_for
 
 
-@pytest.fixture
-def daemons():
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 def emu_daemon(tmp_path, daemons, args=None) -> Daemon:
     d = Daemon(tmp_path, ["in1:PIPEIN,emu1:LOGEMU"], f'[emu1]\nfile="{tmp_path}/emu.log"\nsync=1\n', args)
     daemons.append(d)

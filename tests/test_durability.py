@@ -132,6 +132,19 @@ def finish(d: PipeDaemon, db: Db, sent: int) -> None:
     exactly_once(db, range(1, sent + 1))
 
 
+def start_then_cut(db: Db, d: PipeDaemon) -> None:
+    """The daemon reads the table at start, then the database goes away."""
+    db.fwd.up()
+    d.start()
+    db.fwd.down()
+
+
+def stop_if_running(d: PipeDaemon) -> None:
+    """After a test that failed between a kill and a restart: no daemon is left behind."""
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()
+
+
 def spool_daemon(db: Db, tmp: Path, iid: str, args: list[str] | None = None) -> tuple[PipeDaemon, Path]:
     control = tmp / "control.sock"
     d = PipeDaemon(
@@ -153,9 +166,7 @@ def test_kill_9_while_the_database_is_down_loses_nothing_accepted(db: Db, tmp_pa
     accepted event is written once, in order, when it is back (before: 99 % of them were lost with
     the memory backlog, which only went to disk past 64 MiB)."""
     d, control = spool_daemon(db, tmp_path, "out1")
-    db.fwd.up()
-    d.start()  # the table is read at start
-    db.fwd.down()
+    start_then_cut(db, d)
     d.send([1])
     sent = 1
     # pylogd has seen the outage (entries accepted before it saw one wait in memory for up to a second)
@@ -172,8 +183,7 @@ def test_kill_9_while_the_database_is_down_loses_nothing_accepted(db: Db, tmp_pa
             this_run = 0
         finish(d, db, sent)
     finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+        stop_if_running(d)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,8 +218,7 @@ def test_seeded_kills_during_writing_and_write_back_write_every_event_once(db: D
             d.start()
         finish(d, db, sent)
     finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+        stop_if_running(d)
 
 
 def test_kill_9_during_the_write_back_writes_nothing_twice(db: Db, tmp_path: Path) -> None:
@@ -217,9 +226,7 @@ def test_kill_9_during_the_write_back_writes_nothing_twice(db: Db, tmp_path: Pat
     times while it writes them back: each row once (before: the read position moved once per record, and
     three kills wrote 8,000 to 12,000 rows again)."""
     d, _ = spool_daemon(db, tmp_path, "out7")
-    db.fwd.up()
-    d.start()
-    db.fwd.down()
+    start_then_cut(db, d)
     sent = 30_000
     d.send(range(1, sent + 1))
     assert d.stop() == 0  # what waits goes to the spool at exit
@@ -233,8 +240,7 @@ def test_kill_9_during_the_write_back_writes_nothing_twice(db: Db, tmp_path: Pat
         d.start()
         finish(d, db, sent)
     finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+        stop_if_running(d)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -244,9 +250,7 @@ def test_kill_9_during_the_write_back_writes_nothing_twice(db: Db, tmp_path: Pat
 def test_a_damaged_spool_costs_only_its_damaged_records_and_says_how_many(db: Db, tmp_path: Path) -> None:
     rng = random.Random(2209)
     d, _ = spool_daemon(db, tmp_path, "out3")
-    db.fwd.up()
-    d.start()
-    db.fwd.down()
+    start_then_cut(db, d)
     sent = 0
     for _ in range(6):  # several records
         d.send(range(sent + 1, sent + 201))
@@ -325,9 +329,7 @@ def test_a_read_only_spool_disk_is_written_back_and_does_not_stop_the_database(
     """Spooled during an outage, then the spool's filesystem goes read-only: what it holds is written
     back once, the failing progress writes are logged, and new rows keep going."""
     d, control = spool_daemon(db, tmp_path, "out5")
-    db.fwd.up()
-    d.start()
-    db.fwd.down()
+    start_then_cut(db, d)
     try:
         d.send(range(1, 301))
         wait_for(lambda: accepted(control) == 300, timeout=20, what="300 accepted")

@@ -616,14 +616,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 @pytest.mark.parametrize("mode", ["tcp", "unix"])
 def test_collector_down_at_start_and_away_midstream_gets_every_line_once(
     tmp_path: Path, daemons: list[Daemon], mode: str

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from daemonkit import Daemon, read, wait_for
 from pylogd.plugins.outputs.oprint import OPrint
 
@@ -77,14 +75,6 @@ def test_host_order_address_prints_reversed(tmp_path: Path) -> None:
     values = [None] * len(KEYS)
     values[-1] = bytes([1, 0, 0, 127])
     assert dump(values, tmp_path) == "===>PACKET BOUNDARY\nip.hsaddr=1.0.0.127\n===>PACKET BOUNDARY\n"
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
 
 
 def test_behind_mark_in_a_daemon(tmp_path: Path, daemons: list[Daemon]) -> None:

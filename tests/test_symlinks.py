@@ -144,14 +144,6 @@ def test_the_daemon_log_refuses_a_planted_link(shared, victim) -> None:
     assert sink.target == "stderr" and victim.read_text() == PRECIOUS
 
 
-@pytest.fixture
-def daemons():
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 @pytest.mark.parametrize("planted", ["emu", "json", "log"])
 def test_a_daemon_refuses_to_start_on_a_planted_link(shared, victim, tmp_path, daemons, planted) -> None:
     d = Daemon(
