@@ -118,7 +118,6 @@ class Spool:
         self._highest = max(self.segments, default=_FIRST - 1)  # segment numbers are never used twice
         for number in list(self.segments):
             self._scan(number)
-        self.last_record_id = 0
 
     # -- opening: find what is there, count it ------------------------------------------------
 
@@ -221,7 +220,6 @@ class Spool:
             return 0
         self.bytes += len(record)
         self.entries += len(entries)
-        self.last_record_id = record_id
         return len(entries)
 
     def _write_tail(self, record: bytes) -> None:
