@@ -442,6 +442,7 @@ class SqlOutput(Output):
         # through this one; _channel is the one whose write holds the lock
         self._direct = Channel(self, "", None)
         self._channel = self._direct
+        self._channels: list[Channel] = []  # the stacks' channels
 
     # -- for subclasses -----------------------------------------------------------------------
 
@@ -495,7 +496,9 @@ class SqlOutput(Output):
 
     def channel(self, name: str, keep: Callable[[dict[str, Any]], None] | None) -> Channel:
         """A stack's way in: ``keep`` stores a transaction's record before its COMMIT (None: no spool)."""
-        return Channel(self, name, keep)
+        channel = Channel(self, name, keep)
+        self._channels.append(channel)
+        return channel
 
     def write(self, entries: list) -> None:
         self.write_through(self._direct, entries)

@@ -153,6 +153,7 @@ class Mysql(SqlOutput):
         self._xa: list | None = None  # [xid, prepared] of the open batch
         self._thread_id = 0  # the server's id of the connection, to end it should it hold a batch in doubt
         self._orphans_committed: set[str] = set()
+        self._orphans_checked = False  # at the first write: see _commit_orphans
 
     def configure(self) -> None:
         super().configure()
@@ -195,8 +196,6 @@ class Mysql(SqlOutput):
         conn = self.pymysql.connect(**kw)
         try:
             self._check_procedure(conn)
-            if not self.connects:
-                self._commit_orphans(conn)
         except BaseException:
             conn.close()
             raise
@@ -219,7 +218,11 @@ class Mysql(SqlOutput):
 
     def _commit_orphans(self, conn: Any) -> None:
         """Batches an earlier pylogd of this instance prepared and never committed (it was killed in
-        between) hold rows nobody else has and locks: commit them."""
+        between) hold rows nobody else has and locks: commit them.  Done before the first write, once
+        the stacks have adopted their records of transactions in doubt: a branch such a record names is
+        left to that stack's settle, which marks the record prepared on disk before it commits, so a
+        kill right after the commit cannot make the next start take the batch for rolled back."""
+        named = {c.in_doubt.get("xid") for c in self._channels if c.in_doubt is not None}
         prefix = f"pylogd-{self.id[:20]}-"
         mine = f"{prefix}{os.getpid()}-"
         conn.autocommit(True)
@@ -228,7 +231,7 @@ class Mysql(SqlOutput):
                 cur.execute("XA RECOVER")
                 for row in cur.fetchall():
                     xid = row[3].decode() if isinstance(row[3], bytes) else row[3]
-                    if xid.startswith(prefix) and not xid.startswith(mine):
+                    if xid.startswith(prefix) and not xid.startswith(mine) and xid not in named:
                         cur.execute("XA COMMIT %s", (xid,))
                         self._orphans_committed.add(xid)  # a batch in doubt at the last stop: settled
                         self.log.notice(f"committed batch {xid}, prepared by an earlier pylogd that stopped before")
@@ -342,6 +345,14 @@ class Mysql(SqlOutput):
         return None if xa is None else {"xid": xa[0], "prepared": xa[1], "thread": self._thread_id}
 
     def _write(self, entries: list) -> None:
+        if not self._orphans_checked:
+            conn = self._ensure()
+            try:
+                self._commit_orphans(conn)
+            except Exception as exc:
+                self._close()  # the next try starts on a fresh connection, as after a failed batch
+                raise Transient(f"cannot commit the batches an earlier pylogd prepared: {exc}") from exc
+            self._orphans_checked = True
         if self._in_doubt is not None:
             self._settle(entries)
         super()._write(entries)
