@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pwd
@@ -324,14 +325,15 @@ def test_daemon_mode_closes_descriptors_it_inherited(tmp_path, daemons) -> None:
     pidfile = tmp_path / "pylogd.pid"
     d = emu_daemon(tmp_path, daemons, ["-d", "-p", str(pidfile)])
     r, w = os.pipe()
+    # a free descriptor above the usual ones: dup2 onto a fixed number would close whatever pytest keeps there
     null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 10)
+    high = fcntl.fcntl(null, fcntl.F_DUPFD, 50)
+    os.close(null)
     try:
-        proc = subprocess.Popen([*PYLOGD, "-c", str(d.conf), *d.args], cwd=ROOT, pass_fds=(w, 10))
+        proc = subprocess.Popen([*PYLOGD, "-c", str(d.conf), *d.args], cwd=ROOT, pass_fds=(w, high))
     finally:
         os.close(w)
-        os.close(null)
-        os.close(10)
+        os.close(high)
     try:
         assert proc.wait(30) == 0
         pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the pidfile"))
