@@ -30,7 +30,7 @@ ICMP flows carry ``type * 256 + code`` in the destination port, as NetFlow expor
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 IPFIX_VERSION = 10
@@ -217,6 +217,7 @@ class Exporter:
         send_template: str = "once",
         refresh_seconds: float = 60.0,
         refresh_messages: int = 0,
+        statistics_seconds: float | None = None,
         start_time: float = 0.0,
     ) -> None:
         self.version = version
@@ -225,6 +226,7 @@ class Exporter:
         self.send_template = send_template
         self.refresh_seconds = refresh_seconds
         self.refresh_messages = refresh_messages
+        self.statistics_seconds = refresh_seconds if statistics_seconds is None else statistics_seconds
         self.start_time = start_time  # v9's sysUptime counts from here
         self.sequence = 0  # IPFIX: data records sent; v9: messages sent
         self.messages_sent = 0
@@ -282,12 +284,12 @@ class Exporter:
         )
 
     def statistics_due(self, now: float) -> bool:
-        """Whether the next message should carry the exporter's counts: first in a session, then every
-        ``refresh_seconds``.  They go with their options template, so they never wait for one."""
+        """Whether the exporter's counts are due: first in a session, then every ``statistics_seconds``.
+        They go with their options template, so they never wait for one."""
         if self.send_template == "never":
             return False
         at = self._statistics_at
-        return at is None or bool(self.refresh_seconds and now - at >= self.refresh_seconds)
+        return at is None or bool(self.statistics_seconds and now - at >= self.statistics_seconds)
 
     def statistics_message(self, now: float) -> Message:
         """The exporter's counts, with their options template, in a message of their own under
@@ -315,7 +317,11 @@ class Exporter:
     def messages(self, entries: Sequence[bytes], now: float) -> list[Message]:
         """Messages holding every entry, in order.  Nothing here counts as sent until :meth:`sent`
         says so."""
-        out: list[Message] = []
+        return list(self.iter_messages(entries, now))
+
+    def iter_messages(self, entries: Sequence[bytes], now: float) -> Iterator[Message]:
+        """:meth:`messages`, one at a time: a sender that sends each as it is made spreads a burst out."""
+        built = 0
         v9 = self.version == V9_VERSION
         header_size = self._header.size
         sizes = self._record_sizes
@@ -326,7 +332,7 @@ class Exporter:
         announced = dict(self._announced)
         i, n = 0, len(entries)
         while i < n:
-            sent = self.messages_sent + len(out)
+            sent = self.messages_sent + built
             in_message: set[int] = set()
             parts: list[bytes] = []
             size = header_size
@@ -377,8 +383,8 @@ class Exporter:
             else:
                 head = IPFIX_HEADER.pack(IPFIX_VERSION, size, int(now), sequence, self.domain)
                 sequence = (sequence + records) & 0xFFFFFFFF
-            out.append(Message(head + b"".join(parts), records, flows, tuple(carried)))
-        return out
+            built += 1
+            yield Message(head + b"".join(parts), records, flows, tuple(carried))
 
     def _statistics_record(self, now: float) -> bytes:
         return STATISTICS_TEMPLATE.record.pack(

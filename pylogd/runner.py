@@ -99,6 +99,10 @@ class OutputRunner:
         self._chunk = min(CHUNK, getattr(output, "batch_rows", CHUNK) or CHUNK)
         if spool is not None and spool.doubt is not None and self.channel is not None:
             self.channel.adopt(spool.doubt)
+        # an output that reports its own losses downstream (IPFIX's exporter counts) reads the runner's
+        watch = getattr(output, "watch_runner", None)
+        if watch is not None:
+            watch(self)
         self._lock = threading.Lock()  # the backlog and the spool, with a worker thread
         self._progress_lock = threading.Lock()  # one progress write at a time, in order
         self._wake = threading.Condition(self._lock)

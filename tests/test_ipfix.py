@@ -387,6 +387,75 @@ while True:
     s.recv(65535)
 """
 
+COLLECTOR = """
+import socket, struct, sys
+mode, port, out = sys.argv[1], int(sys.argv[2]), open(sys.argv[3], "a")
+def keep(message):
+    out.write(message.hex() + "\\n")
+    out.flush()
+if mode == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    s.bind(("127.0.0.1", port))
+    print("ready", flush=True)
+    while True:
+        keep(s.recv(65535))
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(5)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    out.write("connection\\n")
+    buf = b""
+    while True:
+        data = c.recv(65536)
+        if not data:
+            break
+        buf += data
+        while len(buf) >= 4 and len(buf) >= struct.unpack_from(">H", buf, 2)[0]:
+            n = struct.unpack_from(">H", buf, 2)[0]
+            keep(buf[:n])
+            buf = buf[n:]
+    c.close()
+"""
+
+
+def collected(path: Path) -> list[bytes | None]:
+    """The messages a COLLECTOR kept, None where a new connection began."""
+    return [None if line == "connection" else bytes.fromhex(line) for line in read_text(path).splitlines()]
+
+
+def test_the_exporters_counts_reach_the_collector_under_domain_0(rig: Rig, tmp_path: Path) -> None:
+    ns = rig.netns("st")
+    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0; ct state new accept\n }\n}\n")
+    kept = tmp_path / "collected"
+    collector = ns.spawn([sys.executable, "-c", COLLECTOR, "udp", "4739", str(kept)], name="collector")
+    wait_for(lambda: "ready" in collector.output(), what="the collector")
+    options = "oid=11\nhost=127.0.0.1\nport=4739\nproto=udp\ntemplate_refresh=1\n"
+    daemon = start_pylogd(ns, pylogd_conf(tmp_path, options, "hash_enable=0"), tmp_path / "pylogd.log")
+    ns.call(udp_burst, 40000, 20)
+    wait_for(lambda: captured(tmp_path) >= 20, what="20 flows")
+    time.sleep(1.1)  # the next write carries the counts again
+    ns.call(udp_burst, 40100, 5)
+    wait_for(lambda: captured(tmp_path) >= 25, what="5 more flows")
+    assert daemon.stop() == 0
+    reader = Reader()
+    flows, counts = 0, []
+    for message in collected(kept):
+        assert message is not None
+        d = reader.read(message)
+        if d.domain == 0:
+            counts.append(d.records[0])
+        else:
+            assert d.domain == 11
+            flows += len(d.records)
+    assert flows >= 25  # NEW events, and the exporter's own flow
+    assert len(counts) >= 2 and all(c[149] == 11 and c[166] == 0 for c in counts)
+    assert counts[0][42] == 0 and 20 <= counts[-1][42] < flows  # counts of what went before it
+
+
 NFACCTD_CONF = """daemonize: false
 nfacctd_ip: 127.0.0.1
 nfacctd_port: {port}

@@ -17,8 +17,10 @@ tuples: the reply's destination is not the original source (SNAT, masquerade) or
 is not the original destination (DNAT).
 
 An options record (scope observationDomainId) carries the exporter's own counts: messages sent
-(IE 41), flow records sent (42) and flows that never left (166); it goes at the start of a
-session and with every template refresh, so a collector sees loss.
+(IE 41), flow records sent (42) and flows that never left (166: dropped because the backlog was
+full, or without an address); it goes in a message of its own under observation domain 0 (which
+RFC 7011 reserves for the exporting process's statistics) at the start of a session and every
+``template_refresh`` seconds, so a collector sees loss.
 
 Transport: records wait in the stack's backlog (and ``[global] spool_dir``) while the collector is
 away, and are packed into messages when they are sent, in order, each once.  Over UDP each message
@@ -56,13 +58,17 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from pylogd.ipfix import CT_NEW, NAT_EVENTS, V9_VERSION, Exporter, FlowEncoder
+from pylogd.ipfix import CT_NEW, NAT_EVENTS, V9_VERSION, Exporter, FlowEncoder, Message
 from pylogd.keys import KeyType
 from pylogd.loop import EventLoop
 from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, int_option, key, str_option
 from pylogd.transport import Transport, check_address, open_transport
 
 ICMP_PROTOCOLS = (1, 58)
+#: messages made and sent at a time
+SEND_GROUP = 4
+#: how far the pacing may fall behind and catch up at once, in seconds
+PACE_SLACK = 0.01
 
 
 class Ipfix(Output):
@@ -90,6 +96,13 @@ class Ipfix(Output):
                 "template_refresh_messages",
                 20,
                 "UDP: send the templates again after this many messages (0: never)",
+                min=0,
+            ),
+            int_option(
+                "udp_rate",
+                10_000,
+                "UDP: at most this many messages a second (0: no limit); a collector drops what comes faster "
+                "than it reads",
                 min=0,
             ),
             str_option(
@@ -135,6 +148,8 @@ class Ipfix(Output):
         self.transport: Transport | None = None
         self.exporter: Exporter | None = None
         self.no_address = 0
+        self._next_send = 0.0
+        self._runners: list[Any] = []  # the stacks' runners: their drops are flows that never left
 
     def configure(self) -> None:
         o = self.options
@@ -159,6 +174,7 @@ class Ipfix(Output):
             send_template=o["send_template"],
             refresh_seconds=o["template_refresh"] if udp else 0,
             refresh_messages=o["template_refresh_messages"] if udp else 0,
+            statistics_seconds=o["template_refresh"],
             start_time=time.time(),
         )
         # connected by the first write: a collector that is not up yet must not keep the daemon from starting
@@ -234,23 +250,57 @@ class Ipfix(Output):
 
         return convert
 
+    def watch_runner(self, runner: Any) -> None:
+        self._runners.append(runner)
+
     def write(self, entries: list) -> None:
         transport, exporter = self.transport, self.exporter
         assert transport is not None and exporter is not None
         now = time.time()
-        messages = exporter.messages(entries, now)
         if exporter.statistics_due(now):
-            messages.insert(0, exporter.statistics_message(now))
-        datagrams = [m.data for m in messages]
+            exporter.not_sent = self.no_address + sum(r.dropped + r.rejected for r in self._runners)
+            self._send([exporter.statistics_message(now)], now)
+        # a few messages at a time, each group sent as soon as it is made: a burst of flows does not
+        # become a burst of datagrams that a collector's receive buffer cannot hold
+        group: list[Message] = []
+        done = 0
         try:
-            transport.send(datagrams)
+            for message in exporter.iter_messages(entries, now):
+                group.append(message)
+                if len(group) == SEND_GROUP:
+                    done += self._send(group, now)
+                    group = []
+                    self._pace(SEND_GROUP)
+            if group:
+                done += self._send(group, now)
         finally:
-            # what was delivered counts; the rest is built again, with the same numbers, on the next try
-            flows = 0
+            del entries[:done]
+
+    def _pace(self, sent: int) -> None:
+        """Over UDP, at most ``udp_rate`` messages a second on average: a collector reads each datagram in
+        turn, and a burst faster than that overflows its receive buffer, where the kernel drops them."""
+        rate = self.options["udp_rate"]
+        if self.options["proto"] != "udp" or not rate:
+            return
+        clock = time.monotonic()
+        due = max(self._next_send, clock - PACE_SLACK) + sent / rate
+        self._next_send = due
+        if due > clock:
+            time.sleep(due - clock)
+
+    def _send(self, messages: list[Message], now: float) -> int:
+        """Send ``messages``; the flows they carry that were delivered, also when the send fails."""
+        assert self.transport is not None and self.exporter is not None
+        datagrams = [m.data for m in messages]
+        flows = 0
+        try:
+            self.transport.send(datagrams)
+        finally:
+            # what was delivered counts; the rest is built again, numbered the same, on the next try
             for message in messages[: len(messages) - len(datagrams)]:
-                exporter.sent(message, now)
+                self.exporter.sent(message, now)
                 flows += message.flows
-            del entries[:flows]
+        return flows
 
     def reopen(self) -> None:
         if self.transport is not None:
