@@ -49,12 +49,22 @@ The modes:
     gets them again at once.  The window that remains: an entry the collector read just before
     closing may arrive twice (first arrivals stay in order); entries that could not be sent again
     before :meth:`close` are counted (``lost``) and logged.
+``tls`` (:class:`TLSTransport`)
+    TCP mode through TLS (1.2 or later): the server's certificate is checked against a CA file (or the
+    system's CAs) and the name it must carry (``server_name``, else ``host``); a client certificate and key
+    may be given.  A certificate that fails the check refuses the connection with one error naming the
+    peer, the expected name and the reason, and the connection is tried again with back-off (the server's
+    certificate may be fixed).  The TLS records are made in memory (ssl.MemoryBIO) and written to the TCP
+    socket by pylogd, so it knows how many bytes on the wire each entry took: what the peer's kernel
+    never acknowledged goes again on the next connection exactly as in ``tcp`` mode.  Entries are
+    encrypted in groups of at most 16 KiB, one write each; a group counts as acknowledged when all its
+    bytes are.
 ``udp`` (:class:`DatagramTransport`)
     One datagram per entry, nothing acknowledged.  An entry too big for a datagram is dropped,
     counted (``oversized``) and logged; the others go.
 
 Statistics (SIGUSR1, the control socket): ``connects`` (connections made), ``oversized`` (entries too
-big for a datagram) and, in tcp and unix modes, ``resent`` (entries sent again) and ``lost``.
+big for a datagram) and, in tcp, tls and unix modes, ``resent`` (entries sent again) and ``lost``.
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ import fcntl
 import os
 import select
 import socket
+import ssl
 import struct
 import termios
 import threading
@@ -87,8 +98,8 @@ CAREFUL_WAIT = 5.0
 
 def check_address(mode: str, host: str, port: str, path: str, *, path_option: str = "path") -> None:
     """Refuse an address ``mode`` cannot use, with PluginError naming the option: ``path`` (named
-    ``path_option`` in the output's options) for unix, ``host`` and ``port`` for tcp and udp."""
-    if mode not in MODES:
+    ``path_option`` in the output's options) for unix, ``host`` and ``port`` for tcp, tls and udp."""
+    if mode not in MODES and mode != "tls":
         raise PluginError(f'unknown mode "{mode}" (choose {", ".join(MODES)})', option="mode")
     if mode == "unix":
         raw = os.fsencode(path)
@@ -106,7 +117,7 @@ def check_address(mode: str, host: str, port: str, path: str, *, path_option: st
             raise PluginError(f"port {port} is out of range (1 to 65535)", option="port")
     else:
         try:
-            socket.getservbyname(port, mode)
+            socket.getservbyname(port, "udp" if mode == "udp" else "tcp")
         except OSError:
             raise PluginError(f'port "{port}" is neither a number nor a {mode} service name', "port") from None
 
@@ -193,6 +204,7 @@ class Transport:
             try:
                 sock.settimeout(CONNECT_TIMEOUT)
                 sock.connect(addr)
+                self._handshake(sock)
                 sock.settimeout(SEND_TIMEOUT)
             except OSError as exc:
                 sock.close()
@@ -202,6 +214,9 @@ class Transport:
             self.log.notice(f"{self.name}: connected to {self.peer()}")
             return sock
         raise error
+
+    def _handshake(self, sock: socket.socket) -> None:
+        """After the connect, before the connection counts as made: what a protocol on top says first."""
 
     def _close(self) -> None:
         if self.sock is not None:
@@ -294,7 +309,7 @@ class StreamTransport(_KeepingStream):
         self._inflight_bytes = 0
 
     def _send(self, entries: list[bytes]) -> None:
-        if self.sock is not None and _peer_gone(self.sock):
+        if self.sock is not None and self._peer_left():
             self.log.notice(f"{self.name}: {self.peer()} closed the connection; reconnecting")
             self._connection_broken()
         if self.sock is None:
@@ -309,6 +324,10 @@ class StreamTransport(_KeepingStream):
             raise
         entries.clear()
         self._forget_acknowledged()
+
+    def _peer_left(self) -> bool:
+        assert self.sock is not None
+        return _peer_gone(self.sock)
 
     def _keep(self, lines: list[bytes], nbytes: int, again: int) -> None:
         super()._keep(lines, nbytes, again)
@@ -362,6 +381,222 @@ class StreamTransport(_KeepingStream):
         if self.sock is not None and self._broken_at_stop:
             self._connection_broken()
         self._resend_at_stop(self._send, "had not acknowledged when the connection broke")
+
+
+class TLSRefused(OSError):
+    """The server's certificate failed the check: the message names the peer, the expected name, the reason."""
+
+
+#: the plaintext encrypted in one write: a TLS record holds at most 16 KiB
+TLS_GROUP = 16384
+#: OpenSSL's verify codes of a certificate for another name
+X509_V_ERR_HOSTNAME_MISMATCH = 62
+X509_V_ERR_IP_ADDRESS_MISMATCH = 64
+
+
+class TLSTransport(StreamTransport):
+    """TCP through TLS, the records made in memory so that each entry's bytes on the wire are known and
+    the entries the peer's kernel never acknowledged go again, as in tcp mode."""
+
+    def __init__(
+        self,
+        mode: str,
+        *,
+        host: str,
+        port: str,
+        path: str,
+        log: Logger,
+        name: str,
+        context: ssl.SSLContext,
+        server_name: str = "",
+    ) -> None:
+        super().__init__(mode, host=host, port=port, path=path, log=log, name=name)
+        self.context = context
+        self.server_name = server_name or host
+        self._tls: ssl.SSLObject | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._handshake_bytes = 0
+        self._acked_before_handshake = 0
+        # parallel to _inflight: the bytes on the wire of each kept entry; a group's on its first entry, 0 on
+        # the others, so that the group's entries leave together, once all its bytes are acknowledged
+        self._wire: collections.deque[int] = collections.deque()
+
+    def _handshake(self, sock: socket.socket) -> None:
+        self._incoming, self._outgoing = incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = self.context.wrap_bio(incoming, outgoing, server_side=False, server_hostname=self.server_name)
+        self._acked_before_handshake = _bytes_acked(sock) or 0  # the SYN
+        written = 0
+        while True:
+            try:
+                tls.do_handshake()
+                done = True
+            except ssl.SSLWantReadError:
+                done = False
+            except ssl.SSLCertVerificationError as exc:
+                with contextlib.suppress(OSError):  # the alert tells the server why
+                    sock.sendall(outgoing.read())
+                raise TLSRefused(self._refusal(exc)) from None
+            data = outgoing.read()
+            if data:
+                sock.sendall(data)
+                written += len(data)
+            if done:
+                break
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError(
+                    errno.ECONNRESET, f"{self.peer()} closed the connection during the TLS handshake"
+                )
+            incoming.write(chunk)
+        self._tls = tls
+        self._handshake_bytes = written
+
+    def _refusal(self, exc: ssl.SSLCertVerificationError) -> str:
+        where = f"TLS: refused the certificate of {self.host}:{self.port}"
+        if exc.verify_code in (X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH):
+            return f'{where}: it is not valid for the expected name "{self.server_name}" ({exc.verify_message})'
+        return f'{where} (expected name "{self.server_name}"): {exc.verify_message}'
+
+    def close(self) -> None:
+        """At stop: a close_notify first when no write is under way (the server then knows nothing was
+        cut), then as every transport."""
+        if self._lock.acquire(timeout=1.0):
+            try:
+                self._notify_close()
+            finally:
+                self._lock.release()
+        super().close()
+
+    def _notify_close(self) -> None:
+        if self.sock is not None and self._tls is not None:
+            with contextlib.suppress(OSError, ssl.SSLError, ValueError):
+                self._tls.unwrap()
+            with contextlib.suppress(OSError, ValueError):
+                self.sock.send(self._outgoing.read(), socket.MSG_DONTWAIT)
+            self._tls = None
+
+    def _connect(self) -> socket.socket:
+        sock = super()._connect()
+        # the stream's bytes begin with our part of the handshake, which the peer may have acknowledged
+        self._sent = self._handshake_bytes
+        self._acked_at_connect = self._acked_before_handshake
+        return sock
+
+    def _close(self) -> None:
+        self._notify_close()  # when the socket takes it at once
+        super()._close()
+
+    def _forget_connection(self) -> None:
+        super()._forget_connection()
+        self._wire.clear()
+
+    def _peer_left(self) -> bool:
+        """A closed or reset connection, or the server's close_notify.  What the server sends (session
+        tickets) goes to the TLS object, which must see it in order."""
+        sock, tls = self.sock, self._tls
+        assert sock is not None
+        poller = select.poll()
+        poller.register(sock, select.POLLIN | select.POLLRDHUP)
+        for _, events in poller.poll(0):
+            if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                return True
+            if events & select.POLLIN:
+                try:
+                    while True:
+                        chunk = sock.recv(65536, socket.MSG_DONTWAIT)
+                        if not chunk:
+                            return True
+                        self._incoming.write(chunk)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return True
+                if tls is None:
+                    return True
+                try:
+                    while tls.read(65536):  # a server sends no data: whatever it is, it is read and dropped
+                        pass
+                except ssl.SSLWantReadError:
+                    pass
+                except (ssl.SSLZeroReturnError, ssl.SSLError):
+                    return True
+            if events & select.POLLRDHUP:
+                return True
+        return False
+
+    def _send_kept(self, entries: list[bytes]) -> None:
+        """As for tcp, with each group of entries encrypted in one write: a group cut by a failure goes
+        again whole on the next connection, a group written whole is kept until it is acknowledged."""
+        assert self.sock is not None and self._tls is not None
+        resend = self._resend
+        lines = resend + entries if resend else list(entries)
+        tls, outgoing = self._tls, self._outgoing
+        chunks: list[bytes] = []
+        groups: list[tuple[int, int]] = []  # (entries, bytes on the wire) per write
+        i, n = 0, len(lines)
+        while i < n:
+            j, size = i + 1, len(lines[i])
+            while j < n and size + len(lines[j]) <= TLS_GROUP:
+                size += len(lines[j])
+                j += 1
+            tls.write(b"".join(lines[i:j]) if j - i > 1 else lines[i])
+            wire = outgoing.read()  # with what the TLS object still owed the peer, if anything
+            chunks.append(wire)
+            groups.append((j - i, len(wire)))
+            i = j
+        data = memoryview(b"".join(chunks))
+        sent = 0
+        try:
+            while sent < len(data):
+                sent += self.sock.send(data[sent:])
+        except OSError:
+            whole = done = 0
+            for count, size in groups:
+                if done + size > sent:
+                    break
+                done += size
+                whole += count
+            again = min(whole, len(resend))
+            self._keep_groups(lines[:whole], groups, done, again)
+            del resend[:again]
+            del entries[: whole - again]
+            raise
+        self._keep_groups(lines, groups, len(data), len(resend))
+        resend.clear()
+
+    def _keep_groups(self, lines: list[bytes], groups: list[tuple[int, int]], nbytes: int, again: int) -> None:
+        """Keep ``lines``, the first entries of ``groups``, with their bytes on the wire."""
+        self._keep(lines, nbytes, again)
+        wire, left = self._wire, len(lines)
+        for count, size in groups:
+            if left <= 0:
+                break
+            wire.append(size)
+            wire.extend([0] * (count - 1))
+            left -= count
+
+    def _forget_acknowledged(self) -> None:
+        assert self.sock is not None
+        inflight, wire = self._inflight, self._wire
+        acked = _bytes_acked(self.sock)
+        if acked is None:
+            inflight.clear()
+            wire.clear()
+            self._inflight_bytes = 0
+            return
+        unacked = self._sent - (acked - self._acked_at_connect)
+        while inflight and self._inflight_bytes - wire[0] >= unacked:
+            self._inflight_bytes -= wire.popleft()
+            inflight.popleft()
+        if unacked <= 0:
+            inflight.clear()
+            wire.clear()
+            self._inflight_bytes = 0
+
+    def _connection_broken(self) -> None:
+        super()._connection_broken()
+        self._wire.clear()
 
 
 class DatagramTransport(Transport):
@@ -560,10 +795,58 @@ class UnixStreamTransport(_KeepingStream):
         self._resend_at_stop(self._send_kept, "did not read before it closed")
 
 
-def open_transport(mode: str, *, host: str = "", port: str = "", path: str = "", log: Logger, name: str) -> Transport:
-    """The transport of ``mode`` (tcp, udp, unix) to ``host``:``port`` or the unix socket ``path``; it
-    connects on its first send.  ``name`` (the output's instance id) starts its log messages."""
+def tls_context(*, ca_file: str = "", cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
+    """A client context for tls mode: TLS 1.2 or later, the server's certificate checked against
+    ``ca_file`` (PEM; the system's CAs when empty) and its name; ``cert_file`` and ``key_file`` (PEM) a
+    client certificate, when the server asks for one (``key_file`` may be left out when ``cert_file``
+    holds the key).  A file that cannot be used raises PluginError naming its option."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # checks the certificate and the host name
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        if ca_file:
+            context.load_verify_locations(cafile=ca_file)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    except (OSError, ssl.SSLError) as exc:
+        raise PluginError(f"cannot use the CA file {ca_file}: {_reason(exc)}", option="ca_file") from None
+    if key_file and not cert_file:
+        raise PluginError("key_file is set but cert_file, the certificate it goes with, is not", option="cert_file")
+    if cert_file:
+        try:
+            context.load_cert_chain(cert_file, key_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            files = f"{cert_file} and {key_file}" if key_file else cert_file
+            raise PluginError(f"cannot use the certificate {files}: {_reason(exc)}", option="cert_file") from None
+    return context
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+
+
+def open_transport(
+    mode: str,
+    *,
+    host: str = "",
+    port: str = "",
+    path: str = "",
+    log: Logger,
+    name: str,
+    ca_file: str = "",
+    cert_file: str = "",
+    key_file: str = "",
+    server_name: str = "",
+) -> Transport:
+    """The transport of ``mode`` (tcp, tls, udp, unix) to ``host``:``port`` or the unix socket ``path``; it
+    connects on its first send.  ``name`` (the output's instance id) starts its log messages.  For tls:
+    the files of :func:`tls_context` (a file that cannot be used raises PluginError now) and
+    ``server_name``, the name the server's certificate must carry (``host`` when empty)."""
     mode = mode.lower()
+    if mode == "tls":
+        context = tls_context(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+        return TLSTransport(
+            mode, host=host, port=port, path=path, log=log, name=name, context=context, server_name=server_name
+        )
     kinds: dict[str, type[Transport]] = {
         "tcp": StreamTransport,
         "udp": DatagramTransport,
