@@ -500,6 +500,25 @@ def test_same_second_restart_continues_its_file_and_spares_a_foreign_one(
     assert len(parsed(tmp_path / f"{name}-2.xml")) == 0
 
 
+def test_two_instances_in_one_second_and_directory_write_two_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(xmlmod.time, "localtime", FixedClock(1_800_000_000))
+    one, two = plugin(tmp_path), Xml("xml2", plugin(tmp_path).options, Logger("xml2"))
+    one.start(None)
+    two.start(None)
+    first, second = one.handler(slots(raw=0)), two.handler(slots(raw=0))
+    for _ in range(3):
+        one.write([first([packet_message(b"one")])])
+        two.write([second([packet_message(b"two")])])
+    one.stop()
+    two.stop()
+    b, a = files(tmp_path, "pkt")  # "-2.xml" sorts first
+    assert b.name == a.name.replace(".xml", "-2.xml")
+    assert [{e.find("prefix").text for e in parsed(p)} for p in (a, b)] == [{"one"}, {"two"}]
+    assert [len(parsed(p)) for p in (a, b)] == [3, 3]
+
+
 def test_sighup_starts_new_files_but_not_in_the_same_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FixedClock(1_800_000_000)
     monkeypatch.setattr(xmlmod.time, "localtime", clock)

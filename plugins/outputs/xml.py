@@ -39,8 +39,10 @@ Differences from ulogd 2.0.8
   and NFACCT) writes one file per kind, as ulogd's instance per stack did; stacks of one kind
   share their file (ulogd's instances each appended a document of their own to it).
 * A file of the same name that exists at start or SIGHUP (both in the same second) is continued
-  when pylogd wrote it, else left alone for a new name ending ``-2.xml`` (``-3``...); ulogd
-  appended a second XML declaration to it.  A SIGHUP in the second the file was opened keeps it.
+  when pylogd wrote it and no one writes it now (each document is held with flock), else left
+  alone for a new name ending ``-2.xml`` (``-3``...); ulogd appended a second XML declaration to
+  it, and two of its instances of one kind in one directory wrote into one file.  A SIGHUP in the
+  second the file was opened keeps it.
 * With ``stdout=1`` SIGHUP changes nothing (ulogd closed the document on stdout and went on in a
   file in ``directory``).
 * A stack without any of ``raw``, ``ct`` or ``sum`` (UNIXSOCK's) is refused at start (ulogd ran
@@ -55,6 +57,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import socket
@@ -463,7 +466,7 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 def open_document(kind: str, directory: str, keep: Document | None = None) -> Document:
     """``ulogd-KIND-DDMMYYYY-HHMMSS.xml`` for now in ``directory``, with its declaration and root;
     ``keep`` when that is its own name (a SIGHUP in the second it was opened).  A file of the name
-    that pylogd wrote is continued; another is left alone for the next free ``-N`` name."""
+    that pylogd wrote and no one holds is continued; another is left alone for the next ``-N`` name."""
     base = os.path.join(directory, time.strftime(f"ulogd-{kind}-%d%m%Y-%H%M%S", time.localtime()))
     probe = Document(kind, None, -1, 0, False)
     header, closing = probe.header, probe.closing
@@ -474,6 +477,11 @@ def open_document(kind: str, directory: str, keep: Document | None = None) -> Do
         existed = os.path.lexists(path)
         fd = open_output(path, os.O_RDWR | os.O_CREAT)
         try:
+            try:  # another instance (or daemon) writing it now would overwrite what this one writes
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
             size = os.fstat(fd).st_size
             if size == 0:
                 _pwrite_all(fd, header + closing, 0)
