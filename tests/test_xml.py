@@ -304,6 +304,8 @@ def test_sctp_states_have_sctp_names_where_the_library_printed_tcp_ones() -> Non
 def test_text_is_escaped_and_made_valid_xml() -> None:
     assert text(b'a<b&c>"d') == "a&lt;b&amp;c&gt;&quot;d"
     assert text(b"caf\xc3\xa9 \xff\x01") == "caf\u00e9 \ufffd\ufffd"
+    assert text("a\r\nb\tc") == "a&#13;&#10;b\tc"
+    assert ET.fromstring("<p>" + text("a\r\nb") + "</p>").text == "a\r\nb"
     _, when = now_when()
     msg = message(NFLOG_PACKET, 2, nla(1, b"\x08\x00\x01\x00") + nla(10, b'<&>"x\x02\xfe\0'))
     log = log_xml(msg, when)

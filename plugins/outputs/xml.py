@@ -28,16 +28,17 @@ Differences from ulogd 2.0.8
   microseconds of a write can get the file's end from before it and the rest from after; the next
   read gets the whole document.
 * Text that could hold markup (an NFLOG prefix, a conntrack helper name or security context, an
-  accounting object's name) is escaped (``&`` ``<`` ``>`` ``"``), and bytes that are not UTF-8 or
-  not allowed in XML are written as U+FFFD (ulogd wrote them as they came: the prefix ``a<b``
-  broke the document).
+  accounting object's name) is escaped (``&`` ``<`` ``>`` ``"``, and line ends as ``&#10;``
+  ``&#13;`` so that a record stays one line), and bytes that are not UTF-8 or not allowed in XML
+  are written as U+FFFD (ulogd wrote them as they came: the prefix ``a<b`` broke the document).
 * A record has no length limit (ulogd dropped, with an error, any longer than 4095 bytes: a packet
   with about 1900 bytes of payload or more).
 * An SCTP or DCCP flow's state has its own protocol's name (libnetfilter_conntrack printed the
   TCP state of the same number: SCTP ESTABLISHED as FIN_WAIT).
 * One instance in stacks of different kinds (ulogd's example config puts xml1 after NFCT, NFLOG
   and NFACCT) writes one file per kind, as ulogd's instance per stack did; stacks of one kind
-  share their file (ulogd's instances each appended a document of their own to it).
+  share their file (ulogd's instances, started in one second, each appended a document of their
+  own to it).
 * A file of the same name that exists at start or SIGHUP (both in the same second) is continued
   when pylogd wrote it and no one writes it now (each document is held with flock), else left
   alone for a new name ending ``-2.xml`` (``-3``...); ulogd appended a second XML declaration to
@@ -48,8 +49,8 @@ Differences from ulogd 2.0.8
 * A stack without any of ``raw``, ``ct`` or ``sum`` (UNIXSOCK's) is refused at start (ulogd ran
   it and failed every event); an event with none of them valid is left out.
 * Files are opened as pylogd's other outputs open theirs: a symlink someone else could have
-  planted is not followed.  An attribute too short for its value counts as absent (the libraries
-  read past it).
+  planted is not followed.  An attribute too short for its value counts as absent
+  (libnetfilter_log read past it; libnetfilter_conntrack ends the process on one, ulogd with it).
 * New: NFACCT's ``source=nft`` named counters are written as its nfacct objects are.
 """
 
@@ -137,7 +138,8 @@ def _cstring(v: memoryview) -> bytes:
 # characters XML 1.0 does not allow (besides the markup ones, escaped below), and the lone
 # surrogates a "replace" decode can never give but a str from elsewhere might hold
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
+# line ends as references: a record stays one line, and a parser gives back the \r it would drop
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\n": "&#10;", "\r": "&#13;"})
 
 
 def text(raw: bytes | str) -> str:
