@@ -746,3 +746,36 @@ def send_udp(count: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for _ in range(count):
             s.sendto(b"x", ("127.0.0.1", 9))
+
+
+EXAMPLE_RULES = """
+table inet t {
+    chain input { type filter hook input priority 0; udp dport 9 log prefix "in " group 8; }
+    chain out { type filter hook output priority 0; ct state new accept; }
+}
+"""
+
+
+def test_ulogds_example_stacks_run_into_one_file_per_kind(rig: Rig, tmp_path: Path) -> None:
+    """ulogd's example config puts xml1 after NFCT, NFLOG and NFACCT: one instance, three documents."""
+    ns = rig.netns("xall")
+    ns.nft(EXAMPLE_RULES)
+    accounting(ns, "out1")
+    (tmp_path / "out").mkdir()
+    conf = tmp_path / "pylogd.conf"
+    conf.write_text(
+        f'[global]\nlogfile="{tmp_path}/pylogd.daemon.log"\nloglevel=3\n'
+        "stack=ct1:NFCT,xml1:XML\nstack=log1:NFLOG,xml1:XML\nstack=acct1:NFACCT,xml1:XML\n"
+        f'[ct1]\nhash_enable=0\n[log1]\ngroup=8\n[acct1]\npollinterval=1\n[xml1]\ndirectory="{tmp_path}/out"\nsync=1\n'
+    )
+    proc = start_pylogd(ns, conf, tmp_path / "pylogd.daemon.log")
+    ns.call(send_udp, 3)
+    paths = {kind: only_file(tmp_path / "out", kind) for kind in ("flow", "pkt", "sum")}
+    wait_for(lambda: all(len(records(p)) >= 1 for p in paths.values()), what="a record of each kind")
+    wait_for(lambda: len(records(paths["pkt"])) == 3, what="the three packets")
+    proc.stop()
+    roots = {kind: parsed(p) for kind, p in paths.items()}
+    assert {kind: r.tag for kind, r in roots.items()} == {"flow": "conntrack", "pkt": "packet", "sum": "sum"}
+    assert {e.find("prefix").text for e in roots["pkt"]} == {"in "}
+    assert any(e.find("meta/layer4/dport").text == "9" for e in roots["flow"])
+    assert {e.find("name").text for e in roots["sum"]} == {"out1"}
