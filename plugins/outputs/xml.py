@@ -70,6 +70,7 @@ from typing import Any, ClassVar
 from pylogd.config import INT_MAX
 from pylogd.files import open_output, sync_option, write_all
 from pylogd.keys import KeyType
+from pylogd.log import Logger
 from pylogd.loop import EventLoop
 from pylogd.nfacct import decode as decode_acct
 from pylogd.nfacct import decode_nft_counter
@@ -527,7 +528,7 @@ class Xml(Output):
     #: entries are (kind, record line): the instance may serve stacks of several kinds
     entry_size: ClassVar[Callable[[Any], int]] = staticmethod(_entry_size)  # type: ignore[assignment]
 
-    def __init__(self, instance_id: str, options: dict[str, Any], log: Any) -> None:
+    def __init__(self, instance_id: str, options: dict[str, Any], log: Logger) -> None:
         super().__init__(instance_id, options, log)
         self.kinds: list[str] = []  # the kinds of the stacks that end here, in the order they came
         self.documents: dict[str, Document] = {}
@@ -547,14 +548,15 @@ class Xml(Output):
         doc = self.documents.get(kind)
         if doc is not None:
             return doc
-        if self.options["stdout"]:
-            doc = Document(kind, None, 1, 0, False)
-            write_all(1, [doc.header])
-        else:
-            try:
+        try:
+            if self.options["stdout"]:
+                doc = Document(kind, None, 1, 0, False)
+                write_all(1, [doc.header])
+            else:
                 doc = open_document(kind, self.options["directory"])
-            except OSError as exc:
-                raise PluginError(f"can't open XML file {exc.filename or ''}: {exc.strerror}") from None
+        except OSError as exc:
+            where = "stdout" if self.options["stdout"] else f"XML file {exc.filename or ''}"
+            raise PluginError(f"can't open {where}: {exc.strerror}") from None
         self.documents[kind] = doc
         return doc
 
