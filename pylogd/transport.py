@@ -418,6 +418,7 @@ class TLSTransport(StreamTransport):
         self._outgoing = ssl.MemoryBIO()
         self._handshake_bytes = 0
         self._acked_before_handshake = 0
+        self._said_goodbye = False
         # parallel to _inflight: the bytes on the wire of each kept entry; a group's on its first entry, 0 on
         # the others, so that the group's entries leave together, once all its bytes are acknowledged
         self._wire: collections.deque[int] = collections.deque()
@@ -459,14 +460,22 @@ class TLSTransport(StreamTransport):
         return f'{where} (expected name "{self.server_name}"): {exc.verify_message}'
 
     def close(self) -> None:
-        """At stop: a close_notify first when no write is under way (the server then knows nothing was
-        cut), then as every transport."""
+        """At stop: a close_notify first on a connection that works when no write is under way (the
+        server then knows nothing was cut), then as every transport."""
         if self._lock.acquire(timeout=1.0):
             try:
-                self._notify_close()
+                if self.sock is not None and self._tls is not None and not _peer_closed(self.sock):
+                    # decided now: the server may well close its end once it has read the close_notify
+                    self._broken_at_stop = False
+                    self._said_goodbye = True
+                    self._notify_close()
             finally:
                 self._lock.release()
         super().close()
+
+    def _stopping_hook(self) -> None:
+        if not self._said_goodbye:
+            super()._stopping_hook()
 
     def _notify_close(self) -> None:
         if self.sock is not None and self._tls is not None:

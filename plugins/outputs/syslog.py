@@ -167,7 +167,9 @@ class Syslog(Output):
             ),
             str_option("host", "", "the remote receiver's host name or address (remote modes)"),
             str_option(
-                "port", "", "the receiver's port, a number or a service name; empty: 514 (udp, tcp), 6514, 2514"
+                "port",
+                "",
+                "the receiver's port, a number or a service name; empty: 514 (udp, tcp), 6514 (tls), 2514 (relp)",
             ),
             str_option(
                 "format",
@@ -256,7 +258,8 @@ class Syslog(Output):
 
     def wildcard_reads(self, key: Key) -> bool:
         # only rfc5424 writes the other keys: the input need not make them otherwise
-        if self.transport is None or self.format != "rfc5424":
+        o = self.options
+        if str(o["mode"]).lower() == "local" or str(o["format"]).lower() != "rfc5424":
             return False
         return key.type in INTEGER_TYPES or key.type is KeyType.STRING
 
