@@ -27,10 +27,11 @@ import errno
 import re
 import select
 import socket
+import ssl
 import time
 
 from .log import Logger
-from .transport import SEND_TIMEOUT, Transport
+from .transport import SEND_TIMEOUT, Transport, tls_refusal
 
 #: messages sent and not yet answered, at most: the receiver's answers (a few bytes each) must never fill
 #: the socket buffers while pylogd is still sending
@@ -78,8 +79,19 @@ def frames(buf: bytearray) -> list[tuple[int, bytes, bytes]]:
 class RelpTransport(Transport):
     """Syslog messages (each entry one message, without framing) to a RELP receiver, each acknowledged."""
 
-    def __init__(self, *, host: str, port: str, log: Logger, name: str) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: str,
+        log: Logger,
+        name: str,
+        context: ssl.SSLContext | None = None,
+        server_name: str = "",
+    ) -> None:
         super().__init__("relp", host=host, port=port, path="", log=log, name=name)
+        self.context = context  # RELP through TLS (rsyslog's imrelp tls="on") when set
+        self.server_name = server_name or host
         self._txnr = 1
         self._buf = bytearray()
         self.resent = 0
@@ -87,7 +99,25 @@ class RelpTransport(Transport):
     def statistics(self) -> dict[str, int]:
         return {**super().statistics(), "resent": self.resent}
 
-    def _handshake(self, sock: socket.socket) -> None:
+    def peer(self) -> str:
+        return f"relp{'+tls' if self.context is not None else ''}:{self.host}:{self.port}"
+
+    def _handshake(self, sock: socket.socket) -> socket.socket:
+        """TLS first when configured (the certificate checked as in tls mode), then the RELP session."""
+        if self.context is not None:
+            try:
+                sock = self.context.wrap_socket(sock, server_hostname=self.server_name)
+            except ssl.SSLCertVerificationError as exc:
+                raise tls_refusal(self.host, self.port, self.server_name, exc) from None
+        try:
+            self._open(sock)
+        except BaseException:
+            if self.context is not None:
+                sock.close()  # the wrapper owns the descriptor now
+            raise
+        return sock
+
+    def _open(self, sock: socket.socket) -> None:
         self._buf.clear()
         self._txnr = 1
         sock.sendall(b"1 open %d %b\n" % (len(OFFERS), OFFERS))
@@ -121,12 +151,16 @@ class RelpTransport(Transport):
             if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL | select.POLLRDHUP):
                 return True
             if events & select.POLLIN:
+                timeout = sock.gettimeout()
+                sock.setblocking(False)  # a TLS socket takes no MSG_DONTWAIT
                 try:
-                    chunk = sock.recv(65536, socket.MSG_DONTWAIT)
-                except BlockingIOError:
+                    chunk = sock.recv(65536)
+                except (BlockingIOError, ssl.SSLWantReadError):  # TLS: a session ticket, no data
                     return False
                 except OSError:
                     return True
+                finally:
+                    sock.settimeout(timeout)
                 if not chunk:
                     return True
                 self._buf += chunk

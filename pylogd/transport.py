@@ -204,7 +204,7 @@ class Transport:
             try:
                 sock.settimeout(CONNECT_TIMEOUT)
                 sock.connect(addr)
-                self._handshake(sock)
+                sock = self._handshake(sock)
                 sock.settimeout(SEND_TIMEOUT)
             except OSError as exc:
                 sock.close()
@@ -215,8 +215,10 @@ class Transport:
             return sock
         raise error
 
-    def _handshake(self, sock: socket.socket) -> None:
-        """After the connect, before the connection counts as made: what a protocol on top says first."""
+    def _handshake(self, sock: socket.socket) -> socket.socket:
+        """After the connect, before the connection counts as made: what a protocol on top says first.
+        Returns the socket to write to (a TLS socket wrapping ``sock``, say)."""
+        return sock
 
     def _close(self) -> None:
         if self.sock is not None:
@@ -383,15 +385,25 @@ class StreamTransport(_KeepingStream):
         self._resend_at_stop(self._send, "had not acknowledged when the connection broke")
 
 
+#: OpenSSL's verify codes of a certificate for another name
+X509_V_ERR_HOSTNAME_MISMATCH = 62
+X509_V_ERR_IP_ADDRESS_MISMATCH = 64
+
+
 class TLSRefused(OSError):
     """The server's certificate failed the check: the message names the peer, the expected name, the reason."""
 
 
+def tls_refusal(host: str, port: str, server_name: str, exc: ssl.SSLCertVerificationError) -> TLSRefused:
+    """The error of a server certificate that failed the check, in one line: the peer, the expected name, why."""
+    where = f"TLS: refused the certificate of {host}:{port}"
+    if exc.verify_code in (X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH):
+        return TLSRefused(f'{where}: it is not valid for the expected name "{server_name}" ({exc.verify_message})')
+    return TLSRefused(f'{where} (expected name "{server_name}"): {exc.verify_message}')
+
+
 #: the plaintext encrypted in one write: a TLS record holds at most 16 KiB
 TLS_GROUP = 16384
-#: OpenSSL's verify codes of a certificate for another name
-X509_V_ERR_HOSTNAME_MISMATCH = 62
-X509_V_ERR_IP_ADDRESS_MISMATCH = 64
 
 
 class TLSTransport(StreamTransport):
@@ -423,7 +435,7 @@ class TLSTransport(StreamTransport):
         # the others, so that the group's entries leave together, once all its bytes are acknowledged
         self._wire: collections.deque[int] = collections.deque()
 
-    def _handshake(self, sock: socket.socket) -> None:
+    def _handshake(self, sock: socket.socket) -> socket.socket:
         self._incoming, self._outgoing = incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = self.context.wrap_bio(incoming, outgoing, server_side=False, server_hostname=self.server_name)
         self._acked_before_handshake = _bytes_acked(sock) or 0  # the SYN
@@ -437,7 +449,7 @@ class TLSTransport(StreamTransport):
             except ssl.SSLCertVerificationError as exc:
                 with contextlib.suppress(OSError):  # the alert tells the server why
                     sock.sendall(outgoing.read())
-                raise TLSRefused(self._refusal(exc)) from None
+                raise tls_refusal(self.host, self.port, self.server_name, exc) from None
             data = outgoing.read()
             if data:
                 sock.sendall(data)
@@ -452,12 +464,7 @@ class TLSTransport(StreamTransport):
             incoming.write(chunk)
         self._tls = tls
         self._handshake_bytes = written
-
-    def _refusal(self, exc: ssl.SSLCertVerificationError) -> str:
-        where = f"TLS: refused the certificate of {self.host}:{self.port}"
-        if exc.verify_code in (X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH):
-            return f'{where}: it is not valid for the expected name "{self.server_name}" ({exc.verify_message})'
-        return f'{where} (expected name "{self.server_name}"): {exc.verify_message}'
+        return sock
 
     def close(self) -> None:
         """At stop: a close_notify first on a connection that works when no write is under way (the

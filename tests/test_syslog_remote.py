@@ -86,9 +86,14 @@ class Rsyslog:
             "udp": f'module(load="imudp")\ninput(type="imudp" address="127.0.0.1" port="{self.port}")',
             "tcp": f'module(load="imtcp")\ninput(type="imtcp" address="127.0.0.1" port="{self.port}")',
             "relp": f'module(load="imrelp")\ninput(type="imrelp" address="127.0.0.1" port="{self.port}")',
+            # RELP through TLS: librelp wants the client's certificate named (anonymous TLS otherwise)
+            "relp+tls": 'module(load="imrelp")\n'
+            f'input(type="imrelp" address="127.0.0.1" port="{self.port}" tls="on" tls.caCert="{(tls or {}).get("ca")}" '
+            f'tls.myCert="{(tls or {}).get("cert")}" tls.myPrivKey="{(tls or {}).get("key")}" '
+            'tls.authMode="name" tls.permittedPeer=["pylogd.test"])',
         }
         head = f'global(workDirectory="{self.dir}")\n'
-        if kind == "tls":
+        if kind == "tls":  # imtcp's TLS is the global netstream driver's
             assert tls is not None
             head = (
                 f'global(workDirectory="{self.dir}" defaultNetstreamDriver="gtls" '
@@ -123,7 +128,7 @@ class Rsyslog:
             stdout=subprocess.DEVNULL,
             stderr=self.stderr,
         )
-        proto = "udp" if self.kind == "udp" else "tcp"
+        proto = "udp" if self.kind == "udp" else "tcp"  # relp and relp+tls too
 
         def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, f"rsyslogd exited: {self.errors()}"
@@ -194,7 +199,10 @@ def make(**options: str) -> Syslog:
         ({"mode": "tcp", "host": "h", "port": "70000"}, "port", "port 70000 is out of range"),
         ({"mode": "tcp", "host": "h", "port": "no-such-service"}, "port", "neither a number nor a tcp service"),
         ({"mode": "relp", "host": "x" * 300}, "host", "at most 253"),
-        ({"mode": "udp", "host": "h", "ca_file": "/ca.pem"}, "ca_file", "applies to mode tls, not to mode udp"),
+        ({"mode": "udp", "host": "h", "ca_file": "/ca.pem"}, "ca_file", "applies to mode tls and to mode relp with"),
+        ({"mode": "relp", "host": "h", "server_name": "x"}, "server_name", "applies to mode tls and to mode relp"),
+        ({"mode": "tcp", "host": "h", "tls": 1}, "tls", "tls=1 applies to mode relp"),
+        ({"mode": "relp", "host": "h", "tls": 1, "ca_file": "/no/ca.pem"}, "ca_file", "cannot use the CA file"),
         ({"mode": "tls", "host": "h", "ca_file": "/no/such/ca.pem"}, "ca_file", "cannot use the CA file"),
         ({"mode": "tls", "host": "h", "key_file": "/k.pem"}, "cert_file", "key_file is set but cert_file"),
         ({"mode": "udp", "host": "h", "hostname": "a b"}, "hostname", "no space"),
@@ -351,14 +359,24 @@ def test_tls_checks_the_receivers_name(tmp_path: Path, receivers: list, daemons:
     assert d.stop() == 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "term"])
+@pytest.mark.parametrize(
+    ("sig", "tls"),
+    [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGKILL, True)],
+    ids=["kill-9", "term", "kill-9-tls"],
+)
 def test_relp_loses_nothing_when_rsyslogd_is_killed_and_started_again(
-    tmp_path: Path, receivers: list, daemons: list, sig: int
+    tmp_path: Path, receivers: list, daemons: list, sig: int, tls: bool
 ) -> None:
     need("imrelp")
-    r = Rsyslog(tmp_path, "relp").start()
-    receivers.append(r)
-    d = syslog_daemon(tmp_path, f"mode=relp\nhost=127.0.0.1\nport={r.port}\nformat=rfc5424\n", daemons)
+    section = "mode=relp\nhost=127.0.0.1\nformat=rfc5424\n"
+    if tls:
+        certs = make_certificates(tmp_path / "pki", server_names=("127.0.0.1",))
+        r = Rsyslog(tmp_path, "relp+tls", tls={"ca": certs["ca"], "cert": certs["server"], "key": certs["server_key"]})
+        section += f"tls=1\nca_file={certs['ca']}\ncert_file={certs['client']}\nkey_file={certs['client_key']}\n"
+    else:
+        r = Rsyslog(tmp_path, "relp")
+    receivers.append(r.start())
+    d = syslog_daemon(tmp_path, f"{section}port={r.port}\n", daemons)
     total, per_tick, tick = 3000, 50, 0.05  # 1,000 messages a second
     sent = [f"message {i:05d} {'x' * (i % 97)}" for i in range(total)]
     killed_at = total // 3
@@ -378,7 +396,7 @@ def test_relp_loses_nothing_when_rsyslogd_is_killed_and_started_again(
     assert first == sent  # first arrivals in order
     duplicates = len(got) - len(first)
     print(
-        f"RELP, rsyslogd stopped by {signal.Signals(sig).name} and started again: "
+        f"RELP{' through TLS' if tls else ''}, rsyslogd stopped by {signal.Signals(sig).name} and started again: "
         f"{len(first)} of {total} in {elapsed:.1f} s, {duplicates} twice"
     )
     assert duplicates <= 5  # only a message whose answer was lost with the connection may come twice
@@ -420,3 +438,29 @@ def test_tcp_and_tls_through_rsyslogd_killed_and_started_again(
     assert len(missing) <= per_tick, missing[:3]
     assert d.stop() == 0
     assert "Traceback" not in read(d.log)
+
+
+def test_relp_through_tls(tmp_path: Path, receivers: list, daemons: list) -> None:
+    need("imrelp")
+    certs = make_certificates(tmp_path / "pki", server_names=("receiver.test", "127.0.0.1"))
+    r = Rsyslog(tmp_path, "relp+tls", tls={"ca": certs["ca"], "cert": certs["server"], "key": certs["server_key"]})
+    receivers.append(r.start())
+    files = f"ca_file={certs['ca']}\ncert_file={certs['client']}\nkey_file={certs['client_key']}\n"
+    section = f"mode=relp\ntls=1\nhost=127.0.0.1\nport={r.port}\nserver_name=receiver.test\n{files}"
+    good = tmp_path / "good"
+    good.mkdir()
+    d = syslog_daemon(good, section, daemons)
+    d.send(*({"print": f"relp secret {i}\n"} for i in range(100)))
+    wait_for(lambda: len(r.lines()) >= 100, what="the messages through RELP and TLS", timeout=15)
+    assert r.messages() == [f" relp secret {i}" for i in range(100)]
+    assert f"connected to relp+tls:127.0.0.1:{r.port}" in read(d.log)
+    assert d.stop() == 0
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    d = syslog_daemon(bad, section.replace("receiver.test", "wrong.test"), daemons)
+    d.send({"print": "must not arrive\n"})
+    refusal = f'refused the certificate of 127.0.0.1:{r.port}: it is not valid for the expected name "wrong.test"'
+    wait_for(lambda: refusal in read(d.log), what="the refusal in pylogd's log", timeout=15)
+    time.sleep(1)
+    assert len(r.lines()) == 100
+    assert d.stop() == 0

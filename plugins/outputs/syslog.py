@@ -49,6 +49,8 @@ lines wait in memory or in the spool (``[global] spool_dir``) and go out in orde
 receiver once it has taken it, and a batch is done when every message in it is answered; the messages
 without an answer when a connection breaks go again on the next one, so a receiver that is killed and
 started again loses nothing (a message whose answer was lost with the connection may arrive twice).
+With ``tls=1`` RELP goes through TLS (rsyslog's imrelp ``tls="on"``), the receiver's certificate checked
+with the same options and the same refusal as in tls mode.
 
 The options are checked at start (and by ``--check``): host and port of a remote mode, the TLS files
 (loaded then; a SIGHUP does not read them again), and no remote option in local mode (it would be
@@ -75,9 +77,9 @@ from typing import Any
 from pylogd.keys import INTEGER_TYPES, Key, KeyType
 from pylogd.log import Logger
 from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, key, path_option, str_option
+from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, int_option, key, path_option, str_option
 from pylogd.relp import RelpTransport
-from pylogd.transport import Transport, check_address, open_transport
+from pylogd.transport import Transport, check_address, open_transport, tls_context
 
 FACILITIES = {
     "LOG_DAEMON": syslog.LOG_DAEMON,
@@ -107,7 +109,7 @@ MODES = ("local", "udp", "tcp", "tls", "relp")
 FORMATS = ("rfc3164", "rfc5424")
 DEFAULT_PORTS = {"udp": "514", "tcp": "514", "tls": "6514", "relp": "2514"}
 #: the options that only a remote mode reads, and those that only tls reads
-REMOTE_OPTIONS = ("host", "port", "hostname")
+REMOTE_OPTIONS = ("host", "port", "hostname", "tls")
 TLS_OPTIONS = ("ca_file", "cert_file", "key_file", "server_name")
 #: RFC 3164's month names, whatever the locale
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -202,10 +204,21 @@ class Syslog(Output):
             ),
             str_option("hostname", "", "the HOSTNAME field of remote messages; empty: the system's host name"),
             str_option("sd_id", "ulogd@32473", "rfc5424: the SD-ID of the structured data"),
-            path_option("ca_file", "", "tls: the CAs (PEM) that sign the receiver's certificate; empty: the system's"),
-            path_option("cert_file", "", "tls: a client certificate (PEM), for a receiver that asks for one"),
-            path_option("key_file", "", "tls: the client certificate's key (PEM); empty: in cert_file"),
-            str_option("server_name", "", "tls: the name the receiver's certificate must carry; empty: host"),
+            int_option("tls", 0, 'relp: 1 to speak RELP through TLS (rsyslog\'s imrelp tls="on")', min=0, max=1),
+            path_option(
+                "ca_file",
+                "",
+                "tls, relp with tls=1: the CAs (PEM) that sign the receiver's certificate; empty: the system's",
+            ),
+            path_option(
+                "cert_file", "", "tls, relp with tls=1: a client certificate (PEM), for a receiver that asks for one"
+            ),
+            path_option(
+                "key_file", "", "tls, relp with tls=1: the client certificate's key (PEM); empty: in cert_file"
+            ),
+            str_option(
+                "server_name", "", "tls, relp with tls=1: the name the receiver's certificate must carry; empty: host"
+            ),
         ),
         inputs=(
             key("print", KeyType.STRING, "the line to send"),
@@ -246,10 +259,13 @@ class Syslog(Output):
             raise PluginError(f"mode {self.mode} needs the receiver's host name or address in host", option="host")
         port = o["port"] or DEFAULT_PORTS[self.mode]
         check_address("tcp" if self.mode == "relp" else self.mode, o["host"], port, "")
-        if self.mode != "tls":
+        tls = self.mode == "tls" or (self.mode == "relp" and bool(o["tls"]))
+        if o["tls"] and self.mode not in ("tls", "relp"):
+            raise PluginError("tls=1 applies to mode relp; for TLS without RELP choose mode tls", option="tls")
+        if not tls:
             for name in TLS_OPTIONS:
                 if o[name]:
-                    raise PluginError(f"{name} applies to mode tls, not to mode {self.mode}", option=name)
+                    raise PluginError(f"{name} applies to mode tls and to mode relp with tls=1", option=name)
         hostname = o["hostname"] or socket.gethostname() or "-"
         if len(hostname) > 255 or not all("!" <= c <= "~" for c in hostname):
             raise PluginError("hostname must be at most 255 printable ASCII characters, no space", "hostname")
@@ -260,7 +276,13 @@ class Syslog(Output):
                 f'sd_id "{sd_id}" is not an SD-ID: 1 to 32 printable ASCII characters, no space, =, ] or "', "sd_id"
             )
         if self.mode == "relp":
-            self.transport = RelpTransport(host=o["host"], port=port, log=self.log, name=self.id)
+            # a TLS file that cannot be used fails here, so --check says so
+            context = (
+                tls_context(ca_file=o["ca_file"], cert_file=o["cert_file"], key_file=o["key_file"]) if tls else None
+            )
+            self.transport = RelpTransport(
+                host=o["host"], port=port, log=self.log, name=self.id, context=context, server_name=o["server_name"]
+            )
         else:  # a TLS file that cannot be used fails here, so --check says so
             self.transport = open_transport(
                 self.mode,
