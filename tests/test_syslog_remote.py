@@ -464,3 +464,28 @@ def test_relp_through_tls(tmp_path: Path, receivers: list, daemons: list) -> Non
     time.sleep(1)
     assert len(r.lines()) == 100
     assert d.stop() == 0
+
+
+def test_relp_messages_spooled_while_rsyslogd_is_down_survive_a_kill_9_of_pylogd(
+    tmp_path: Path, receivers: list, daemons: list
+) -> None:
+    """The spool works for SYSLOG as for every output: messages accepted while the receiver is away are on
+    disk, pylogd killed -9 and started again sends them once the receiver is up."""
+    need("imrelp")
+    r = Rsyslog(tmp_path, "relp")  # not started: the receiver is down
+    receivers.append(r)
+    d = Daemon(tmp_path, ["in1:PIPEIN,sys1:SYSLOG"], f"[sys1]\nmode=relp\nhost=127.0.0.1\nport={r.port}\n")
+    d.conf.write_text(d.conf.read_text().replace("[global]\n", f'[global]\nspool_dir="{tmp_path / "spool"}"\n', 1))
+    daemons.append(d)
+    d.start()
+    sent = [f" spooled {i}" for i in range(200)]
+    d.send(*({"print": m[1:] + "\n"} for m in sent))
+    wait_for(lambda: "keeping what waits in" in read(d.log), what="the messages in the spool", timeout=15)
+    time.sleep(0.5)
+    d.kill()  # SIGKILL
+    r.start()
+    d.start()
+    wait_for(lambda: len(r.lines()) >= len(sent), what="the spooled messages in rsyslog", timeout=30)
+    time.sleep(0.5)  # anything sent twice would be there by now
+    assert r.messages() == sent
+    assert d.stop() == 0
