@@ -1,5 +1,6 @@
 # `make run`: build .venv and run the daemon in the foreground on etc/pylogd.conf (needs root for netlink).
-# `make test`: the whole suite (lint, format check, pytest). CI runs it through .ci/run with CI=true.
+# `make test`: the whole suite (lint, format check, pytest on the compiled build and on the Python source, the
+#   oldest allowed build dependencies). CI runs it through .ci/run with CI=true.
 # `make install`: pylogd in its own virtual environment (PREFIX), the systemd unit, /etc/pylogd.conf unless
 #   one exists, logrotate, the service user; DESTDIR stages it all elsewhere (packaging, tests).
 # `make uninstall`: removes what install added; logs, state and /etc/pylogd.conf stay.
@@ -18,7 +19,13 @@ DESTDIR ?=
 # the system's interpreter: a service outlives any per-user Python
 INSTALL_PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 
-.PHONY: run test test-deps check lint bench clean install uninstall compiled
+.PHONY: run test test-deps check lint bench clean install uninstall compiled test-build-oldest
+
+# The build dependencies at one end of the range pyproject.toml's [build-system] requires (">" the oldest, "<"
+# the newest), as pins for pip: CI builds with both ends, and nothing outside them is built with
+build_pins = $(shell $(PYTHON) -c 'import re, tomllib; \
+	requires = tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]; \
+	print(" ".join(re.sub(r"^([\w.-]+).*$(1)=([^,]+).*$$", r"\1==\2", r) for r in requires))')
 
 $(VENV)/.base: pyproject.toml setup.py pylogd/compiled.py
 	scripts/ensure-venv $(PYTHON) $(VENV)
@@ -30,9 +37,10 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.base
 	touch $@
 
 # the hot modules compiled in place from their source, again after an edit (cythonize and build_ext
-# redo only what changed); without a C compiler pylogd runs as pure Python
+# redo only what changed), with the newest build dependencies allowed; without a C compiler pylogd runs as
+# pure Python
 compiled: $(VENV)/.base
-	$(VENV)/bin/python -c 'import Cython' 2>/dev/null || $(VENV)/bin/pip install -q 'Cython>=3.0' 'setuptools>=77'
+	$(VENV)/bin/pip install -q $(call build_pins,<)
 	$(VENV)/bin/python setup.py -q build_ext --inplace
 
 run: $(VENV)/.base compiled
@@ -49,10 +57,38 @@ lint: $(VENV)/.dev
 test-deps:
 	scripts/test-deps
 
-# twice: the compiled build, then the pure-Python source it is compiled from (the reference)
+# not $(MAKE) in the recipe: `make -n test` would run that line, the whole suite with it, instead of showing it
+SUBMAKE = $(MAKE) --no-print-directory
+
+# the suite twice, the compiled build then the pure-Python source it is compiled from (the reference), and
+# the build with the oldest dependencies allowed: each runs whatever the one before it found, each result is
+# reported, and any failure fails the whole
 test: test-deps lint compiled
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
-	PYLOGD_PURE_PYTHON=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	@compiled=passed pure=passed oldest=passed; \
+	echo "make test: the suite on the compiled build"; \
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) || compiled=FAILED; \
+	echo "make test: the suite on the pure-Python source (PYLOGD_PURE_PYTHON=1)"; \
+	PYLOGD_PURE_PYTHON=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || pure=FAILED; \
+	echo "make test: the build with the oldest dependencies allowed (make test-build-oldest)"; \
+	$(SUBMAKE) test-build-oldest || oldest=FAILED; \
+	echo "make test: compiled build $$compiled; pure-Python build $$pure; oldest build dependencies $$oldest"; \
+	[ $$compiled$$pure$$oldest = passedpassedpassed ]
+
+# The oldest build dependencies allowed, in a venv and a copy of the tree of their own under build/ (.venv keeps
+# the newest): every hot module compiles and loads (tests/test_compiled.py) and the default config checks.
+# Kept between runs, so that only what changed is compiled again.
+OLDEST ?= build/oldest
+OLDEST_VENV = $(abspath $(OLDEST))/venv
+test-build-oldest:
+	scripts/ensure-venv $(PYTHON) $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install -q $(call build_pins,>) pytest hypothesis
+	mkdir -p $(OLDEST)/src
+	tar -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.so' --exclude=__pycache__ \
+		--exclude='*.egg-info' --exclude='./.*cache' --exclude=./.hypothesis --exclude=./var . | tar -x -C $(OLDEST)/src
+	cd $(OLDEST)/src && PYLOGD_NO_EXTENSIONS=1 $(OLDEST_VENV)/bin/pip install -q --no-build-isolation -e .
+	cd $(OLDEST)/src && $(OLDEST_VENV)/bin/python setup.py -q build_ext --inplace
+	cd $(OLDEST)/src && $(OLDEST_VENV)/bin/python -m pytest -q tests/test_compiled.py
+	cd $(OLDEST)/src && $(OLDEST_VENV)/bin/pylogd --check -c etc/pylogd.conf >/dev/null
 
 bench: $(VENV)/.dev
 	$(VENV)/bin/python bench/empty_stack.py

@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import sys
+import traceback
 from typing import Any
 
 from . import __version__, compiled
@@ -78,13 +79,33 @@ def main(argv: list[str] | None = None) -> int:
         raw = load(args.configfile)
         topology = build(raw, registry, Logger)
     except ConfigError as exc:
-        print(f"pylogd: {exc}", file=sys.stderr)
+        # a config's mistake is one line; a bug (an internal error) also says where it is, before any log
+        # is open: with -v, its traceback on stderr
+        bug = internal_error(exc)
+        hint = " (a bug in pylogd: -v shows its traceback)" if bug is not None and not args.verbose else ""
+        print(f"pylogd: {exc}{hint}", file=sys.stderr)
+        if bug is not None and args.verbose:
+            print("".join(traceback.format_exception(bug)), end="", file=sys.stderr)
         return 1
     for loc, warning in raw.warnings:
         print(f"pylogd: warning: {loc}: {warning}", file=sys.stderr)
     if args.check:
         return _printing(print, describe_topology(topology), end="") or 0
     return run(args, topology)
+
+
+def internal_error(exc: BaseException) -> BaseException | None:
+    """The exception a bug raised, when ``exc`` reports one ("internal error"): the config or start-up
+    error made of it keeps it as its cause, or as its context when raised ``from None`` to stay one line."""
+    if "internal error" not in str(exc):
+        return None
+    return exc.__cause__ or exc.__context__
+
+
+def log_traceback(log: Logger, bug: BaseException) -> None:
+    """Where a bug happened, into the log: one line of it per traceback line (syslog keeps lines)."""
+    for line in "".join(traceback.format_exception(bug)).splitlines():
+        log.error(line)
 
 
 def _printing(func: Any, *args: Any, **kwargs: Any) -> int:
@@ -132,14 +153,22 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
             kept = drop_privileges(*user)
             caps = "keeping CAP_NET_ADMIN" if kept else "without CAP_NET_ADMIN: conntrack dumps will fail"
             log.info(f"running as {user[0]} (uid {user[1]}, gid {user[2]}), {caps}")
-    except DaemonError as exc:
-        log.fatal(str(exc))
+    except Exception as exc:
+        # a DaemonError says what failed (and keeps a plugin's bug as its cause); anything else is a bug
+        # of pylogd's own
+        if isinstance(exc, DaemonError):
+            failure, bug = str(exc), internal_error(exc)
+        else:
+            failure, bug = f"internal error starting: {type(exc).__name__}: {exc}", exc
+        log.fatal(failure)
+        if bug is not None:
+            log_traceback(log, bug)
         daemon.abort()
         if SINK.held is not None:  # refused before start-up succeeded: stderr only
             for line in SINK.held_errors():
                 print(f"pylogd: {line}", file=sys.stderr)
         elif SINK.target != "stderr" and not args.verbose:
-            print(f"pylogd: {exc}", file=sys.stderr)
+            print(f"pylogd: {failure}", file=sys.stderr)
         return 1
     try:
         daemon.run()

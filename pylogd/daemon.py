@@ -63,6 +63,10 @@ class Daemon:
                     inst.plugin.start(self.loop)
                 except (PluginError, OSError) as exc:
                     raise DaemonError(f"cannot start {inst.id} ({inst.spec.name}): {exc}") from None
+                except Exception as exc:  # a bug: named as one, its traceback kept for the log (pylogd.cli)
+                    raise DaemonError(
+                        f"cannot start {inst.id} ({inst.spec.name}): internal error: {type(exc).__name__}: {exc}"
+                    ) from exc
                 self._started.append(inst)
 
     def run(self) -> None:

@@ -354,7 +354,9 @@ def _nearest(
     members: list[Instance], bases: list[int], providers: dict[str, list[tuple[int, int]]], position: int, name: str
 ) -> tuple[Instance, Key, int] | None:
     """The output named ``name`` of the nearest plugin before ``position``: its instance, key and slot."""
-    for j, i in reversed(providers.get(name, ())):
+    # the default is a list, as the annotation says: Cython 3.3.0 types what .get() returns from the
+    # dict's declared value type and refused a tuple default at run time ("Expected list, got tuple")
+    for j, i in reversed(providers.get(name, [])):
         if j < position:
             return members[j], members[j].spec.outputs[i], bases[j] + i
     return None

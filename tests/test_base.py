@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 
 import pytest
 from filterkit import FilterRun, run_filter
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 from pylogd.plugins.filters.base import Base
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP
@@ -743,20 +744,53 @@ def ipv6_packets(draw: st.DrawFn) -> bytes:
     return bytes(packet / l4)
 
 
+def raised_in_scapy(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` is scapy's own code (not this file's use of it)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("scapy.")
+
+
+def agrees_with_scapy(raw: bytes, expected: Callable[[bytes], dict], header: dict, got: list[dict]) -> None:
+    """Each of pylogd's decodings ``got`` of ``raw`` is what scapy reads in it (``expected``).  Where scapy
+    itself fails on the input (scapy 2.8.0: a TCP-AO option of length 3 in the bytes a TCP header's data
+    offset claims, struct.error), there is nothing to compare with past the IP header (``header``, as
+    scapy read it): pylogd's decoding is still checked, no exception and every value of its key's type."""
+    try:
+        want = expected(raw)
+    except Exception as exc:
+        if not raised_in_scapy(exc):
+            raise
+        note(f"scapy fails on this input ({type(exc).__name__}: {exc}): checked without it")
+        event("scapy, the reference, fails on the input")
+        for keys in got:
+            check_types(keys)
+            assert keys.items() >= header.items()
+        return
+    for keys in got:
+        assert keys == want
+
+
+# scapy 2.8.0 fails on what is here a TCP-AO option (kind 29) of length 3
+SCAPY_FAILS_ON = bytes(TCP(dataofs=6) / Raw(b"\x1d\x03\x00\x00"))
+
+
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ipv4_packets())
+@example(bytes(IP(proto=6) / Raw(SCAPY_FAILS_ON)))
 def test_ipv4_agrees_with_scapy(raw: bytes):
-    want = expected_ipv4(raw)
-    assert decode(raw) == want
-    assert decode(raw, family=7, proto=ETH_P_IP) == want
+    got = [decode(raw), decode(raw, family=7, proto=ETH_P_IP)]
+    agrees_with_scapy(raw, expected_ipv4, ip4_keys(IP(raw)), got)
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ipv6_packets())
+@example(bytes(IPv6(nh=6) / Raw(SCAPY_FAILS_ON)))
 def test_ipv6_agrees_with_scapy(raw: bytes):
-    want = expected_ipv6(raw)
-    assert decode(raw, family=10) == want
-    assert decode(memoryview(raw), family=7, proto=ETH_P_IPV6) == want
+    got = [decode(raw, family=10), decode(memoryview(raw), family=7, proto=ETH_P_IPV6)]
+    wire = IPv6(raw)
+    agrees_with_scapy(raw, expected_ipv6, {"ip.saddr": a6(wire.src), "ip.daddr": a6(wire.dst)}, got)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, PYLOGD, ROOT
+from conftest import IN_CI, PYLOGD, ROOT, TEST_PLUGINS
 
 from pylogd.cli import main, spec_text
 from pylogd.registry import Registry
@@ -185,3 +185,92 @@ def test_a_reader_that_stops_early_ends_the_output_quietly(command):
         os.close(w)
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert done.returncode == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 20: an internal error (a bug) at start-up shows where it happened, not only its one line
+
+BUG_LINE = "KeyError: 'a key nobody put there'"
+
+
+def broken_config(tmp_path: Path, fail_in: str) -> Path:
+    """A stack with BROKEN (tests/plugins/testplugins.py), whose bug is in ``fail_in``."""
+    conf = tmp_path / "broken.conf"
+    conf.write_text(
+        f'[global]\nlogfile="{tmp_path / "pylogd.log"}"\nplugin="{TEST_PLUGINS}"\n'
+        "stack=p1:PIPEIN,b1:BROKEN,c1:CAPTURE\n"
+        f'[p1]\npath="{tmp_path / "fifo"}"\n[b1]\nfail_in="{fail_in}"\n[c1]\nfile="{tmp_path / "out.json"}"\n'
+    )
+    return conf
+
+
+@pytest.mark.parametrize(
+    "args", [["--check"], [], ["-v", "--check"], ["-v"]], ids=["check", "start", "check-v", "start-v"]
+)
+def test_an_internal_error_in_configure_shows_its_traceback_with_v(tmp_path, args):
+    """Before any log is open: one line, as for any config error, that says it is a bug; with -v the
+    traceback follows it on stderr."""
+    conf = broken_config(tmp_path, "configure")
+    done = subprocess.run([*PYLOGD, *args, "-c", str(conf)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    first, *rest = done.stderr.splitlines()
+    line = f"pylogd: {conf}:7: [b1] (BROKEN): internal error: {BUG_LINE}"
+    if "-v" not in args:
+        assert done.stderr == f"{line} (a bug in pylogd: -v shows its traceback)\n"
+        return
+    assert first == line
+    assert rest[0] == "Traceback (most recent call last):" and rest[-1] == BUG_LINE, done.stderr
+    assert f'File "{TEST_PLUGINS}"' in done.stderr and "in _a_bug_in_a_plugin" in done.stderr
+    assert not (tmp_path / "pylogd.log").exists()
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "v"])
+def test_an_internal_error_in_start_logs_its_traceback(tmp_path, verbose):
+    """A plugin's bug in start(): the fatal line names the instance, the traceback follows it in the log,
+    line by line.  Start-up was refused, so the held log is shown on stderr and the log file is left
+    alone (it may be a running daemon's); -v echoes each line as it is logged."""
+    conf = broken_config(tmp_path, "start")
+    args = [*PYLOGD, *(["-v"] if verbose else []), "-c", str(conf)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    shown = [line.removeprefix("pylogd: core: ") for line in done.stderr.splitlines() if line.startswith("pylogd: ")]
+    assert shown[0] == f"cannot start b1 (BROKEN): internal error: {BUG_LINE}", done.stderr
+    assert shown[1] == "Traceback (most recent call last):" and shown[-1] == BUG_LINE, done.stderr
+    assert any(line.endswith(", in _a_bug_in_a_plugin") for line in shown), done.stderr
+    echoed = [line.split("> core: ", 1)[1] for line in done.stderr.splitlines() if "> core: " in line]
+    if verbose:
+        assert echoed[echoed.index(shown[0]) :][: len(shown)] == shown, done.stderr
+    else:
+        assert echoed == [], done.stderr
+    assert not (tmp_path / "pylogd.log").exists()
+
+
+def test_a_bug_of_pylogds_own_at_start_logs_its_traceback(tmp_path):
+    """Outside any plugin (here Daemon.start itself): named an internal error, with its traceback."""
+    conf = broken_config(tmp_path, "start")  # not reached: the core fails first
+    script = (
+        "import sys\nfrom pylogd import cli, daemon\n"
+        "def start(self):\n    raise ZeroDivisionError('a bug in the core')\n"
+        f"daemon.Daemon.start = start\nsys.exit(cli.main(['-c', {str(conf)!r}]))\n"
+    )
+    done = subprocess.run([*PYLOGD[:-2], "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    shown = [line.removeprefix("pylogd: core: ") for line in done.stderr.splitlines()]
+    assert shown[0] == "internal error starting: ZeroDivisionError: a bug in the core", done.stderr
+    assert shown[1] == "Traceback (most recent call last):" and shown[-1] == "ZeroDivisionError: a bug in the core"
+
+
+def test_an_internal_error_checking_a_config_shows_its_traceback(tmp_path, monkeypatch, capsys):
+    """The failure issue 20 met (a TypeError from a Cython release, in pylogd.stack): where it was."""
+    import pylogd.stack
+
+    def broken(*args, **kwargs):
+        raise TypeError("Expected list, got tuple")
+
+    monkeypatch.setattr(pylogd.stack, "_build", broken)
+    conf = broken_config(tmp_path, "start")
+    assert main(["-v", "--check", "-c", str(conf)]) == 1
+    first, *rest = capsys.readouterr().err.splitlines()
+    assert first == f"pylogd: internal error checking {conf}: TypeError: Expected list, got tuple"
+    assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "TypeError: Expected list, got tuple"
+    assert any(line.endswith(", in broken") for line in rest), rest

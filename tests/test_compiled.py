@@ -5,9 +5,11 @@ run really is the build it claims to be, and that a failed compile never fails a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -54,15 +56,19 @@ def test_every_hot_module_is_compiled_in_the_compiled_run():
     assert listed.returncode == 0 and "Name: BASE" in listed.stdout, listed.stderr
 
 
-def test_a_failing_compiler_leaves_a_pure_python_wheel(tmp_path: Path):
-    pytest.importorskip("Cython", reason="the dev extras install Cython")
-    # a copy without what earlier builds left (in-place modules, build/)
-    source = tmp_path / "src"
+def source_copy(dest: Path) -> Path:
+    """A copy of the source tree without what earlier builds left (in-place modules, build/)."""
     shutil.copytree(
         ROOT,
-        source,
+        dest,
         ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.so", "*.egg-info", "__pycache__", ".*cache"),
     )
+    return dest
+
+
+def test_a_failing_compiler_leaves_a_pure_python_wheel(tmp_path: Path):
+    pytest.importorskip("Cython", reason="the dev extras install Cython")
+    source = source_copy(tmp_path / "src")
     env = {**os.environ, "CC": "false", "LDSHARED": "false"}
     env.pop("PYLOGD_NO_EXTENSIONS", None)
     build = subprocess.run(
@@ -89,3 +95,100 @@ def test_a_failing_compiler_leaves_a_pure_python_wheel(tmp_path: Path):
     assert not [n for n in names if n.endswith(".so")], names
     assert all(f"{path.replace('plugins/', 'pylogd/plugins/')}" in names for path in compiled.HOT_MODULES.values())
     assert "not compiled" in build.stdout + build.stderr and "runs as pure Python" in build.stdout + build.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 20: the build dependencies are pinned to the range that is tested, and both ends are built
+
+
+def build_requires() -> dict[str, str]:
+    """pyproject.toml's [build-system] requires: project name -> its requirement."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        requires = tomllib.load(f)["build-system"]["requires"]
+    return {project(r).lower(): r for r in requires}
+
+
+def project(requirement: str) -> str:
+    return re.match(r"[\w.-]+", requirement).group()  # type: ignore[union-attr]
+
+
+def range_ends(requirement: str) -> tuple[str, str]:
+    """The oldest (>=) and the newest (<=) version a requirement allows."""
+    (oldest,) = re.findall(r">=\s*([\w.]+)", requirement)
+    (newest,) = re.findall(r"<=\s*([\w.]+)", requirement)
+    return oldest, newest
+
+
+def test_every_build_dependency_is_pinned_to_both_ends_of_the_range_tested():
+    requires = build_requires()
+    assert set(requires) >= {"cython", "setuptools"}, requires
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        dev = tomllib.load(f)["project"]["optional-dependencies"]["dev"]
+    for requirement in requires.values():
+        oldest, newest = range_ends(requirement)
+        assert [int(n) for n in oldest.split(".")] <= [int(n) for n in newest.split(".")], requirement
+        # the dev environment (.venv) may hold only what a build may use
+        assert requirement in dev, f"the dev extras must state {requirement} as [build-system] does"
+    # 3.3.0 types dict.get() from an annotation and miscompiles it (None taken as a str)
+    assert "!=3.3.0" in requires["cython"].replace(" ", "")
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    # `make compiled` (the suite's build) takes the newest, `make test-build-oldest` the oldest
+    for target, end in (("compiled", 1), ("test-build-oldest", 0)):
+        plan = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)
+        for requirement in requires.values():
+            pin = f"{project(requirement)}=={range_ends(requirement)[end]}"
+            assert pin in plan.stdout, f"make {target} does not install {pin}:\n{plan.stdout}"
+
+
+def test_the_installed_cython_is_in_the_range_tested():
+    cython = pytest.importorskip("Cython", reason="the dev extras install Cython")
+    from packaging.requirements import Requirement
+
+    requirement = Requirement(build_requires()["cython"])
+    assert requirement.specifier.contains(cython.__version__), f"Cython {cython.__version__}, not {requirement}"
+
+
+def fake_cython(where: Path, version: str) -> Path:
+    """A Cython package that only says its version and that it was asked to compile."""
+    (where / "Cython" / "Build").mkdir(parents=True)
+    (where / "Cython" / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    (where / "Cython" / "Build" / "__init__.py").write_text(
+        "def cythonize(modules, **options):\n    print('cythonize: asked to compile')\n    return []\n"
+    )
+    return where
+
+
+def versions_around_the_range() -> list[tuple[str, bool]]:
+    oldest, newest = range_ends(build_requires()["cython"])
+    major, minor, patch = (int(n) for n in newest.split("."))
+    return [
+        ("3.0.0", False),
+        ("3.3.0", False),
+        (f"{major}.{minor}.{patch + 1}", False),
+        (f"{major}.{minor + 1}.0b1", False),
+        (oldest, True),
+        (newest, True),
+    ]
+
+
+@pytest.mark.parametrize(("version", "allowed"), versions_around_the_range())
+def test_setup_compiles_nothing_with_a_cython_outside_the_range_tested(tmp_path: Path, version: str, allowed: bool):
+    source = source_copy(tmp_path / "src")
+    env = {**os.environ, "PYTHONPATH": str(fake_cython(tmp_path / "fake", version))}
+    env.pop("PYLOGD_NO_EXTENSIONS", None)
+    build = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert build.returncode == 0, build.stderr
+    refused = f"pylogd: Cython {version} is outside the tested range"
+    if allowed:
+        assert "cythonize: asked to compile" in build.stdout and refused not in build.stderr, build.stderr
+    else:
+        assert "cythonize: asked to compile" not in build.stdout, build.stdout
+        assert refused in build.stderr and "installing the pure-Python modules only" in build.stderr

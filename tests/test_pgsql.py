@@ -9,6 +9,7 @@ rows deliberately differ from ulogd's is named once, in the block below.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -544,8 +545,11 @@ def test_a_frozen_server_process_costs_a_timeout_and_every_row_is_written_once(
     still open on the stopped process, ends it and waits; once the process runs again the batch is
     settled, and every row is written once, in order."""
     pg_schema.load(PROCEDURES + SLOW_ROWS)
-    section = pg_schema.section("pg1", host="", table="t", procedure=procedure, io_timeout=3)
-    d = PipeDaemon(tmp_path, "pg1:PGSQL", section).start()
+    # pg_stat_activity is the whole server's: under a name of its own, no other connection is taken for this
+    # daemon's (the other tests' "pylogd pg1", ending or still open, another pytest's on the same server)
+    iid = f"pgfrozen{os.getpid()}_{procedure.lower()}"
+    section = pg_schema.section(iid, host="", table="t", procedure=procedure, io_timeout=3)
+    d = PipeDaemon(tmp_path, f"{iid}:PGSQL", section).start()
     sent = 0
 
     def burst(n: int = 50) -> None:
@@ -558,11 +562,11 @@ def test_a_frozen_server_process_costs_a_timeout_and_every_row_is_written_once(
         burst(100)
         wait_for(lambda: count() == 100, timeout=20, what="the first rows")
         burst(250)  # row 350 takes the server 1.5 s: its transaction is open for that long
-        in_transaction = (
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'pylogd pg1' AND backend_xid IS NOT NULL"
+        in_transaction = "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND backend_xid IS NOT NULL"
+        backends = wait_for(
+            lambda: [r[0] for r in pg_schema.rows(in_transaction, (f"pylogd {iid}",))], timeout=20, what="a transaction"
         )
-        backends = wait_for(lambda: [r[0] for r in pg_schema.rows(in_transaction)], timeout=20, what="a transaction")
-        assert backends == pg_backends(pg_schema.admin, "pylogd pg1")
+        assert backends == pg_backends(pg_schema.admin, f"pylogd {iid}")
         with frozen(backends):
             end = time.monotonic() + 8
             while time.monotonic() < end:

@@ -220,3 +220,26 @@ class Capture(Output):
 
     def stop(self) -> None:
         self.f.close()
+
+
+class Broken(Filter):
+    """A bug on purpose: an exception no plugin means to raise, in configure() or in start()."""
+
+    spec = PluginSpec(
+        name="BROKEN",
+        kind=Kind.FILTER,
+        help="Test filter: fails with an unexpected exception (a bug) in configure or in start.",
+        options=(str_option("fail_in", "configure", "where the bug is", choices=("configure", "start")),),
+    )
+
+    def configure(self) -> None:
+        if self.options["fail_in"] == "configure":
+            _a_bug_in_a_plugin()
+
+    def start(self, loop) -> None:
+        if self.options["fail_in"] == "start":
+            _a_bug_in_a_plugin()
+
+
+def _a_bug_in_a_plugin() -> None:
+    {}["a key nobody put there"]
