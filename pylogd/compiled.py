@@ -27,6 +27,7 @@ HOT_MODULES = {
     "pylogd.loop": "pylogd/loop.py",
     "pylogd.runner": "pylogd/runner.py",
     "pylogd.transport": "pylogd/transport.py",
+    "pylogd.ipfix": "pylogd/ipfix.py",
     "pylogd.plugins.inputs.nflog": "plugins/inputs/nflog.py",
     "pylogd.plugins.inputs.nfct": "plugins/inputs/nfct.py",
     "pylogd.plugins.filters.base": "plugins/filters/base.py",
@@ -37,6 +38,7 @@ HOT_MODULES = {
     "pylogd.plugins.outputs.logemu": "plugins/outputs/logemu.py",
     "pylogd.plugins.outputs.json": "plugins/outputs/json.py",
     "pylogd.plugins.outputs.pcap": "plugins/outputs/pcap.py",
+    "pylogd.plugins.outputs.ipfix": "plugins/outputs/ipfix.py",
 }
 
 

@@ -218,6 +218,7 @@ class Exporter:
         refresh_seconds: float = 60.0,
         refresh_messages: int = 0,
         statistics_seconds: float | None = None,
+        statistics: bool | None = None,
         start_time: float = 0.0,
     ) -> None:
         self.version = version
@@ -227,6 +228,8 @@ class Exporter:
         self.refresh_seconds = refresh_seconds
         self.refresh_messages = refresh_messages
         self.statistics_seconds = refresh_seconds if statistics_seconds is None else statistics_seconds
+        #: whether the exporter's counts go at all (a collector told to expect no template gets none)
+        self.statistics = send_template != "never" if statistics is None else statistics
         self.start_time = start_time  # v9's sysUptime counts from here
         self.sequence = 0  # IPFIX: data records sent; v9: messages sent
         self.messages_sent = 0
@@ -286,10 +289,19 @@ class Exporter:
     def statistics_due(self, now: float) -> bool:
         """Whether the exporter's counts are due: first in a session, then every ``statistics_seconds``.
         They go with their options template, so they never wait for one."""
-        if self.send_template == "never":
+        if not self.statistics:
             return False
         at = self._statistics_at
         return at is None or bool(self.statistics_seconds and now - at >= self.statistics_seconds)
+
+    def greeting(self, now: float) -> bytes:
+        """A message of every flow template alone: what a stream sends first on each connection (RFC 7011
+        §8: before the data records that use them; the records it sends again after a broken connection
+        use them too)."""
+        records = b"".join(self._template_records[: len(FLOW_TEMPLATES)])
+        body = SET_HEADER.pack(self._template_set_id, 4 + len(records)) + records
+        head = IPFIX_HEADER.pack(IPFIX_VERSION, IPFIX_HEADER.size + len(body), int(now), self.sequence, self.domain)
+        return head + body
 
     def statistics_message(self, now: float) -> Message:
         """The exporter's counts, with their options template, in a message of their own under

@@ -133,6 +133,9 @@ class Transport:
         self.sock: socket.socket | None = None
         self.connects = 0
         self.oversized = 0
+        #: a stream's greeting: bytes every new connection sends before any entry (IPFIX's templates);
+        #: not an entry, so never kept or sent again on a later connection, where its own greeting goes
+        self.greeting: Callable[[], bytes] | None = None
         self._reconnect = False
         self._stopping = False
         self._lock = threading.Lock()  # the socket, between the worker and close()/SIGHUP
@@ -275,7 +278,7 @@ class _KeepingStream(Transport):
             return
         count = len(self._resend)
         try:
-            self.sock = self._connect()
+            self._open()
             send([])
         except OSError as exc:
             self.lost += len(self._resend)
@@ -286,6 +289,16 @@ class _KeepingStream(Transport):
             self._resend.clear()
             return
         self.log.notice(f"{self.name}: sent {count} lines again to {self.peer()} at stop")
+
+    def _open(self) -> None:
+        """Connect, and greet the peer when the output asked for it."""
+        self.sock = self._connect()
+        if self.greeting is not None:
+            self._greet(self.greeting())
+
+    def _greet(self, data: bytes) -> None:
+        assert self.sock is not None
+        self.sock.sendall(data)
 
 
 class StreamTransport(_KeepingStream):
@@ -305,6 +318,10 @@ class StreamTransport(_KeepingStream):
         self._acked_at_connect = _bytes_acked(sock) or 0
         return sock
 
+    def _greet(self, data: bytes) -> None:
+        super()._greet(data)
+        self._sent += len(data)  # the stream's first bytes: the kept entries' count starts after them
+
     def _forget_connection(self) -> None:
         # our own close: the kernel still delivers what it holds, then sends FIN
         self._inflight.clear()
@@ -315,7 +332,7 @@ class StreamTransport(_KeepingStream):
             self.log.notice(f"{self.name}: {self.peer()} closed the connection; reconnecting")
             self._connection_broken()
         if self.sock is None:
-            self.sock = self._connect()
+            self._open()
         try:
             self._send_kept(entries)
         except OSError:
@@ -502,6 +519,13 @@ class TLSTransport(StreamTransport):
     def _close(self) -> None:
         self._notify_close()  # when the socket takes it at once
         super()._close()
+
+    def _greet(self, data: bytes) -> None:
+        assert self.sock is not None and self._tls is not None
+        self._tls.write(data)
+        wire = self._outgoing.read()
+        self.sock.sendall(wire)
+        self._sent += len(wire)
 
     def _forget_connection(self) -> None:
         super()._forget_connection()

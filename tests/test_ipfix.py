@@ -456,6 +456,47 @@ def test_the_exporters_counts_reach_the_collector_under_domain_0(rig: Rig, tmp_p
     assert counts[0][42] == 0 and 20 <= counts[-1][42] < flows  # counts of what went before it
 
 
+def test_tcp_templates_open_every_connection_and_a_collector_restart_loses_nothing(rig: Rig, tmp_path: Path) -> None:
+    ns = rig.netns("tcp")
+    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0; ct state new accept\n }\n}\n")
+    kept = tmp_path / "collected"
+    options = "oid=12\nhost=127.0.0.1\nport=4739\n"  # ulogd's default: proto=tcp
+    # started before the collector: the flows wait until it listens
+    daemon = start_pylogd(ns, pylogd_conf(tmp_path, options, "hash_enable=0"), tmp_path / "pylogd.log")
+    ns.call(udp_burst, 41000, 30)
+    wait_for(lambda: captured(tmp_path) >= 30, what="30 flows")
+    collector = ns.spawn([sys.executable, "-c", COLLECTOR, "tcp", "4739", str(kept)], name="collector")
+    wait_for(lambda: "ready" in collector.output(), what="the collector")
+    ns.call(udp_burst, 41100, 30)
+    wait_for(lambda: len([m for m in collected(kept) if m]) >= 3, what="messages")
+    collector.stop()  # killed mid-stream
+    ns.call(udp_burst, 41200, 30)
+    wait_for(lambda: captured(tmp_path) >= 90, what="90 flows")
+    collector = ns.spawn([sys.executable, "-c", COLLECTOR, "tcp", "4739", str(kept)], name="collector2")
+    wait_for(lambda: "ready" in collector.output(), what="the collector again")
+    ns.call(udp_burst, 41300, 30)
+    wait_for(lambda: captured(tmp_path) >= 120, what="120 flows")
+    assert daemon.stop() == 0
+    ports: list[int] = []
+    connections = 0
+    reader = Reader()
+    for message in collected(kept):
+        if message is None:  # a new connection: the collector knows no template
+            connections += 1
+            reader = Reader()
+            first = True
+            continue
+        d = reader.read(message)
+        assert not d.unknown_sets, "a data set came before its template on this connection"
+        if first and d.domain == 12:
+            assert d.templates, "the first message of a connection carries the templates"
+        first = False
+        ports += [r[11] for r in d.records if d.domain == 12 and r.get(12) == "127.0.0.2"]
+    assert connections >= 2
+    want = [p for base in (41000, 41100, 41200, 41300) for p in range(base, base + 30)]
+    assert sorted(set(ports)) == want  # every flow; one the collector read as it died may come twice
+
+
 NFACCTD_CONF = """daemonize: false
 nfacctd_ip: 127.0.0.1
 nfacctd_port: {port}

@@ -167,18 +167,23 @@ class Ipfix(Output):
     def start(self, loop: EventLoop) -> None:
         o = self.options
         udp = o["proto"] == "udp"
-        self.exporter = Exporter(
+        # a stream sends every template once per connection, in its greeting, and "once" needs no more
+        stream_once = not udp and o["send_template"] == "once"
+        self.exporter = exporter = Exporter(
             version=o["version"],
             domain=o["oid"],
             mtu=o["mtu"],
-            send_template=o["send_template"],
+            send_template="never" if stream_once else o["send_template"],
             refresh_seconds=o["template_refresh"] if udp else 0,
             refresh_messages=o["template_refresh_messages"] if udp else 0,
             statistics_seconds=o["template_refresh"],
+            statistics=o["send_template"] != "never",
             start_time=time.time(),
         )
         # connected by the first write: a collector that is not up yet must not keep the daemon from starting
         self.transport = open_transport(o["proto"], host=o["host"], port=str(o["port"]), log=self.log, name=self.id)
+        if stream_once:
+            self.transport.greeting = lambda: exporter.greeting(time.time())
 
     def handler(self, slots: Slots) -> Callable[[list], Any]:
         inp = slots.inp
