@@ -49,16 +49,16 @@ class Run:
     rcvbuf_drops: int  # datagrams the kernel dropped at the collector's full receive buffer
 
 
-def config(tmp: Path, name: str, mode: str, port: int) -> Path:
+def config(tmp: Path, name: str, mode: str, port: int, extra: str = "") -> Path:
     path = tmp / f"{name}.conf"
     path.write_text(
         f'[global]\nlogfile="{tmp}/{name}.log"\nloglevel=3\nstack=ct1:NFCT,ipfix1:IPFIX\n'
-        f"[ct1]\n{MODES[mode]}[ipfix1]\noid=1\nhost=127.0.0.1\nport={port}\nproto=udp\n"
+        f"[ct1]\n{MODES[mode]}[ipfix1]\noid=1\nhost=127.0.0.1\nport={port}\nproto=udp\n{extra}"
     )
     return path
 
 
-def run_once(ns: str, tmp: Path, daemon: str, mode: str, rate: float, flows: int, index: int) -> Run:
+def run_once(ns: str, tmp: Path, daemon: str, mode: str, rate: float, flows: int, index: int, extra: str) -> Run:
     name = f"{daemon}-{mode}-{int(rate)}-{index}"
     store = tmp / name
     store.mkdir()
@@ -71,9 +71,8 @@ def run_once(ns: str, tmp: Path, daemon: str, mode: str, rate: float, flows: int
     )
     time.sleep(0.5)
     log = tmp / f"{name}.log"
-    proc = subprocess.Popen(
-        in_ns(ns, 1, *daemon_command(daemon, config(tmp, name, mode, port))), stderr=subprocess.DEVNULL
-    )
+    conf = config(tmp, name, mode, port, extra if daemon == "pylogd" else "")
+    proc = subprocess.Popen(in_ns(ns, 1, *daemon_command(daemon, conf)), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while READY[daemon] not in (log.read_text() if log.exists() else ""):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -113,6 +112,7 @@ def main() -> int:
     p.add_argument("--rates", default="10000,0")
     p.add_argument("--modes", default="hash,event")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--options", default="", help='more [ipfix1] lines for pylogd, ";"-separated ("udp_rate=0")')
     p.add_argument("--results")
     args = p.parse_args()
     if os.geteuid() != 0:
@@ -132,7 +132,8 @@ def main() -> int:
                 runs: dict[str, list[Run]] = {"ulogd": [], "pylogd": []}
                 for _ in range(args.repeat):
                     for daemon in runs:
-                        runs[daemon].append(run_once(ns, tmp, daemon, mode, rate, args.flows, index))
+                        extra = "".join(f"{line}\n" for line in args.options.split(";") if line)
+                        runs[daemon].append(run_once(ns, tmp, daemon, mode, rate, args.flows, index, extra))
                         index += 1
                 u, q = runs["ulogd"], runs["pylogd"]
                 cpu_u = statistics.median(r.cpu_us for r in u)

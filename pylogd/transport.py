@@ -84,7 +84,7 @@ import time
 from collections.abc import Callable
 
 from .log import ERROR, NOTICE, Logger
-from .plugin import PluginError
+from .plugin import Option, PluginError, path_option, str_option
 
 MODES = ("tcp", "udp", "unix")
 UNIX_PATH_MAX = 108  # sun_path, the terminating NUL included
@@ -94,6 +94,22 @@ SEND_TIMEOUT = 20.0
 #: unix mode, after a collector closed with lines unread: how long the first line sent again waits alone
 #: to be read before the rest follows it
 CAREFUL_WAIT = 5.0
+
+
+def tls_options(when: str, peer: str = "server") -> tuple[Option, ...]:
+    """An output's options for the tls mode (what :func:`open_transport` takes); ``when`` names the modes
+    that read them, ``peer`` what the other end is called."""
+    return (
+        path_option("ca_file", "", f"{when}: the CAs (PEM) that sign the {peer}'s certificate; empty: the system's"),
+        path_option("cert_file", "", f"{when}: a client certificate (PEM), for a {peer} that asks for one"),
+        path_option("key_file", "", f"{when}: the client certificate's key (PEM); empty: in cert_file"),
+        str_option("server_name", "", f"{when}: the name the {peer}'s certificate must carry; empty: host"),
+    )
+
+
+def tls_arguments(options: dict) -> dict[str, str]:
+    """The tls options of an output declaring :func:`tls_options`, as :func:`open_transport` takes them."""
+    return {name: options[name] for name in ("ca_file", "cert_file", "key_file", "server_name")}
 
 
 def check_address(mode: str, host: str, port: str, path: str, *, path_option: str = "path") -> None:
@@ -543,11 +559,16 @@ class TLSTransport(StreamTransport):
                 return True
             if events & select.POLLIN:
                 try:
+                    # one recv per readiness: on a socket with a timeout Python waits out the timeout when a
+                    # recv finds nothing, whatever MSG_DONTWAIT says (a 20 s stall, then a reconnect, per
+                    # batch after a server's session tickets)
                     while True:
                         chunk = sock.recv(65536, socket.MSG_DONTWAIT)
                         if not chunk:
                             return True
                         self._incoming.write(chunk)
+                        if not poller.poll(0):
+                            break
                 except BlockingIOError:
                     pass
                 except OSError:
@@ -954,9 +975,11 @@ def _peer_gone(sock: socket.socket) -> bool:
             return True
         if events & select.POLLIN:
             try:
-                while True:
+                while True:  # one recv per readiness (see TLSTransport._peer_left)
                     if not sock.recv(65536, socket.MSG_DONTWAIT):
                         return True
+                    if not poller.poll(0):
+                        return False
             except BlockingIOError:
                 return False
             except OSError:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import TEST_PLUGINS
 from ipfixkit import Reader
-from rig import Netns, Rig, read_text, start_pylogd, wait_for
+from rig import Netns, Rig, pylogd_command, read_text, start_pylogd, wait_for
+from test_transport import make_certificates
 
 from pylogd.ipfix import CT_DESTROY, CT_NEW, CT_UPDATE, STATISTICS, Exporter, FlowEncoder
 
@@ -404,9 +405,15 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", port))
 s.listen(5)
+if mode == "tls":
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[4], sys.argv[5])
 print("ready", flush=True)
 while True:
     c, _ = s.accept()
+    if mode == "tls":
+        c = context.wrap_socket(c, server_side=True)
     out.write("connection\\n")
     buf = b""
     while True:
@@ -495,6 +502,37 @@ def test_tcp_templates_open_every_connection_and_a_collector_restart_loses_nothi
     assert connections >= 2
     want = [p for base in (41000, 41100, 41200, 41300) for p in range(base, base + 30)]
     assert sorted(set(ports)) == want  # every flow; one the collector read as it died may come twice
+
+
+def test_tls_to_a_collector_whose_certificate_is_checked(rig: Rig, tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "pki", ("127.0.0.1",))
+    ns = rig.netns("tls")
+    ns.nft("table inet t {\n chain out {\n type filter hook output priority 0; ct state new accept\n }\n}\n")
+    kept = tmp_path / "collected"
+    argv = [sys.executable, "-c", COLLECTOR, "tls", "4740", str(kept), str(certs["server"]), str(certs["server_key"])]
+    collector = ns.spawn(argv, name="collector")
+    wait_for(lambda: "ready" in collector.output(), what="the collector")
+    options = f"oid=13\nhost=127.0.0.1\nport=4740\nproto=tls\nca_file={certs['ca']}\n"
+    daemon = start_pylogd(ns, pylogd_conf(tmp_path, options, "hash_enable=0"), tmp_path / "pylogd.log")
+    ns.call(udp_burst, 42000, 25)
+    wait_for(lambda: len(collected(kept)) >= 3, what="the greeting and messages")
+    assert daemon.stop() == 0
+    reader = Reader()
+    messages = [m for m in collected(kept) if m is not None]
+    assert reader.read(messages[0]).templates  # the greeting, through TLS
+    ports = [r[11] for m in messages[1:] for r in reader.read(m).records if r.get(12) == "127.0.0.2"]
+    assert sorted(ports) == list(range(42000, 42025))
+
+
+def test_tls_options_need_proto_tls_and_usable_files(tmp_path: Path) -> None:
+    conf = tmp_path / "c.conf"
+    for options, complaint in (
+        ("proto=udp\nca_file=/etc/hostname\n", "ca_file applies to proto=tls"),
+        (f"proto=tls\nca_file={tmp_path}/missing.pem\n", "missing.pem"),
+    ):
+        conf.write_text(f"[global]\nstack=ct1:NFCT,ipfix1:IPFIX\n[ct1]\n[ipfix1]\noid=1\nhost=127.0.0.1\n{options}")
+        done = subprocess.run([*pylogd_command(), "--check", "-c", str(conf)], capture_output=True, text=True)
+        assert done.returncode != 0 and complaint in done.stderr, done.stderr
 
 
 NFACCTD_CONF = """daemonize: false

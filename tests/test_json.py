@@ -405,7 +405,9 @@ def test_ecs_flow_with_nat(tz) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ("mode=tls", 'unknown value "tls"'),
+        ("mode=sctp", 'unknown value "sctp"'),
+        ("mode=tcp\nca_file=/etc/hostname", "ca_file applies to mode tls"),
+        ("mode=tls\nca_file=/nonexistent/ca.pem", "ca.pem"),
         ("timestamp=2", "out of range"),
         ("mode=tcp\nport=0", "port 0 is out of range"),
         ("mode=udp\nport=no-such-service", "neither a number nor a udp service name"),

@@ -253,3 +253,34 @@ def test_tls_bad_files_are_refused_naming_the_option(tmp_path: Path, certificate
     with pytest.raises(PluginError, match="cannot use the certificate") as refused:
         transport.tls_context(cert_file=str(certificates["client"]), key_file=str(certificates["server_key"]))
     assert refused.value.option == "cert_file"
+
+
+def test_a_peer_that_talks_is_not_taken_for_gone(certificates: dict[str, Path]) -> None:
+    """A server that sends something (a banner; TLS 1.3 session tickets) is read and stays connected: with
+    the socket's timeout, a second recv that found nothing waited 20 s and the connection was dropped."""
+    for mode in ("tcp", "tls"):
+        if mode == "tls":
+            server = TLSServer(certificates)
+            peer = tls_transport(server.port, certificates)
+        else:
+            server = TLSServer(certificates)
+            server.context = None  # type: ignore[assignment]
+            peer = transport.open_transport("tcp", host="127.0.0.1", port=str(server.port), log=Logger("t"), name="t")
+        sent = threading.Thread(target=peer.send, args=([b"one\n"],), daemon=True)
+        sent.start()
+        if mode == "tls":
+            conn = server.accept()
+        else:
+            server.listener.settimeout(5)
+            conn, _ = server.listener.accept()
+        conn.sendall(b"banner\n")
+        assert read_until(conn, b"one\n") == b"one\n"  # type: ignore[arg-type]
+        sent.join(5)
+        time.sleep(0.1)  # the banner is there to be read before the next batch
+        started = time.monotonic()
+        peer.send([b"two\n"])
+        assert read_until(conn, b"two\n") == b"two\n"  # type: ignore[arg-type]
+        assert time.monotonic() - started < transport.SEND_TIMEOUT / 2
+        assert peer.statistics()["connects"] == 1, mode
+        conn.close()
+        peer.close()

@@ -2,7 +2,9 @@
 
 ulogd's stack ``ct1:NFCT,ipfix1:IPFIX`` and its options run unchanged: ``oid`` (the observation
 domain, not 0), ``host``, ``port`` (4739), ``proto`` (tcp or udp; tcp by default, as in ulogd),
-``mtu`` (512: the longest message) and ``send_template`` (once, always, never).
+``mtu`` (512: the longest message) and ``send_template`` (once, always, never).  ``proto=tls`` sends
+the TCP stream through TLS, the collector's certificate checked (``ca_file``, ``server_name``; a client
+certificate with ``cert_file``, ``key_file``).
 
 What a collector gets (templates and fields: :mod:`pylogd.ipfix`): one record per flow event,
 IPv4 and IPv6, with both directions' packets and bytes as 64-bit counters (the reply direction in
@@ -62,7 +64,7 @@ from pylogd.ipfix import CT_NEW, NAT_EVENTS, V9_VERSION, Exporter, FlowEncoder, 
 from pylogd.keys import KeyType
 from pylogd.loop import EventLoop
 from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, int_option, key, str_option
-from pylogd.transport import Transport, check_address, open_transport
+from pylogd.transport import Transport, check_address, open_transport, tls_arguments, tls_context, tls_options
 
 ICMP_PROTOCOLS = (1, 58)
 #: messages made and sent at a time
@@ -80,7 +82,12 @@ class Ipfix(Output):
             int_option("oid", 0, "observation domain id (required, not 0)", min=0, max=0xFFFFFFFF),
             str_option("host", "", "the collector's address or name (required)"),
             int_option("port", 4739, "the collector's port", min=1, max=65535),
-            str_option("proto", "tcp", "transport: udp or tcp", choices=("udp", "tcp")),
+            str_option(
+                "proto",
+                "tcp",
+                "transport: udp, tcp or tls (TCP through TLS, RFC 7011 §11.1)",
+                choices=("udp", "tcp", "tls"),
+            ),
             int_option("mtu", 512, "the longest message, in bytes", min=256, max=65535),
             str_option(
                 "send_template",
@@ -111,6 +118,7 @@ class Ipfix(Output):
                 "natEvent values: rfc8158 (4 create, 5 delete) or historic (1, 2)",
                 choices=tuple(NAT_EVENTS),
             ),
+            *tls_options("proto=tls", "collector"),
         ),
         inputs=(
             key("orig.ip.saddr", KeyType.IPADDR, "the original source"),
@@ -163,6 +171,13 @@ class Ipfix(Output):
         if o["version"] == V9_VERSION and o["proto"] != "udp":
             raise PluginError("NetFlow v9 (version=9) goes over UDP only: set proto=udp", "proto")
         check_address(o["proto"], o["host"], str(o["port"]), "")
+        tls = tls_arguments(o)
+        if o["proto"] == "tls":
+            tls_context(ca_file=o["ca_file"], cert_file=o["cert_file"], key_file=o["key_file"])  # --check tells
+        else:
+            for name, value in tls.items():
+                if value:
+                    raise PluginError(f"{name} applies to proto=tls", name)
 
     def start(self, loop: EventLoop) -> None:
         o = self.options
@@ -181,7 +196,9 @@ class Ipfix(Output):
             start_time=time.time(),
         )
         # connected by the first write: a collector that is not up yet must not keep the daemon from starting
-        self.transport = open_transport(o["proto"], host=o["host"], port=str(o["port"]), log=self.log, name=self.id)
+        self.transport = open_transport(
+            o["proto"], host=o["host"], port=str(o["port"]), log=self.log, name=self.id, **tls_arguments(o)
+        )
         if stream_once:
             self.transport.greeting = lambda: exporter.greeting(time.time())
 

@@ -50,7 +50,9 @@ There booleans are true/false and addresses text.
 
 Modes: ``file`` appends to ``file`` (SIGHUP reopens it).  ``tcp`` and ``unix`` (``file`` is then
 the socket's path) send a stream of lines; ``udp`` sends each line as one datagram, through
-pylogd.transport, whose docstring states what each mode guarantees.  Sockets are
+pylogd.transport, whose docstring states what each mode guarantees; ``tls`` is ``tcp`` through TLS,
+the collector's certificate checked (``ca_file``, ``server_name``; ``cert_file`` and ``key_file`` for a
+client certificate).  Sockets are
 written from a worker thread, connected when there is something to send, and reconnected after
 an error or SIGHUP; while the collector is away the lines wait in the stack's backlog and go out,
 each once and in order, when it is back.  A line that was only partly sent when a connection
@@ -104,9 +106,9 @@ from pylogd.keys import INTEGER_TYPES, Key, KeyType
 from pylogd.loop import EventLoop
 from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, path_option, str_option
 from pylogd.transport import MODES as TRANSPORT_MODES
-from pylogd.transport import Transport, check_address, open_transport
+from pylogd.transport import Transport, check_address, open_transport, tls_arguments, tls_options
 
-MODES = ("file", *TRANSPORT_MODES)
+MODES = ("file", *TRANSPORT_MODES, "tls")
 ECS_VERSION = "8.11.0"
 #: this many keys in consecutive slots are skipped with one test when all are missing
 RUN = 4
@@ -776,9 +778,10 @@ class Json(FileOutput):
             int_option("eventv1", 0, 'Logstash event v1: "@version": 1 first, @timestamp', min=0, max=1),
             str_option("device", "Netfilter", 'value of "dvc" (observer.name with fields=ecs)'),
             int_option("boolean_label", 0, 'raw.label as "action": "allowed" (not 0) or "blocked" (0)', min=0, max=1),
-            str_option("mode", "file", "where lines go: file, tcp, udp or unix", choices=MODES),
-            str_option("host", "127.0.0.1", "collector's host name or address (tcp, udp)"),
-            str_option("port", "12345", "collector's port, a number or a service name (tcp, udp)"),
+            str_option("mode", "file", "where lines go: file, tcp, tls, udp or unix", choices=MODES),
+            str_option("host", "127.0.0.1", "collector's host name or address (tcp, tls, udp)"),
+            str_option("port", "12345", "collector's port, a number or a service name (tcp, tls, udp)"),
+            *tls_options("mode tls", "collector"),
             str_option(
                 "fields", "ulogd", "ulogd (ulogd's flat keys) or ecs (Elastic Common Schema)", choices=("ulogd", "ecs")
             ),
@@ -807,8 +810,13 @@ class Json(FileOutput):
         # a socket can block: its writes run in the runner's worker thread
         self.blocking = True  # type: ignore[misc]
         check_address(self.mode, o["host"], o["port"], o["file"], path_option="file")
+        if self.mode != "tls":
+            for name, value in tls_arguments(o).items():
+                if value:
+                    raise PluginError(f"{name} applies to mode tls", option=name)
+        # a TLS file that cannot be used fails here, so --check says so
         self.transport = open_transport(
-            self.mode, host=o["host"], port=o["port"], path=o["file"], log=self.log, name=self.id
+            self.mode, host=o["host"], port=o["port"], path=o["file"], log=self.log, name=self.id, **tls_arguments(o)
         )
 
     def statistics(self) -> dict[str, int]:

@@ -77,9 +77,9 @@ from typing import Any
 from pylogd.keys import INTEGER_TYPES, Key, KeyType
 from pylogd.log import Logger
 from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, int_option, key, path_option, str_option
+from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, int_option, key, str_option
 from pylogd.relp import RelpTransport
-from pylogd.transport import Transport, check_address, open_transport, tls_context
+from pylogd.transport import Transport, check_address, open_transport, tls_arguments, tls_context, tls_options
 
 FACILITIES = {
     "LOG_DAEMON": syslog.LOG_DAEMON,
@@ -205,20 +205,7 @@ class Syslog(Output):
             str_option("hostname", "", "the HOSTNAME field of remote messages; empty: the system's host name"),
             str_option("sd_id", "ulogd@32473", "rfc5424: the SD-ID of the structured data"),
             int_option("tls", 0, 'relp: 1 to speak RELP through TLS (rsyslog\'s imrelp tls="on")', min=0, max=1),
-            path_option(
-                "ca_file",
-                "",
-                "tls, relp with tls=1: the CAs (PEM) that sign the receiver's certificate; empty: the system's",
-            ),
-            path_option(
-                "cert_file", "", "tls, relp with tls=1: a client certificate (PEM), for a receiver that asks for one"
-            ),
-            path_option(
-                "key_file", "", "tls, relp with tls=1: the client certificate's key (PEM); empty: in cert_file"
-            ),
-            str_option(
-                "server_name", "", "tls, relp with tls=1: the name the receiver's certificate must carry; empty: host"
-            ),
+            *tls_options("tls, relp with tls=1", "receiver"),
         ),
         inputs=(
             key("print", KeyType.STRING, "the line to send"),
@@ -290,10 +277,7 @@ class Syslog(Output):
                 port=port,
                 log=self.log,
                 name=self.id,
-                ca_file=o["ca_file"],
-                cert_file=o["cert_file"],
-                key_file=o["key_file"],
-                server_name=o["server_name"],
+                **tls_arguments(o),
             )
 
     def start(self, loop: EventLoop) -> None:
