@@ -95,7 +95,10 @@ def run_once(ns: str, tmp: Path, daemon: str, mode: str, rate: float, flows: int
         collector.send_signal(signal.SIGINT)
         collector.wait(30)
     out = subprocess.run(
-        [NFDUMP, "-q", "-R", str(store), "-o", "fmt:%pr", f"{FLOW_PORTS} and not dst port {port}"], capture_output=True, text=True, check=True
+        [NFDUMP, "-q", "-R", str(store), "-o", "fmt:%pr", f"{FLOW_PORTS} and not dst port {port}"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     stored = len([line for line in out.splitlines() if line.strip()])
     expected = 2 * flows if mode == "event" else flows
