@@ -128,7 +128,8 @@ class AcctSocket(NetlinkSocket):
         self._seq = int(time.time()) & 0xFFFFFF
         #: the request being answered: (seq, sent at in ns since the epoch), or None
         self.running: tuple[int, int] | None = None
-        self._waiting: deque[bool] = deque()  # requests (reset or not) made while one ran
+        #: requests made while one ran: reset or not (None: a subclass's second dump, see NftCounterSocket)
+        self._waiting: deque[bool | None] = deque()
         #: request seq -> when it was sent (ns since the epoch), while its answer comes
         self.sent: dict[int, int] = {}
 
@@ -136,12 +137,12 @@ class AcctSocket(NetlinkSocket):
         """Ask for a dump of every object; ``reset`` zeroes each counter as it is read.  While
         another dump is being answered the request waits for its end."""
         if self.running is not None:
-            if reset or not self._waiting or self._waiting[-1]:
+            if reset or not self._waiting or self._waiting[-1] is not False:  # one plain request waits at most
                 self._waiting.append(reset)
             return
         self._send(reset)
 
-    def _send(self, reset: bool) -> None:
+    def _send(self, reset: bool | None) -> None:
         self._seq = seq = (self._seq + 1) & 0xFFFFFFFF
         msg = self._request_message(seq, reset)
         try:
@@ -152,7 +153,7 @@ class AcctSocket(NetlinkSocket):
         self.running = (seq, now)
         self.sent[seq] = now
 
-    def _request_message(self, seq: int, reset: bool) -> bytes:
+    def _request_message(self, seq: int, reset: bool | None) -> bytes:
         mtype = NFNL_SUBSYS_ACCT << 8 | (NFNL_MSG_ACCT_GET_CTRZERO if reset else NFNL_MSG_ACCT_GET)
         return NLMSG_FULL.pack(20, mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + bytes(4)  # nfgenmsg AF_UNSPEC
 
@@ -221,8 +222,9 @@ class AcctSocket(NetlinkSocket):
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWOBJ, NFT_MSG_GETOBJ, NFT_MSG_GETOBJ_RESET = 18, 19, 21
 NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
-NFT_OBJECT_COUNTER = 1
+NFT_OBJECT_COUNTER, NFT_OBJECT_QUOTA = 1, 2
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
+NFTA_QUOTA_BYTES, NFTA_QUOTA_FLAGS, NFTA_QUOTA_CONSUMED = 1, 2, 4
 MSG_NFT_NEWOBJ = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWOBJ
 #: nfgenmsg family -> the name nft gives it
 NFT_FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
@@ -245,42 +247,58 @@ def _string(value: memoryview) -> str:
 
 
 def decode_nft_counter(mv: memoryview, start: int, end: int) -> AcctObject | None:
-    """The counter of one NFT_MSG_NEWOBJ message, named ``FAMILY.TABLE.NAME`` (``inet.fw.web``);
-    None for another kind of object or message."""
+    """The counter or quota of one NFT_MSG_NEWOBJ message, named ``FAMILY.TABLE.NAME`` (``inet.fw.web``);
+    None for another kind of object or message.  A quota counts bytes only: its bytes are what it has
+    consumed, ``quota`` its limit and ``flags`` NFACCT_F_QUOTA_BYTES, as nfacct shows a byte quota."""
     _len, mtype, _flags, seq, _pid = NLMSG_FULL.unpack_from(mv, start)
     if mtype != MSG_NFT_NEWOBJ or end - start < 20:
         return None
     attrs = _attrs(mv, start + 20, end)
     otype, data = attrs.get(NFTA_OBJ_TYPE), attrs.get(NFTA_OBJ_DATA)
-    if otype is None or len(otype) < 4 or _U32.unpack_from(otype)[0] != NFT_OBJECT_COUNTER or data is None:
+    if otype is None or len(otype) < 4 or data is None:
+        return None
+    kind = _U32.unpack_from(otype)[0]
+    if kind not in (NFT_OBJECT_COUNTER, NFT_OBJECT_QUOTA):
         return None
     if NFTA_OBJ_TABLE not in attrs or NFTA_OBJ_NAME not in attrs:
         return None
     family = NFT_FAMILIES.get(mv[start + 16], str(mv[start + 16]))
     name = f"{family}.{_string(attrs[NFTA_OBJ_TABLE])}.{_string(attrs[NFTA_OBJ_NAME])}"
-    counter = _attrs(data, 0, len(data))
-    pkts, nbytes = counter.get(NFTA_COUNTER_PACKETS), counter.get(NFTA_COUNTER_BYTES)
-    return AcctObject(
-        name,
-        _U64.unpack_from(pkts)[0] if pkts is not None and len(pkts) >= 8 else 0,
-        _U64.unpack_from(nbytes)[0] if nbytes is not None and len(nbytes) >= 8 else 0,
-        seq,
-        bytes(mv[start:end]),
-    )
+    values = _attrs(data, 0, len(data))
+
+    def u64(attr: int) -> int:
+        value = values.get(attr)
+        return _U64.unpack_from(value)[0] if value is not None and len(value) >= 8 else 0
+
+    if kind == NFT_OBJECT_QUOTA:
+        message = bytes(mv[start:end])
+        return AcctObject(name, 0, u64(NFTA_QUOTA_CONSUMED), seq, message, NFACCT_F_QUOTA_BYTES, u64(NFTA_QUOTA_BYTES))
+    return AcctObject(name, u64(NFTA_COUNTER_PACKETS), u64(NFTA_COUNTER_BYTES), seq, bytes(mv[start:end]))
 
 
 class NftCounterSocket(AcctSocket):
-    """As :class:`AcctSocket`, for the named counters of nftables (``nft add counter inet fw web``)
-    of every table and family: NFT_MSG_GETOBJ, or NFT_MSG_GETOBJ_RESET which zeroes them as they
-    are read.  Each object is named ``FAMILY.TABLE.NAME``."""
+    """As :class:`AcctSocket`, for the named counters and quotas of nftables (``nft add counter inet fw
+    web``, ``nft add quota inet fw cap { over 10 gbytes }``) of every table and family: NFT_MSG_GETOBJ, or
+    NFT_MSG_GETOBJ_RESET which zeroes the counters as they are read.  Each object is named
+    ``FAMILY.TABLE.NAME``.  Quotas come in a dump of their own after the counters' and are never
+    reset: zeroing what a quota consumed would give back what it allows."""
 
     _answer_type = MSG_NFT_NEWOBJ
     _decode = staticmethod(decode_nft_counter)
 
-    def _request_message(self, seq: int, reset: bool) -> bytes:
-        mtype = NFNL_SUBSYS_NFTABLES << 8 | (NFT_MSG_GETOBJ_RESET if reset else NFT_MSG_GETOBJ)
-        body = bytes(4) + _NLA.pack(8, NFTA_OBJ_TYPE) + _U32.pack(NFT_OBJECT_COUNTER)  # every family; counters
-        return NLMSG_FULL.pack(16 + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+    def request(self, reset: bool = False) -> None:
+        super().request(reset)
+        if not self._waiting or self._waiting[-1] is not None:
+            self._waiting.append(None)  # the quotas' dump
+
+    def _request_message(self, seq: int, reset: bool | None) -> bytes:
+        kind = NFT_OBJECT_QUOTA if reset is None else NFT_OBJECT_COUNTER
+        command = NFT_MSG_GETOBJ_RESET if reset else NFT_MSG_GETOBJ
+        body = bytes(4) + _NLA.pack(8, NFTA_OBJ_TYPE) + _U32.pack(kind)  # every family; one kind of object
+        return (
+            NLMSG_FULL.pack(16 + len(body), NFNL_SUBSYS_NFTABLES << 8 | command, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+            + body
+        )
 
 
 #: the sources of counters by name: nfnetlink_acct's objects, nftables' named counters

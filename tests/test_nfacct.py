@@ -235,7 +235,8 @@ NFT_COUNTERS = """
 table inet fw {
     counter web { }
     counter idle { }
-    chain out { type filter hook output priority 0; udp dport 9 counter name web; }
+    quota cap { over 100 mbytes }
+    chain out { type filter hook output priority 0; udp dport 9 counter name web; udp dport 9 quota name cap; }
 }
 table ip fw4 {
     counter errors { }
@@ -262,7 +263,13 @@ def test_nft_named_counters_as_a_second_source(rig: Rig, tmp_path: Path) -> None
     assert total("inet.fw.idle") == (0, 0)
     # zerocounter=1 reset them as they were read (NFT_MSG_GETOBJ_RESET)
     wait_for(lambda: sums(out, "inet.fw.web")[-1] == (0, 0), what="a poll after the reset")
+    # the quota is read every poll and never reset: what it consumed stays
+    wait_for(lambda: len(sums(out, "inet.fw.cap")) >= 2, what="two polls of the quota")
+    assert set(sums(out, "inet.fw.cap")[-2:]) == {(0, in_bytes(3))}
     assert {(o.name, o.pkts) for o in dump(ns.name, source="nft")} <= {
-        ("inet.fw.web", 0), ("inet.fw.idle", 0), ("ip.fw4.errors", 0)
+        ("inet.fw.web", 0), ("inet.fw.idle", 0), ("ip.fw4.errors", 0), ("inet.fw.cap", 0)
     }  # fmt: skip
-    assert "reading the nftables named counters every 1 s, zeroing them" in read_text(tmp_path / "pylogd.daemon.log")
+    quota = next(o for o in dump(ns.name, source="nft") if o.name == "inet.fw.cap")
+    assert (quota.bytes, quota.quota) == (in_bytes(3), 100 << 20)
+    started = "reading the nftables named counters and quotas every 1 s, zeroing the counters"
+    assert started in read_text(tmp_path / "pylogd.daemon.log")

@@ -26,7 +26,10 @@ Differences from ulogd 2.0.8
 * New option ``source``: ``nft`` reads nftables' named counters (``nft add counter inet fw web``,
   counted into by ``counter name web`` in a rule) of every table and family instead, each as
   ``sum.name`` ``FAMILY.TABLE.NAME`` (``inet.fw.web``), zeroed as they are read with
-  ``zerocounter=1`` (NFT_MSG_GETOBJ_RESET).  Quotas are not read.
+  ``zerocounter=1`` (NFT_MSG_GETOBJ_RESET).  Named quotas (``nft add quota inet fw cap { over 10
+  gbytes }``, ``quota name cap`` in a rule) come after the counters of each poll, ``sum.bytes`` what
+  the quota has consumed and ``sum.pkts`` 0; they are never zeroed, whatever ``zerocounter`` says
+  (zeroing a quota would give back what it allows).
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ class Nfacct(NetlinkInput):
             str_option(
                 "source",
                 "nfacct",
-                "nfacct: nfacct objects (iptables -m nfacct); nft: nftables named counters, as FAMILY.TABLE.NAME",
+                "nfacct: nfacct objects (iptables -m nfacct); nft: nftables named counters and quotas, "
+                "as FAMILY.TABLE.NAME",
                 choices=tuple(SOURCES),
             ),
         ),
@@ -98,8 +102,9 @@ class Nfacct(NetlinkInput):
         self._listen(loop, sock)
         self._timer = loop.call_every(o["pollinterval"], self._poll)
         where = f" in network namespace {o['netns']}" if o["netns"] else ""
-        zero = ", zeroing them" if o["zerocounter"] else ""
-        what = "nftables named counters" if o["source"].lower() == "nft" else "accounting objects"
+        nft = o["source"].lower() == "nft"
+        zero = (", zeroing the counters" if nft else ", zeroing them") if o["zerocounter"] else ""
+        what = "nftables named counters and quotas" if nft else "accounting objects"
         self.log.info(f"reading the {what}{where} every {o['pollinterval']} s{zero}")
 
     def _make_reader(self) -> BacklogReader:
