@@ -212,11 +212,39 @@ def info(registry: Registry, what: str, as_json: bool) -> int:
         print(f"pylogd: {exc}", file=sys.stderr)
         return 1
     if as_json:
-        specs = [spec_dict(cls.spec) for cls in classes]
+        specs = [{**spec_dict(cls.spec), "differences": differences(cls)} for cls in classes]
         print(json.dumps(specs[0] if len(specs) == 1 else specs, indent=2))
     else:
-        print("\n".join(spec_text(cls.spec) for cls in classes), end="")
+        print("\n".join(spec_text(cls.spec) + differences_text(differences(cls)) for cls in classes), end="")
     return 0
+
+
+DIFFERENCES_TITLE = "Differences from ulogd 2.0.8"
+
+
+def differences(cls: type[Plugin]) -> str:
+    """The "Differences from ulogd 2.0.8" section of the docstring of the module defining ``cls``
+    (its body, without the title and its underline), or '' when it has none.  The docstring is the one
+    place the differences are written, so -i, the README's promise and the code cannot drift apart."""
+    module = sys.modules.get(cls.__module__)
+    lines = ((module and module.__doc__) or "").splitlines()
+    if DIFFERENCES_TITLE not in lines:
+        return ""
+    body = lines[lines.index(DIFFERENCES_TITLE) + 1 :]
+    if body and body[0].strip() and not body[0].strip("-"):
+        body = body[1:]
+    for i in range(len(body) - 1):  # up to the next section: a title underlined with dashes
+        if body[i].strip() and body[i + 1].strip() and not body[i + 1].strip("-="):
+            body = body[:i]
+            break
+    return "\n".join(body).strip("\n")
+
+
+def differences_text(text: str) -> str:
+    """The section after ulogd's -i layout, indented as its blocks are."""
+    if not text:
+        return ""
+    return f"{DIFFERENCES_TITLE}:\n" + "".join(f"\t{line}\n" if line else "\n" for line in text.splitlines())
 
 
 def spec_text(spec: PluginSpec) -> str:

@@ -129,7 +129,12 @@ class Registry:
                     raise ConfigError(loc, f"plugin file {clip(value)} does not exist")
                 mod_name = "pylogd_ext_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
                 spec = importlib.util.spec_from_file_location(mod_name, path)
-                assert spec and spec.loader
+                if spec is None or spec.loader is None:  # no loader for the name: /etc/passwd, a .so of no ulogd's
+                    raise ConfigError(
+                        loc,
+                        f"cannot load plugin {clip(value)}: not a Python file",
+                        "a plugin is a .py file, an importable module or a ulogd .so path (ulogd_*_NAME.so)",
+                    )
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[mod_name] = module
                 spec.loader.exec_module(module)

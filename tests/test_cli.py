@@ -274,3 +274,30 @@ def test_an_internal_error_checking_a_config_shows_its_traceback(tmp_path, monke
     assert first == f"pylogd: internal error checking {conf}: TypeError: Expected list, got tuple"
     assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "TypeError: Expected list, got tuple"
     assert any(line.endswith(", in broken") for line in rest), rest
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 20: -i shows how the plugin differs from ulogd 2.0.8; a file that is no plugin is said so
+
+
+@pytest.mark.parametrize("name", sorted(n for n, cls in BUILTINS.items() if cls.spec.kind.value in ("input", "output")))
+def test_info_shows_the_differences_from_ulogd_after_ulogds_lines(name, capsys):
+    """Every input and output documents its differences in its module's docstring; -i prints that
+    section after ulogd's layout (which test_info_contains_every_line_ulogd_prints checks), so the
+    README's promise holds."""
+    assert main(["-i", name]) == 0
+    out = capsys.readouterr().out
+    layout = spec_text(BUILTINS[name].spec)
+    assert out.startswith(layout), out
+    title, first, *rest = out[len(layout) :].splitlines()
+    assert title == "Differences from ulogd 2.0.8:" and first.startswith("\t") and first.strip(), out
+    assert "----" not in out and all(line.startswith("\t") or not line for line in rest), out
+    assert main(["-i", name, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["differences"].splitlines()[0] == first[1:]
+
+
+def test_info_on_a_file_that_is_no_plugin_says_so(capsys):
+    assert main(["-i", "/etc/passwd"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pylogd: cannot load plugin /etc/passwd: not a Python file; a plugin is a .py file"), err
+    assert "AssertionError" not in err and err.count("\n") == 1

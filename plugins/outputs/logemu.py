@@ -1,4 +1,19 @@
-"""LOGEMU: syslog-style text lines in a file, as ulogd writes them."""
+"""LOGEMU: syslog-style text lines in a file, as ulogd writes them.
+
+Each line is the date (``%b %e %H:%M:%S`` of ``oob.time.sec``, else of now), the host name up to its
+first dot, and PRINTPKT's or PRINTFLOW's ``print``, as ulogd 2.0.8 writes it.
+
+Differences from ulogd 2.0.8
+----------------------------
+* Lines are written a batch at a time, one write() each, whatever ``sync`` says (accepted for
+  compatibility); ulogd went through stdio, so without ``sync=1`` its last lines waited in a buffer.
+* A failed write (a full disk) loses nothing: the lines wait in the stack's bounded backlog and the
+  write is retried; ulogd dropped them without a word.
+* A symlink in place of the file is followed only when it is trusted (owned by root, by the daemon's
+  user, or by the directory's owner where no one else could have replaced it); ulogd followed any, so
+  a link planted in a shared directory made it append to any file.
+* A ``print`` that is not UTF-8 (a prefix of raw bytes) is written byte for byte.
+"""
 
 from __future__ import annotations
 
