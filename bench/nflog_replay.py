@@ -19,6 +19,7 @@ import argparse
 import cProfile
 import errno
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -115,15 +116,21 @@ def replay(
     work = reader(plugin)
     times = []
     prof = cProfile.Profile() if args.profile else None
+    # one stand-in for every round, rewound at each: the socket binds its read-ahead to the recv_into
+    # of the socket it first reads (NetlinkSocket._make_fill), so a new stand-in per round was never
+    # read and the second round waited forever for datagrams nobody served
+    fake = ReplaySocket(real, datagrams)
+    sock._sock = fake
     try:
         for _ in range(args.rounds):
-            fake = ReplaySocket(real, datagrams)
-            sock._sock = fake
+            fake.next = 0
             t0 = time.process_time()
             if prof:
                 prof.enable()
             while fake.next < len(datagrams) or sock.backlog:
-                work()
+                before = (fake.next, sock.backlog)
+                if not work() and (fake.next, sock.backlog) == before:  # a stall is an error, not a hang
+                    raise RuntimeError(f"the reader took nothing at datagram {before[0]} of {len(datagrams)}")
             for stack in daemon.stacks:  # the writes of this round count, and finish in it
                 while stack.runner.pending():
                     time.sleep(0.0005)
@@ -176,6 +183,9 @@ def replay_captured(
     if os.geteuid() != 0:
         print("needs root: network namespaces and netlink sockets", file=sys.stderr)
         return 2
+    # killed by `timeout`, a hangup or kill: the finally clauses still delete the namespaces
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     datagrams = capture_datagrams()
     per_round = count(datagrams)
     print(f"captured {per_round} {what}s in {len(datagrams)} datagrams")
@@ -195,11 +205,15 @@ def replay_captured(
     return report(times, per_round, args.rounds, written, what)
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     args = arguments(__doc__, "packets", 20000, "packets captured", DEFAULT_STACK)
     outputs = '[json1]\nfile="{tmp}/replay.json"\n[pcap1]\nfile="{tmp}/replay.pcap"\n'
     return replay_captured(
-        args, NS, f"[log1]\ngroup={GROUP}\n", lambda nflog: nflog._readable.work, lambda: capture(args.packets),
+        args, NS, f"[log1]\ngroup={GROUP}\n", lambda nflog: nflog._reader.work, lambda: capture(args.packets),
         count_packets, "record", outputs,
     )  # fmt: skip
 
