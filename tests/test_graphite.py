@@ -16,9 +16,19 @@ from pathlib import Path
 import pytest
 from conftest import IN_CI, PYLOGD, ROOT, TEST_PLUGINS
 from daemonkit import read, wait_for
+from rig import Netns, Rig, start_pylogd
+from test_nfacct import ULOGD, accounting, in_bytes, udp
 
 CARBON = "/usr/bin/carbon-cache"
 SYSTEM_PYTHON = "/usr/bin/python3"  # carbon's and whisper's interpreter
+
+
+def connectable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def free_port() -> int:
@@ -48,21 +58,21 @@ class Carbon:
         (self.dir / "storage-schemas.conf").write_text("[all]\npattern = .*\nretentions = 1s:2h\n")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, ns: Netns | None = None) -> None:
+        """Start carbon-cache, in network namespace ``ns`` when one is given."""
+        where = ["ip", "netns", "exec", ns.name] if ns is not None else []
         self.proc = subprocess.Popen(
-            [CARBON, f"--config={self.dir}/carbon.conf", "--nodaemon", "start"],
+            [*where, CARBON, f"--config={self.dir}/carbon.conf", "--nodaemon", "start"],
             cwd=self.dir,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
 
         def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            except OSError:
-                assert self.proc is not None and self.proc.poll() is None, "carbon-cache exited"
-                return False
-            return True
+            if ns.call(connectable, self.port) if ns is not None else connectable(self.port):
+                return True
+            assert self.proc is not None and self.proc.poll() is None, "carbon-cache exited"
+            return False
 
         wait_for(listening, timeout=30, what="carbon-cache listening")
 
@@ -152,3 +162,33 @@ def test_values_arrive_with_their_times_also_when_carbon_starts_late_and_through
     finally:
         assert d.stop() == 0
     assert "Traceback" not in read(d.log)
+
+
+def test_same_values_as_ulogd_from_real_counters(rig: Rig, tmp_path: Path, carbon: Carbon) -> None:
+    """ulogd 2.0.8's GRAPHITE and pylogd's, each behind an NFACCT reading the same nfacct objects
+    (zerocounter=0: neither resets the other's), into one carbon-cache in the namespace: the same values
+    under each daemon's prefix."""
+    if not Path(ULOGD).exists():
+        pytest.skip("ulogd 2.0.8 is not installed (apt-get install ulogd2)")
+    ns = rig.netns("gr")
+    accounting(ns, "out1", "in1", "in2")  # out1 counts the daemons' own lines to carbon: not compared
+    ns.call(udp, 3)  # counted before either starts
+    carbon.start(ns)
+    confs = {}
+    for name in ("ulogd", "pylogd"):
+        confs[name] = tmp_path / f"{name}.conf"
+        confs[name].write_text(
+            f'[global]\nlogfile="{tmp_path}/{name}.log"\nloglevel=3\nstack=acct1:NFACCT,gr1:GRAPHITE\n'
+            f"[acct1]\npollinterval=1\nzerocounter=0\n[gr1]\nhost=127.0.0.1\nport={carbon.port}\nprefix={name}\n"
+        )
+    ns.spawn([ULOGD, "-c", str(confs["ulogd"])], name="ulogd")
+    start_pylogd(ns, confs["pylogd"], tmp_path / "pylogd.log")
+    want = {
+        f"{name}.{unit}": value for name in ("in1", "in2") for unit, value in (("pkts", 3.0), ("bytes", in_bytes(3)))
+    }
+
+    def latest(prefix: str) -> dict[str, float | None]:
+        found = {metric: carbon.values(f"{prefix}.{metric}") for metric in want}
+        return {metric: values[max(values)] if values else None for metric, values in found.items()}
+
+    wait_for(lambda: latest("ulogd") == want and latest("pylogd") == want, timeout=30, what="both daemons' values")
