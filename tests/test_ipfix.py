@@ -19,6 +19,8 @@ import pytest
 from conftest import TEST_PLUGINS
 from ipfixkit import Reader
 from rig import Netns, Rig, pylogd_command, read_text, start_pylogd, wait_for
+from test_nfct import NAT_RULES
+from test_nfct import router as nat_router
 from test_transport import make_certificates
 
 from pylogd.ipfix import CT_DESTROY, CT_NEW, CT_UPDATE, STATISTICS, Exporter, FlowEncoder
@@ -195,23 +197,10 @@ def clients(dst: str, port: int, n_tcp: int, n_udp: int) -> list[tuple[int, int,
 
 
 def router(rig: Rig) -> tuple[Netns, Netns, Netns]:
-    """inside (10.71.0.2) -- router (10.71.0.1 | 10.72.0.1, masquerading) -- outside (10.72.0.2)."""
-    inside, rt, outside = rig.netns("in"), rig.netns("rt"), rig.netns("out")
-    for a, b, an, bn in ((inside, rt, "vin", "vri"), (rt, outside, "vro", "vout")):
-        subprocess.run(
-            ["ip", "link", "add", an, "netns", a.name, "type", "veth", "peer", "name", bn, "netns", b.name],
-            check=True,
-            capture_output=True,
-        )
-    inside.run("ip addr add 10.71.0.2/24 dev vin && ip link set vin up && ip route add default via 10.71.0.1")
-    rt.run("ip addr add 10.71.0.1/24 dev vri && ip link set vri up && ip addr add 10.72.0.1/24 dev vro")
-    rt.run("ip link set vro up && sysctl -qw net.ipv4.ip_forward=1")
-    rt.run("sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_timestamp=1")
-    outside.run("ip addr add 10.72.0.2/24 dev vout && ip link set vout up")
-    rt.nft(
-        "table ip nat {\n chain post {\n type nat hook postrouting priority 100;\n"
-        " oif vro meta l4proto { tcp, udp } masquerade to :20000-29999\n }\n}\n"
-    )
+    """test_nfct's NAT router (inside 10.61.0.2, router 10.62.0.1 outside), masquerading TCP and UDP, and a
+    server outside that answers each flow with the address and port it saw."""
+    inside, rt, outside = nat_router(rig)
+    rt.nft(NAT_RULES.replace("NAT", "masquerade to :20000-29999"))
     server = outside.spawn([sys.executable, "-c", SERVER, "8000"], name="server")
     wait_for(lambda: "ready" in server.output(), what="the server")
     return inside, rt, outside
@@ -274,7 +263,7 @@ def test_nat_router_every_flow_in_nfdump_with_its_mapping_where_ulogd_loses_them
     wait_for(lambda: "entering main loop" in read_text(tmp_path / "ulogd.log"), what="ulogd start")
     daemon = start_pylogd(rt, pylogd_conf(tmp_path, ipfix.format(4739)), tmp_path / "pylogd.log")
     began = time.time()
-    truth = inside.call(clients, "10.72.0.2", 8000, 40, 20)
+    truth = inside.call(clients, "10.62.0.2", 8000, 40, 20)
     rt.run(["conntrack", "-F"])  # every flow ends now: hash mode exports it
     wait_for(lambda: captured(tmp_path) >= 60, what="60 flows read by pylogd")
     time.sleep(0.5)  # ulogd reads the same events
@@ -283,20 +272,20 @@ def test_nat_router_every_flow_in_nfdump_with_its_mapping_where_ulogd_loses_them
     theirs.stop()
 
     # the collectors' own flows on the router's loopback are tracked and exported too
-    got = [r for r in ours.flows() if r[3] == "10.71.0.2"]
+    got = [r for r in ours.flows() if r[3] == "10.61.0.2"]
     assert len(got) == 60, got
     assert ours.sequence_failures() == 0
     mapping = {(r[2], r[3], int(r[4])): (r[7], int(r[8])) for r in got}
     proto = {6: "TCP", 17: "UDP"}
-    assert mapping == {(proto[p], "10.71.0.2", port): (pub, pport) for p, port, pub, pport in truth}
+    assert mapping == {(proto[p], "10.61.0.2", port): (pub, pport) for p, port, pub, pport in truth}
     for r in got:
         first = time.mktime(time.strptime(r[0][:19], "%Y-%m-%d %H:%M:%S"))
         assert began - 2 <= first <= time.time() + 1, r  # real times, not 1970
         assert int(r[9]) >= 1 and int(r[11]) >= 1, r  # both directions counted
     # ulogd 2.0.8 beside it: times in 1970, no post-NAT address, both directions in one counter
-    theirs_flows = [r for r in theirs.flows() if r[3] == "10.71.0.2"]
+    theirs_flows = [r for r in theirs.flows() if r[3] == "10.61.0.2"]
     assert all(r[0].startswith("1970") for r in theirs_flows), theirs_flows[:3]
-    assert not [r for r in theirs_flows if r[7] == "10.72.0.1"]
+    assert not [r for r in theirs_flows if r[7] == "10.62.0.1"]
     assert all(int(r[11]) == 0 for r in theirs_flows)
     print(f"pylogd: {len(got)} flows, 60 NAT mappings; ulogd: {len(theirs_flows)} flows, 0 NAT mappings")
 
@@ -556,14 +545,14 @@ def test_nfacctd_aggregates_post_nat_source_as_conntrack_translated_it(rig: Rig,
     wait_for(lambda: "waiting for NetFlow/IPFIX data" in collector.output(), what="nfacctd start")
     options = "oid=2\nhost=127.0.0.1\nport=2100\nproto=udp\n"
     start_pylogd(rt, pylogd_conf(tmp_path, options), tmp_path / "pylogd.log")
-    truth = inside.call(clients, "10.72.0.2", 8000, 10, 10)
+    truth = inside.call(clients, "10.62.0.2", 8000, 10, 10)
     rt.run(["conntrack", "-F"])
     proto = {6: "tcp", 17: "udp"}
-    want = {(proto[p], "10.71.0.2", str(port), pub, str(pport)) for p, port, pub, pport in truth}
+    want = {(proto[p], "10.61.0.2", str(port), pub, str(pport)) for p, port, pub, pport in truth}
 
     def aggregated() -> set[tuple[str, ...]]:
         rows = [line.split(",") for line in read_text(out).splitlines() if not line.startswith("SRC_IP")]
-        return {(r[2], r[0], r[1], r[3], r[4]) for r in rows if r[0] == "10.71.0.2"}
+        return {(r[2], r[0], r[1], r[3], r[4]) for r in rows if r[0] == "10.61.0.2"}
 
     wait_for(lambda: aggregated() >= want, what="nfacctd's aggregates of the 20 flows")
     assert aggregated() == want
