@@ -14,7 +14,16 @@ from typing import Any
 from . import __version__, compiled
 from .config import ConfigError, absolute_path, load
 from .control import DEFAULT_PATH as DEFAULT_CONTROL_PATH
-from .daemon import Daemon, DaemonError, PidFile, daemonize, drop_privileges, lookup_user
+from .daemon import (
+    Daemon,
+    DaemonError,
+    PidFile,
+    daemonize,
+    drop_privileges,
+    has_net_admin,
+    lookup_user,
+    user_name,
+)
 from .log import SINK, Logger
 from .plugin import Kind, OptType, Plugin, PluginSpec
 from .registry import Registry
@@ -22,6 +31,9 @@ from .scheduling import run_realtime
 from .stack import Topology, build
 
 DEFAULT_CONFIG = "/etc/pylogd.conf"
+#: where ``-d`` logs when the config names no logfile: once detached, stderr is /dev/null (ulogd's
+#: default is /var/log/ulogd.log); the directory is the unit's LogsDirectory
+DAEMON_LOGFILE = "/var/log/pylogd/pylogd.log"
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -121,10 +133,14 @@ def _printing(func: Any, *args: Any, **kwargs: Any) -> int:
 def run(args: argparse.Namespace, topology: Topology) -> int:
     """Start, then run until a terminal signal.  Until start-up has succeeded nothing is written to
     the log file: a refused start reports on stderr and leaves a running daemon's files alone."""
+    if refusal := missing_net_admin(topology):
+        print(f"pylogd: {refusal}", file=sys.stderr)
+        return 1
     if args.daemon:
         close_inherited_descriptors()
     log = Logger("core")
     opts = topology.global_options
+    logfile = opts["logfile"] or (DAEMON_LOGFILE if args.daemon else None)
     SINK.level = args.loglevel or opts["loglevel"]
     SINK.echo_stderr = args.verbose and not args.daemon
     SINK.hold()
@@ -139,9 +155,11 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
         if daemon.control:  # while root: -u's user may have no right to make it
             daemon.control.open(user[1:] if user else None)
         try:
-            SINK.release(opts["logfile"])
+            if logfile == DAEMON_LOGFILE and not opts["logfile"]:
+                os.makedirs(os.path.dirname(logfile), mode=0o750, exist_ok=True)
+            SINK.release(logfile)
         except OSError as exc:
-            raise DaemonError(f"cannot open logfile {opts['logfile']}: {exc.strerror}") from None
+            raise DaemonError(f"cannot open logfile {logfile}: {exc.strerror}") from None
         if args.daemon:
             daemonize()
         if pidfile:
@@ -177,6 +195,23 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
             pidfile.remove(log)
         log.info("exited")
     return 0
+
+
+def missing_net_admin(topology: Topology) -> str | None:
+    """Why the daemon cannot start without CAP_NET_ADMIN, in one line, when an input needs it and the
+    process lacks it; None otherwise.  Said before anything is opened: the failures that would follow
+    (the log file's "Permission denied", the kernel's "Operation not permitted" on a group) name the
+    symptom, not the cause."""
+    inputs = sorted({i.spec.name for i in topology.instances.values() if getattr(i.plugin, "needs_net_admin", False)})
+    if not inputs or has_net_admin():
+        return None
+    uid = os.geteuid()
+    need = "needs" if len(inputs) == 1 else "need"
+    return (
+        f"not started: {', '.join(inputs)} {need} root or CAP_NET_ADMIN to read netfilter's netlink, and pylogd "
+        f"runs as {user_name(uid)} (uid {uid}) without it; start it as root (sudo, or its systemd unit, which "
+        "keeps only that capability) or give it CAP_NET_ADMIN"
+    )
 
 
 def close_inherited_descriptors() -> None:
@@ -319,7 +354,8 @@ def spec_dict(spec: PluginSpec) -> dict[str, Any]:
 def describe_topology(topology: Topology) -> str:
     out = []
     g = topology.global_options
-    out.append(f"global: logfile={g['logfile'] or '(stderr)'} loglevel={g['loglevel']}\n")
+    logfile = g["logfile"] or f"(stderr; with -d {DAEMON_LOGFILE})"
+    out.append(f"global: logfile={logfile} loglevel={g['loglevel']}\n")
     for plan in topology.stacks:
         out.append(f"stack {plan.number} ({plan.decl.loc}): {plan.decl.text}\n")
         for inst, sources in zip(plan.instances, plan.sources, strict=True):

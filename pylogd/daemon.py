@@ -340,6 +340,26 @@ CAP_NET_ADMIN = 12
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
+def has_net_admin(status: str = "/proc/self/status") -> bool:
+    """Whether this process holds CAP_NET_ADMIN (root has it; so does a unit's AmbientCapabilities=):
+    what binding an NFLOG group, subscribing to conntrack events and reading nfacct counters need."""
+    try:
+        with open(status, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0  # no /proc: only root can be assumed to have it
+
+
+def user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def drop_privileges(user: str, uid: int, gid: int) -> bool:
     """Become ``user`` but keep CAP_NET_ADMIN, which a running daemon still needs: conntrack table
     dumps (SIGUSR2, hash-mode resyncs) and socket buffer growth after an overrun.  Returns whether

@@ -47,8 +47,14 @@ class LogSink:
         if target:
             self.open(target)
         held, self.held = self.held or [], None
-        for level, origin, message in held:
-            self.write(level, origin, message)
+        echo, self.echo_stderr = self.echo_stderr, False  # -v echoed them as they were logged
+        if echo and self.target == "stderr":
+            held = []  # and stderr is where they would go: once is enough
+        try:
+            for level, origin, message in held:
+                self.write(level, origin, message)
+        finally:
+            self.echo_stderr = echo
 
     def held_errors(self) -> list[str]:
         """Start-up failed: the held lines worth showing on stderr."""
@@ -95,22 +101,24 @@ class LogSink:
     def write(self, level: int, origin: str, message: str) -> None:
         if level < self.level:
             return
+        line = f"{time.ctime()} <{level}> {origin}: {message}\n"
         if self.held is not None:
             self.held.append((level, origin, message))
-            if self.echo_stderr:
-                sys.stderr.write(f"{time.ctime()} <{level}> {origin}: {message}\n")
-            return
-        if self.target == "syslog":
+        elif self.target == "syslog":
             syslog.syslog(_SYSLOG_PRIORITY.get(level, syslog.LOG_WARNING), f"{origin}: {message}")
-            return
-        line = f"{time.ctime()} <{level}> {origin}: {message}\n"
-        try:
-            self.stream.write(line)
-            self.stream.flush()
-        except OSError:
-            pass  # a full disk must not take the daemon down through its own log
-        if self.echo_stderr and self.stream not in (sys.stderr, sys.stdout):
-            sys.stderr.write(line)
+        else:
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except OSError:
+                pass  # a full disk must not take the daemon down through its own log
+        # -v: every line on stderr too, whatever the destination (syslog and stdout included), once
+        if self.echo_stderr and (self.held is not None or self.target != "stderr"):
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except OSError:
+                pass
 
 
 SINK = LogSink()

@@ -75,6 +75,8 @@ class NetlinkInput(Input):
 
     sock: NetlinkSocket | None = None
     _reader: BacklogReader | None = None
+    #: netfilter's netlink answers only a process with CAP_NET_ADMIN: pylogd.cli says so before starting
+    needs_net_admin = True
     #: the socket counters a report follows, in the order of ``_reported``
     _watched: tuple[str, ...] = ("enobufs", "errors")
     #: what the ring holds, for the line at stop when some were never decoded

@@ -406,3 +406,81 @@ def test_after_dropping_privileges_hup_reopens_files_in_the_users_directory(open
     st = emu.stat()
     assert (st.st_uid, st.st_mode & 0o777) == (nobody.pw_uid, 0o640)
     assert "before" not in read(emu) and d.stop() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 20: what a new user trips over
+
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+def test_without_root_or_cap_net_admin_one_line_says_so(open_dir, daemons) -> None:
+    """Started by an ordinary user: one line naming the cause, before anything is opened (it was the log
+    file's "Permission denied", then the kernel's "Operation not permitted" on the NFLOG group)."""
+    if os.geteuid() != 0:
+        pytest.skip("setpriv to another user needs root")
+    os.chmod(open_dir, 0o777)  # the log file is writable: the refusal is about the capability only
+    conf = open_dir / "nflog.conf"
+    conf.write_text(
+        f'[global]\nlogfile="{open_dir}/pylogd.log"\nstack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,'
+        f'print1:PRINTPKT,emu1:LOGEMU\n[log1]\ngroup=7\n[emu1]\nfile="{open_dir}/emu.log"\n'
+    )
+    done = subprocess.run([*AS_NOBODY, *PYLOGD, "-c", str(conf)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == (
+        "pylogd: not started: NFLOG needs root or CAP_NET_ADMIN to read netfilter's netlink, and pylogd runs as "
+        f"nobody (uid {pwd.getpwnam('nobody').pw_uid}) without it; start it as root (sudo, or its systemd unit, "
+        "which keeps only that capability) or give it CAP_NET_ADMIN\n"
+    )
+    assert not (open_dir / "pylogd.log").exists() and not (open_dir / "emu.log").exists()
+    # a stack that reads no netlink (here a FIFO) runs as anyone
+    d = emu_daemon(open_dir, daemons)
+    d.args = []
+    d.proc = subprocess.Popen(
+        [*AS_NOBODY, *PYLOGD, "-c", str(d.conf)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: "entering main loop" in read(d.log) or d.proc.poll() is not None, what="start-up")
+    assert d.proc.poll() is None, d.proc.communicate()
+    assert d.stop() == 0
+
+
+def test_v_echoes_every_line_once_whatever_the_logfile_says(tmp_path, daemons) -> None:
+    """-v: a log file gets each line once and stderr each line once (start-up lines were echoed twice);
+    with logfile=syslog stderr gets them too (it got nothing)."""
+    for logfile in (str(tmp_path / "pylogd.log"), "syslog"):
+        d = emu_daemon(tmp_path, daemons, ["-v"])
+        d.conf.write_text(re.sub(r'logfile="[^"]*"', f'logfile="{logfile}"', d.conf.read_text()))
+        d.start(wait=False)
+        wait_for(lambda d=d: d.fifo.exists(), what="the FIFO")  # made by PIPEIN's start
+        d.send({"print": "a line\n"})
+        wait_for(lambda: "a line" in read(tmp_path / "emu.log"), what="the line")
+        assert d.stop() == 0
+        err = d.proc.stderr.read()
+        for message in ("starting with", "initialization finished, entering main loop", "SIGTERM received", "exited"):
+            assert sum(message in line for line in err.splitlines()) == 1, (logfile, message, err)
+        if logfile != "syslog":
+            assert read(d.log).count("entering main loop") == 1
+        (tmp_path / "emu.log").unlink()
+        d.fifo.unlink()
+
+
+def test_d_without_a_logfile_logs_to_var_log_pylogd(tmp_path, daemons) -> None:
+    """Detached, stderr is /dev/null: with no logfile the log goes where ulogd's would (/var/log/ulogd.log)."""
+    from pylogd.cli import DAEMON_LOGFILE
+
+    assert DAEMON_LOGFILE == "/var/log/pylogd/pylogd.log"
+    pidfile = tmp_path / "pylogd.pid"
+    d = emu_daemon(tmp_path, daemons, ["-d", "-p", str(pidfile)])
+    d.conf.write_text(re.sub(r'logfile="[^"]*"\n', "", d.conf.read_text()))
+    checked = subprocess.run([*PYLOGD, "--check", "-c", str(d.conf)], cwd=ROOT, capture_output=True, text=True)
+    assert checked.stdout.startswith(f"global: logfile=(stderr; with -d {DAEMON_LOGFILE}) "), checked
+    d.start(wait=False)
+    assert d.proc.wait(30) == 0
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the pidfile"))
+    try:
+        started = f"starting with {d.conf}"  # this test's config: its own line in a shared file
+        wait_for(lambda: started in read(Path(DAEMON_LOGFILE)), what="the start in " + DAEMON_LOGFILE)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pidfile.exists(), what="the pidfile removed at exit")
+    assert not d.log.exists()
