@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import ConfigError, load
+from .daemon import has_net_admin
 from .log import Logger
 from .netlink import (
     DEFAULT_RCVBUF,
@@ -703,8 +704,14 @@ def check_rules(rules: Ruleset, nflog: list[NflogUse], netns: str | None) -> lis
     """Which configured group no rule feeds, and which group rules feed that nothing reads."""
     out = []
     if not rules.sources:
-        why = "; ".join(rules.errors) or "neither nft nor iptables is installed"
-        return [Finding(WARN, "ruleset", f"cannot read the rules: {why}", "apt-get install nftables", netns)]
+        why = re.sub(r"\s*\n\s*", "; ", "; ".join(rules.errors)) or "neither nft nor iptables is installed"
+        fix: str | None = None  # the tools are there and failed: what they said is the lead
+        if not rules.errors:
+            fix = "apt-get install nftables"
+        elif not has_net_admin():  # nft is there, the kernel refused it: installing it again cures nothing
+            why = f"reading them needs root or CAP_NET_ADMIN ({why})"
+            fix = "run pylogd doctor as root (sudo pylogd doctor)"
+        return [Finding(WARN, "ruleset", f"cannot read the rules: {why}", fix, netns)]
     unseen = ""
     if rules.xt_nflog and not any(s.endswith("-nft-save") for s in rules.sources):
         unseen = f"; {rules.xt_nflog} iptables-nft NFLOG rule(s) whose group nft does not show (install iptables)"

@@ -513,3 +513,40 @@ def test_module_findings_and_what_fix_runs(monkeypatch: pytest.MonkeyPatch) -> N
     uses = doctor.Uses(config=True, nflog=[doctor.NflogUse("log1", 0, None, True, 0, 0)])
     (only_nflog,) = doctor.check_modules(uses)  # a config without NFCT does not need ctnetlink
     assert only_nflog.state == "fail" and "NFLOG ([log1]) cannot work" in only_nflog.detail
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 20: run by an ordinary user
+
+
+def test_doctor_without_root_asks_for_root_not_for_nftables(tmp_path: Path) -> None:
+    """nft is installed and the kernel refused it: the fix is to run as root, never to install nftables."""
+    if os.geteuid() != 0:
+        pytest.skip("setpriv to another user needs root")
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    done = subprocess.run(
+        [*as_nobody, sys.executable, "-m", "pylogd", "doctor", "--no-config", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(Path(doctor.__file__).resolve().parent.parent)},
+    )
+    doc = json.loads(done.stdout)
+    f = only(doc, "ruleset")
+    assert f["state"] == "warn" and "needs root or CAP_NET_ADMIN" in f["detail"], f
+    assert f["fix"] == "run pylogd doctor as root (sudo pylogd doctor)" and "\n" not in f["detail"]
+    assert "apt-get" not in done.stdout
+
+
+def test_the_rules_fix_names_nftables_only_when_no_tool_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doctor, "has_net_admin", lambda: True)
+    missing = doctor.check_rules(doctor.Ruleset(), [], None)[0]
+    assert missing.fix == "apt-get install nftables" and "neither nft nor iptables" in missing.detail
+    failed = doctor.Ruleset()
+    failed.errors.append("nft -j list ruleset: Error: something\nelse")
+    f = doctor.check_rules(failed, [], None)[0]
+    assert f.fix is None and f.detail == "cannot read the rules: nft -j list ruleset: Error: something; else"
+    monkeypatch.setattr(doctor, "has_net_admin", lambda: False)
+    assert doctor.check_rules(failed, [], None)[0].fix == "run pylogd doctor as root (sudo pylogd doctor)"
+    assert doctor.check_rules(doctor.Ruleset(), [], None)[0].fix == "apt-get install nftables"
