@@ -2,7 +2,15 @@
 
 A client (``pylogd stats``) connects, sends one request line and reads one JSON document; the
 daemon answers from its event loop, so the counters are a consistent snapshot between two events.
-Requests: ``stats`` (the default).  The socket is made 0660, so the daemon's group may read it.
+Requests: ``stats`` (the default).
+
+Who may ask: the socket is made 0660, for its owner and its group.  Under the systemd unit the daemon
+runs as user and group ``pylogd``, so the socket is ``pylogd:pylogd``: an administrator who is not root
+joins that group (``usermod -aG pylogd NAME``, then logs in again) to run ``pylogd stats``.  A daemon
+started as root without ``-u`` gives the socket to the group ``pylogd`` where it exists (``make
+install`` creates it), else to ``adm`` (Debian's group for reading system logs), else it stays root's;
+with ``-u USER[:GROUP]`` it belongs to that user and group.  A client refused by these permissions is
+told so (:func:`pylogd.stats.main`), not asked whether pylogd runs.
 
 A client never holds up the loop: its socket is non-blocking and watched by the loop, the request is
 read as it comes (up to a newline, end of stream or :data:`MAX_REQUEST` bytes) and the reply written as
@@ -13,6 +21,7 @@ counted), and a client not done within :data:`CLIENT_DEADLINE` seconds is droppe
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import socket
@@ -32,6 +41,17 @@ CLIENT_DEADLINE = 10.0
 MAX_CLIENTS = 64
 #: the longest request line: every request is a word
 MAX_REQUEST = 256
+#: the groups a root daemon (no ``-u``) gives its socket to, the first that exists: the unit's, then
+#: Debian's administrators' (see the module docstring)
+CONTROL_GROUPS = ("pylogd", "adm")
+
+
+def control_group() -> int | None:
+    """The gid of the first of :data:`CONTROL_GROUPS` that exists, or None."""
+    for name in CONTROL_GROUPS:
+        with contextlib.suppress(KeyError):
+            return grp.getgrnam(name).gr_gid
+    return None
 
 
 class _Client:
@@ -92,6 +112,8 @@ class ControlServer:
                 os.chown(self.path, *owner)
                 if made:
                     os.chown(directory, *owner)
+            elif os.geteuid() == 0 and (gid := control_group()) is not None:
+                os.chown(self.path, -1, gid)  # root's socket would be root's alone: an admin group reads it
             sock.listen(MAX_CLIENTS)
         except OSError as exc:
             sock.close()

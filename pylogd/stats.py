@@ -8,8 +8,10 @@ asks the daemon afresh).
 from __future__ import annotations
 
 import argparse
+import grp
 import http.server
 import json
+import os
 import re
 import socket
 import sys
@@ -63,6 +65,9 @@ def main(argv: list[str]) -> int:
         return serve(args.socket, args.listen)
     try:
         stats = request(args.socket)
+    except PermissionError:
+        print(f"pylogd stats: {refused(args.socket)}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as exc:
         print(f"pylogd stats: no answer on {args.socket} ({exc}): is pylogd running?", file=sys.stderr)
         return 1
@@ -73,6 +78,22 @@ def main(argv: list[str]) -> int:
     else:
         print(table(stats), end="")
     return 0
+
+
+def refused(path: str) -> str:
+    """What to say when the socket's permissions refuse this user: it is there, pylogd may well run."""
+    try:
+        gid = os.stat(path).st_gid
+    except OSError:  # a directory on the way refused us: its permissions, not the socket's
+        return f"permission denied on {path} (a directory on its path is closed to you); try sudo"
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return (
+        f"permission denied on {path}: the socket is for its owner and the group {group}; join it "
+        f"(usermod -aG {group} $USER, then log in again) or use sudo"
+    )
 
 
 def table(stats: dict[str, Any]) -> str:

@@ -300,3 +300,53 @@ def test_a_daemon_run_with_u_nobody_answers_stats_and_removes_its_socket(tmp_pat
     finally:
         d.kill()
         shutil.rmtree(top, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 20: `pylogd stats` by an administrator who is not root
+
+
+def test_a_root_daemons_socket_is_its_admin_groups_and_a_refused_user_is_told_why(tmp_path) -> None:
+    """Started as root without -u, the socket goes to the group pylogd (the unit's) or else adm: a member
+    reads the counters; anyone else is told "permission denied" and how to join, not "is pylogd running?"."""
+    import grp
+
+    from pylogd.control import CONTROL_GROUPS, control_group
+
+    if os.geteuid() != 0:
+        pytest.skip("setpriv to another user needs root")
+    gid = control_group()
+    if gid is None:
+        pytest.skip(f"none of the groups {CONTROL_GROUPS} exists here")
+    group = grp.getgrgid(gid).gr_name
+    top = Path(tempfile.mkdtemp(prefix="pylogd-control-", dir="/tmp"))  # /tmp/pytest-of-root is 0700
+    top.chmod(0o755)
+    sock = top / "ctl.sock"
+    d = Daemon(
+        tmp_path, ["in1:PIPEIN,emu1:LOGEMU"], f'[emu1]\nfile="{tmp_path}/emu.log"\n', ["--control-socket", str(sock)]
+    )
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup"]
+    stats = [*PYLOGD, "stats", "-s", str(sock), "--json"]
+    try:
+        d.start()
+        info = sock.stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, gid, 0o660)
+        refused = subprocess.run(
+            [*as_nobody, "--clear-groups", *stats], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 1
+        assert refused.stderr == (
+            f"pylogd stats: permission denied on {sock}: the socket is for its owner and the group {group}; "
+            f"join it (usermod -aG {group} $USER, then log in again) or use sudo\n"
+        )
+        member = subprocess.run(
+            [*as_nobody, f"--groups={group}", *stats], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert member.returncode == 0, member.stderr
+        assert json.loads(member.stdout)["pylogd"]["pid"] == d.proc.pid
+        assert d.stop() == 0
+        gone = subprocess.run(stats, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert gone.returncode == 1 and "is pylogd running?" in gone.stderr
+    finally:
+        d.kill()
+        shutil.rmtree(top, ignore_errors=True)
