@@ -40,6 +40,7 @@ $(VENV)/.dev: pyproject.toml $(VENV)/.base
 # redo only what changed), with the newest build dependencies allowed; without a C compiler pylogd runs as
 # pure Python
 compiled: $(VENV)/.base
+	@echo "compiling pylogd's hot modules with Cython: a few minutes the first time, then only what changed"
 	$(VENV)/bin/pip install -q $(call build_pins,<)
 	$(VENV)/bin/python setup.py -q build_ext --inplace
 

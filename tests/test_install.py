@@ -168,3 +168,11 @@ def test_the_daemon_runs_without_writable_executable_memory(tmp_path: Path, netn
     wait_for(lambda: "[NEW]" in read_text(tmp_path / "flows.log"), what="a flow line")
     assert len(read_text(tmp_path / "packets.log").splitlines()) == 3
     assert proc.stop() == 0
+
+
+def test_make_run_says_it_is_compiling_before_the_silent_minutes() -> None:
+    """`make run` compiled for two minutes without a word: it says so first (make -n shows the recipe)."""
+    need("make")
+    shown = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    says = shown.find("echo \"compiling pylogd's hot modules with Cython: a few minutes the first time")
+    assert 0 <= says < shown.index("setup.py -q build_ext --inplace") < shown.index("pylogd -c"), shown
