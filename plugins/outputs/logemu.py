@@ -12,7 +12,6 @@ Differences from ulogd 2.0.8
 * A symlink in place of the file is followed only when it is trusted (owned by root, by the daemon's
   user, or by the directory's owner where no one else could have replaced it); ulogd followed any, so
   a link planted in a shared directory made it append to any file.
-* A ``print`` that is not UTF-8 (a prefix of raw bytes) is written byte for byte.
 """
 
 from __future__ import annotations
