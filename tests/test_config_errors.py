@@ -535,7 +535,7 @@ def test_missing_key_names_the_plugin_that_provides_it(tmp_path):
     assert "oob.uid" not in err
 
 
-@pytest.mark.parametrize(("plugin", "kind"), [("XML", "output"), ("IPFIX", "output"), ("DBI", "output")])
+@pytest.mark.parametrize(("plugin", "kind"), [("DBI", "output")])
 def test_ulogd_plugin_pylogd_lacks_is_not_a_typo(tmp_path, plugin, kind):
     if kind == "output":
         text = nflog_conf(tmp_path).replace("emu1:LOGEMU", f"x1:{plugin}")

@@ -97,13 +97,19 @@ class Ipfix(Output):
             ),
             int_option("version", 10, "10: IPFIX; 9: NetFlow v9 (UDP only)", choices=("9", "10")),
             int_option(
-                "template_refresh", 60, "UDP: send the templates again after this many seconds (0: never)", min=0
+                "template_refresh",
+                60,
+                "UDP: send the templates again after this many seconds (0: never); also how often the exporter's "
+                "counts go",
+                min=0,
+                max=86400,
             ),
             int_option(
                 "template_refresh_messages",
                 20,
                 "UDP: send the templates again after this many messages (0: never)",
                 min=0,
+                max=1_000_000,
             ),
             int_option(
                 "udp_rate",
@@ -111,6 +117,7 @@ class Ipfix(Output):
                 "UDP: at most this many messages a second (0: no limit); a collector drops what comes faster "
                 "than it reads",
                 min=0,
+                max=10_000_000,
             ),
             str_option(
                 "nat_event",
