@@ -45,6 +45,12 @@ class Daemon:
         self.topology = topology
         self.log = log
         self.config_path = config_path  # what a reload reads again
+        # where relative paths of the config were resolved at start: -d moves the daemon to /, and a
+        # reload must read them as the start did
+        try:
+            self.start_dir: str | None = os.getcwd()
+        except OSError:
+            self.start_dir = None
         self.loglevel = loglevel  # -l: it outranks the config's loglevel, at a reload too
         actions = {"reload": self.reload_request} if config_path else {}
         self.control = ControlServer(control_path, self.snapshot, log, actions=actions) if control_path else None
@@ -185,7 +191,7 @@ class Daemon:
     def _reload(self) -> tuple[bool, str]:
         assert self.config_path is not None
         try:
-            new = build(load(self.config_path), Registry(), Logger)
+            new = self._read_config()
         except ConfigError as exc:
             return self._refused(str(exc))
         old = self.topology
@@ -376,6 +382,24 @@ class Daemon:
         message = f"reloaded {self.config_path}: {changes}"
         self.log.notice(message)
         return True, message
+
+    def _read_config(self) -> Topology:
+        """The config file built (checked completely) with its relative paths resolved as at start."""
+        assert self.config_path is not None
+        here = os.getcwd()
+        if self.start_dir is not None and self.start_dir != here:
+            try:
+                os.chdir(self.start_dir)
+            except OSError as exc:
+                raise ConfigError(
+                    None,
+                    f"the directory pylogd was started in ({self.start_dir}) cannot be entered ({exc.strerror}): "
+                    "relative paths of the config would name other files",
+                ) from None
+        try:
+            return build(load(self.config_path), Registry(), Logger)
+        finally:
+            os.chdir(here)
 
     def _refused(self, why: str) -> tuple[bool, str]:
         message = f"reload refused, the running configuration goes on: {why}"

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import TEST_PLUGINS
+from conftest import PYLOGD, TEST_PLUGINS
 from daemonkit import Daemon, daemons_fixture, read  # noqa: F401 - daemons_fixture registers `daemons`
 from rig import Netns, pylogd_command, read_text, rig_fixture, wait_for  # noqa: F401 - rig_fixture registers `rig`
 
@@ -329,3 +330,25 @@ def test_a_changed_output_with_the_same_stack_line_takes_over_its_spool(tmp_path
 
 
 _CAP2 = '[cap2]\nfile="{}/cap2.json"\n'
+
+
+def test_after_detaching_a_reload_reads_relative_paths_as_the_start_did(tmp_path, daemons) -> None:
+    """-d moves the daemon to /: the config's relative paths still name files in the directory it was
+    started in, so an unchanged instance is kept and a new one writes there."""
+    sock, pidfile = tmp_path / "control.sock", tmp_path / "pylogd.pid"
+    args = ["-d", "-p", str(pidfile), "--control-socket", str(sock)]
+    sections = '[emu1]\nfile="emu1.log"\n[emu2]\nfile="emu2.log"\n'
+    d = Daemon(tmp_path, ["in1:PIPEIN,emu1:LOGEMU"], sections, args)
+    daemons.append(d)
+    d.proc = subprocess.Popen([*PYLOGD, "-c", str(d.conf), *args], cwd=tmp_path)
+    assert d.proc.wait(30) == 0
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the pidfile"))
+    try:
+        conf_with(d, ["in1:PIPEIN,emu1:LOGEMU", "in1:PIPEIN,emu2:LOGEMU"], sections)
+        assert "1 stacks kept, 1 started" in reload_ok(sock)
+        d.send({"print": "after the reload\n"})
+        wait_for(lambda: "after the reload" in read(tmp_path / "emu1.log"), what="emu1")
+        wait_for(lambda: "after the reload" in read(tmp_path / "emu2.log"), what="emu2 where the start put emu1")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pidfile.exists(), what="the daemon's exit")
