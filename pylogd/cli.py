@@ -72,6 +72,7 @@ def make_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "doctor": ("pylogd.doctor", "check the kernel side: modules, sysctls, nf_log bindings, NFLOG groups, rules"),
     "stats": ("pylogd.stats", "a running daemon's live counters (table, --json, --prometheus)"),
+    "reload": ("pylogd.reload", "have a running daemon read its config again, keeping what did not change"),
 }
 
 
@@ -145,7 +146,9 @@ def run(args: argparse.Namespace, topology: Topology) -> int:
     SINK.echo_stderr = args.verbose and not args.daemon
     SINK.hold()
     pidfile = PidFile(args.pidfile) if args.pidfile else None
-    daemon = Daemon(topology, log, args.control_socket or None)
+    daemon = Daemon(
+        topology, log, args.control_socket or None, config_path=os.path.abspath(args.configfile), loglevel=args.loglevel
+    )
     log.info(f"pylogd {__version__} ({compiled.describe()}) starting with {args.configfile}")
     try:
         user = lookup_user(args.uid) if args.uid else None

@@ -2,15 +2,16 @@
 
 A client (``pylogd stats``) connects, sends one request line and reads one JSON document; the
 daemon answers from its event loop, so the counters are a consistent snapshot between two events.
-Requests: ``stats`` (the default).
+Requests: ``stats`` (the default) and the daemon's actions (``reload``: read the config again; the
+answer says whether it was applied).
 
 Who may ask: the socket is made 0660, for its owner and its group.  Under the systemd unit the daemon
 runs as user and group ``pylogd``, so the socket is ``pylogd:pylogd``: an administrator who is not root
-joins that group (``usermod -aG pylogd NAME``, then logs in again) to run ``pylogd stats``.  A daemon
-started as root without ``-u`` gives the socket to the group ``pylogd`` where it exists (``make
-install`` creates it), else to ``adm`` (Debian's group for reading system logs), else it stays root's;
-with ``-u USER[:GROUP]`` it belongs to that user and group.  A client refused by these permissions is
-told so (:func:`pylogd.stats.main`), not asked whether pylogd runs.
+joins that group (``usermod -aG pylogd NAME``, then logs in again) to run ``pylogd stats`` and ``pylogd
+reload``.  A daemon started as root without ``-u`` gives the socket to the group ``pylogd`` where it exists
+(``make install`` creates it), else to ``adm`` (Debian's group for reading system logs), else it stays
+root's; with ``-u USER[:GROUP]`` it belongs to that user and group.  A client refused by these permissions
+is told so (:func:`pylogd.stats.main`), not asked whether pylogd runs.
 
 A client never holds up the loop: its socket is non-blocking and watched by the loop, the request is
 read as it comes (up to a newline, end of stream or :data:`MAX_REQUEST` bytes) and the reply written as
@@ -76,9 +77,12 @@ class ControlServer:
         log: Logger,
         max_clients: int = MAX_CLIENTS,
         deadline: float = CLIENT_DEADLINE,
+        actions: dict[str, Callable[[], dict[str, Any]]] | None = None,
     ) -> None:
         self.path = path
         self.snapshot = snapshot
+        #: requests besides ``stats``, each answered with what its callable returns (run in the loop)
+        self.actions = actions or {}
         self.log = log
         self.max_clients = max_clients
         self.deadline = deadline
@@ -189,15 +193,18 @@ class ControlServer:
 
     def _reply(self, line: bytes | None) -> bytes:
         """The answer to a request line (None: one longer than :data:`MAX_REQUEST`)."""
+        known = ", ".join(["stats", *self.actions])
         if line is None:
-            reply: dict[str, Any] = {"error": f"request longer than {MAX_REQUEST} bytes; requests: stats"}
+            reply: dict[str, Any] = {"error": f"request longer than {MAX_REQUEST} bytes; requests: {known}"}
         else:
             request = line.decode("ascii", "replace").strip() or "stats"
             if request == "stats":
                 reply = self.snapshot()
                 reply["control"] = self.statistics()
+            elif request in self.actions:
+                reply = self.actions[request]()
             else:
-                reply = {"error": f"unknown request {request[:40]!r}; requests: stats"}
+                reply = {"error": f"unknown request {request[:40]!r}; requests: {known}"}
         return json.dumps(reply).encode() + b"\n"
 
     def _writable(self, client: _Client) -> None:

@@ -14,13 +14,19 @@ import struct
 import time
 
 from . import __version__
+from .config import ConfigError, load
 from .control import ControlServer
 from .log import SINK, Logger
 from .loop import EventLoop
 from .notify import Notifier
-from .plugin import Input, Kind, Output, PluginError
-from .spool import SpoolError
-from .stack import InputFeed, Stack, Topology, spool_for
+from .plugin import Input, Kind, Output, Plugin, PluginError
+from .registry import Registry
+from .runner import OutputRunner
+from .spool import Spool, SpoolError
+from .stack import InputFeed, Instance, Stack, StackPlan, Topology, build, spool_for, spool_path
+
+#: at a reload, how long a removed stack's output may take to write what the stack accepted
+RETIRE_WRITE_FOR = 5.0
 
 
 class DaemonError(Exception):
@@ -28,10 +34,26 @@ class DaemonError(Exception):
 
 
 class Daemon:
-    def __init__(self, topology: Topology, log: Logger, control_path: str | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        log: Logger,
+        control_path: str | None = None,
+        config_path: str | None = None,
+        loglevel: int | None = None,
+    ) -> None:
         self.topology = topology
         self.log = log
-        self.control = ControlServer(control_path, self.snapshot, log) if control_path else None
+        self.config_path = config_path  # what a reload reads again
+        # where relative paths of the config were resolved at start: -d moves the daemon to /, and a
+        # reload must read them as the start did
+        try:
+            self.start_dir: str | None = os.getcwd()
+        except OSError:
+            self.start_dir = None
+        self.loglevel = loglevel  # -l: it outranks the config's loglevel, at a reload too
+        actions = {"reload": self.reload_request} if config_path else {}
+        self.control = ControlServer(control_path, self.snapshot, log, actions=actions) if control_path else None
         self.started_at = time.time()
         self.loop = EventLoop()
         self.stacks: list[Stack] = []
@@ -110,9 +132,7 @@ class Daemon:
         self.log.notice("SIGHUP received: reopening files and connections")
         if self.notifier:
             self.notifier.reloading()
-        SINK.reopen()
-        for inst in self._started:
-            self._deliver(inst, signum)
+        self._reopen()
         if self.notifier:
             self.notifier.ready(self.status_line())
 
@@ -127,6 +147,286 @@ class Daemon:
             inst.plugin.on_signal(signum)
         except Exception as exc:
             self.log.error(f"{inst.id} ({inst.spec.name}) failed handling {signal.Signals(signum).name}: {exc!r}")
+
+    # -- live reconfiguration -------------------------------------------------------------------
+
+    def reload_request(self) -> dict:
+        """The control socket's ``reload``: what :meth:`reload` did, for ``pylogd reload``."""
+        ok, message = self.reload()
+        return {"reload": "ok" if ok else "failed", "message": message}
+
+    def reload(self) -> tuple[bool, str]:
+        """Read the config file again and apply it without a restart; returns (applied, one line).
+
+        Files are reopened first, whatever the new config holds (logrotate's postrotate may run
+        ``systemctl reload``).  The new config is then checked completely (as ``--check`` does); a
+        wrong one changes nothing.  An instance whose plugin and options are unchanged is kept (its
+        sockets, read-ahead, tables, connections); a stack whose line and instances are unchanged is
+        kept whole (its record, its runner's backlog and spool).  Removed and changed stacks' inputs
+        hand what they read ahead to the old stacks, whose runners then write it and close; a changed
+        stack whose output instance is kept takes over the old stack's runner (its backlog)."""
+        self.log.info(f"reloading {self.config_path}")
+        if self.notifier:
+            self.notifier.reloading()
+        try:
+            self._reopen()
+            try:
+                ok, message = self._reload()
+            except Exception as exc:  # a bug: named as one, the daemon goes on with what runs
+                ok, message = False, f"reload failed: internal error: {type(exc).__name__}: {exc}"
+                self.log.error(message)
+                from .cli import log_traceback  # the CLI's helper; imported late, it imports this module
+
+                log_traceback(self.log, exc)
+        finally:
+            if self.notifier:
+                self.notifier.ready(self.status_line())
+        return ok, message
+
+    def _reopen(self) -> None:
+        SINK.reopen()
+        for inst in self._started:
+            self._deliver(inst, signal.SIGHUP)
+
+    def _reload(self) -> tuple[bool, str]:
+        assert self.config_path is not None
+        try:
+            new = self._read_config()
+        except ConfigError as exc:
+            return self._refused(str(exc))
+        old = self.topology
+        running = {id(inst.plugin) for inst in self._started}
+        fresh: dict[int, Plugin] = {}  # id(new Instance) -> the plugin the new config made for it
+        for key, inst in new.instances.items():
+            fresh[id(inst)] = inst.plugin
+            prev = old.instances.get(key)
+            if (
+                prev is not None
+                and id(prev.plugin) in running
+                and prev.spec.name == inst.spec.name
+                and prev.plugin.options == inst.plugin.options
+            ):
+                inst.plugin = prev.plugin  # kept: the new plans use the running plugin
+        kept = {id(inst.plugin) for inst in new.instances.values()} & running
+        same_spool = all(old.global_options[k] == new.global_options[k] for k in ("spool_dir", "spool_max_bytes"))
+
+        # stacks: the same line over the same running plugins is the same stack, kept whole
+        by_text: dict[str, list[Stack]] = {}
+        for stack in self.stacks:
+            by_text.setdefault(stack.plan.decl.text, []).append(stack)
+        stacks: list[Stack | None] = []  # per new plan: the kept stack, else (below) a new one
+        for plan in new.stacks:
+            candidates = by_text.get(plan.decl.text, []) if same_spool else []
+            match = next((s for s in candidates if _same_plugins(s.plan, plan)), None)
+            if match is not None:
+                candidates.remove(match)
+            stacks.append(match)
+        kept_stacks = {id(s) for s in stacks if s is not None}
+        retired = [s for s in self.stacks if id(s) not in kept_stacks]
+        # a changed stack whose output instance is kept takes over a retired stack's runner: its backlog
+        carried: dict[int, OutputRunner] = {}  # new plan number -> runner
+        moves: list[tuple[Spool, str]] = []  # a carried spool takes the name of its new stack line
+        if same_spool:
+            donors = list(retired)
+            for plan, stack in zip(new.stacks, stacks, strict=True):
+                output = plan.instances[-1].plugin
+                donor = next((s for s in donors if s.runner.output is output), None) if stack is None else None
+                if donor is None:
+                    continue
+                spool = donor.runner.spool
+                target = spool_path(plan, new.global_options)
+                if spool is not None and target != spool.directory:
+                    if target is None or os.path.lexists(target):
+                        continue  # a spool of the new line's name exists: each keeps its own
+                    moves.append((spool, target))
+                donors.remove(donor)
+                carried[plan.number] = donor.runner
+        carried_ids = {id(r) for r in carried.values()}
+        closing = [s.runner for s in retired if id(s.runner) not in carried_ids]  # written, then closed
+        busy_spools = {r.spool.directory for r in closing if r.spool is not None}
+
+        def ordered(kind: Kind) -> list[Instance]:
+            return [inst for inst in new.instances.values() if inst.spec.kind is kind]
+
+        # 1. new outputs and filters start, new stacks are built: a failure here changes nothing
+        problems: list[str] = []
+        started: list[Instance] = []
+        made: list[OutputRunner] = []  # the runners of new stacks, started at the end
+        deferred: set[int] = set()  # new stacks whose spool a closing runner holds: attached once it is closed
+        try:
+            for kind in (Kind.OUTPUT, Kind.FILTER):
+                for inst in ordered(kind):
+                    if id(inst.plugin) not in kept:
+                        self._start_instance(inst)
+                        started.append(inst)
+            for i, plan in enumerate(new.stacks):
+                if stacks[i] is not None:
+                    continue
+                runner = carried.get(plan.number)
+                spool = None
+                if runner is None and spool_path(plan, new.global_options) in busy_spools:
+                    deferred.add(i)  # opened once the closing runner has let it go
+                elif runner is None:
+                    spool = spool_for(plan, new.global_options, self.log)
+                stacks[i] = self._make_stack(plan, spool, runner)
+                if runner is None:
+                    made.append(stacks[i].runner)
+        except (DaemonError, SpoolError) as exc:
+            for inst in reversed(started):
+                self._abort(inst)
+            for runner in made:
+                if runner.spool is not None:
+                    runner.spool.close()
+            return self._refused(str(exc))
+
+        for spool, target in moves:  # so that a restart with this config finds what waits there
+            try:
+                spool.move(target)
+            except OSError as exc:
+                problems.append(f"cannot rename spool {spool.directory} to {target}: {exc.strerror}")
+
+        # 2. inputs: those that go stop, those whose stacks changed feed the new ones; either way what
+        # they read ahead goes to the stacks there were when it came
+        old_feeds = {id(feed.input): feed for feed in self.feeds}
+        to_start: list[Instance] = []
+        feeds: list[InputFeed] = []
+        for inst in self._started:
+            if isinstance(inst.plugin, Input) and id(inst.plugin) not in kept:
+                self._stop(inst)
+        for inst in ordered(Kind.INPUT):
+            if id(inst.plugin) not in kept:
+                to_start.append(inst)
+                continue
+            feed = old_feeds[id(inst.plugin)]
+            fed = [stacks[i] for i, plan in enumerate(new.stacks) if plan.instances[0] is inst]
+            if fed != feed.stacks:
+                new_feed = InputFeed(inst.plugin, fed)  # type: ignore[arg-type]
+                if not inst.plugin.refeed(new_feed):  # type: ignore[union-attr]
+                    # it cannot keep its socket for other stacks: it stops, and a new instance starts
+                    # in its place
+                    self._stop(inst)
+                    inst.plugin = fresh[id(inst)]
+                    to_start.append(inst)
+                    continue
+                feed = new_feed
+            feeds.append(feed)
+
+        # 3. retired stacks write what they accepted and close; plugins no longer used stop
+        deadline = time.monotonic() + RETIRE_WRITE_FOR
+        for runner in closing:
+            runner.close(deadline)
+        used = {id(inst.plugin) for inst in new.instances.values()}
+        for inst in reversed(self._started):
+            if id(inst.plugin) not in used and not isinstance(inst.plugin, Input):
+                self._stop(inst)
+
+        # 4. the spools that closing runners held, then the inputs to start
+        for i in sorted(deferred):
+            try:
+                stacks[i].runner.attach_spool(spool_for(new.stacks[i], new.global_options, self.log))  # type: ignore[union-attr, arg-type]
+            except SpoolError as exc:
+                problems.append(f"stack {new.stacks[i].number} runs without its spool: {exc}")
+        for inst in to_start:
+            ready = [s for s, plan in zip(stacks, new.stacks, strict=True) if s and plan.instances[0] is inst]
+            if not ready:
+                problems.append(f"input {inst.id} ({inst.spec.name}) not started: none of its stacks could start")
+                continue
+            feed = InputFeed(inst.plugin, ready)  # type: ignore[arg-type]
+            inst.plugin.feed = feed  # type: ignore[union-attr]
+            try:
+                self._start_instance(inst)
+            except DaemonError as exc:
+                problems.append(str(exc))
+                continue
+            started.append(inst)
+            feeds.append(feed)
+
+        # 5. the new configuration is the running one
+        inputs = {id(feed.input) for feed in feeds}
+        live: list[Stack] = []
+        for plan, stack in zip(new.stacks, stacks, strict=True):
+            if stack is None:
+                continue
+            stack.plan = plan  # a kept stack: the same slots and plugins; its number and line may move
+            if id(plan.instances[0].plugin) in inputs:
+                live.append(stack)
+                stack.name = stack.runner.stack_name = str(plan.number)
+            elif stack.runner in made:  # its input could not start: nothing came in
+                made.remove(stack.runner)
+                stack.runner.close(time.monotonic())
+        for runner in made:
+            runner.start()
+        running = {id(inst.plugin) for inst in started} | kept
+        self._started = [
+            inst
+            for kind in (Kind.OUTPUT, Kind.FILTER, Kind.INPUT)
+            for inst in ordered(kind)
+            if id(inst.plugin) in running and (kind is not Kind.INPUT or id(inst.plugin) in inputs)
+        ]
+        self.topology, self.stacks, self.feeds = new, live, feeds
+        SINK.level = self.loglevel or new.global_options["loglevel"]
+        logfile = new.global_options["logfile"]
+        if logfile and logfile != old.global_options["logfile"]:
+            try:
+                SINK.open(logfile)
+            except OSError as exc:
+                problems.append(f"cannot open logfile {logfile}: {exc.strerror}")
+        changes = (
+            f"{len(kept_stacks)} stacks kept, {len(stacks) - len(kept_stacks)} started "
+            f"({len(carried)} with the backlog of their output), {len(retired)} stopped"
+        )
+        if problems:
+            message = f"reload applied in part ({changes}): " + "; ".join(problems)
+            self.log.error(message)
+            return False, message
+        message = f"reloaded {self.config_path}: {changes}"
+        self.log.notice(message)
+        return True, message
+
+    def _read_config(self) -> Topology:
+        """The config file built (checked completely) with its relative paths resolved as at start."""
+        assert self.config_path is not None
+        here = os.getcwd()
+        if self.start_dir is not None and self.start_dir != here:
+            try:
+                os.chdir(self.start_dir)
+            except OSError as exc:
+                raise ConfigError(
+                    None,
+                    f"the directory pylogd was started in ({self.start_dir}) cannot be entered ({exc.strerror}): "
+                    "relative paths of the config would name other files",
+                ) from None
+        try:
+            return build(load(self.config_path), Registry(), Logger)
+        finally:
+            os.chdir(here)
+
+    def _refused(self, why: str) -> tuple[bool, str]:
+        message = f"reload refused, the running configuration goes on: {why}"
+        self.log.error(message)
+        return False, message
+
+    def _make_stack(self, plan: StackPlan, spool: Spool | None, runner: OutputRunner | None = None) -> Stack:
+        try:
+            return Stack(plan, self.log, spool, runner=runner)
+        except PluginError as exc:
+            raise DaemonError(f"stack {plan.number} [{plan.decl.text}]: {exc}") from None
+
+    def _start_instance(self, inst: Instance) -> None:
+        try:
+            inst.plugin.start(self.loop)
+        except (PluginError, OSError) as exc:
+            raise DaemonError(f"cannot start {inst.id} ({inst.spec.name}): {exc}") from None
+        except Exception as exc:  # a bug: named as one, its traceback kept for the log (pylogd.cli)
+            raise DaemonError(
+                f"cannot start {inst.id} ({inst.spec.name}): internal error: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _abort(self, inst: Instance) -> None:
+        try:
+            inst.plugin.abort()
+        except Exception as exc:
+            self.log.error(f"{inst.id} ({inst.spec.name}) failed to stop cleanly: {exc!r}")
 
     def statistics_lines(self, saved: dict[str, dict[str, int]] | None = None) -> list[str]:
         lines = []
@@ -242,6 +542,11 @@ class Daemon:
 
     def outputs(self) -> list[Output]:
         return [inst.plugin for inst in self._ordered(Kind.OUTPUT)]
+
+
+def _same_plugins(a: StackPlan, b: StackPlan) -> bool:
+    """Two plans of the same stack line: whether each position runs the same plugin object."""
+    return all(x.plugin is y.plugin for x, y in zip(a.instances, b.instances, strict=True))
 
 
 # ---------------------------------------------------------------------------------------------

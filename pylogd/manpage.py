@@ -65,13 +65,17 @@ def pylogd_8() -> str:
         out += [".TP", f"\\fBpylogd {name}\\fR", roff(f"{what}; pylogd {name} --help lists its options")]
     out += [
         ".SH SIGNALS",
-        ".TP\n\\fBSIGHUP\\fR\n" + roff("reopen every file and the daemon's log (logrotate), reconnect outputs"),
+        ".TP\n\\fBSIGHUP\\fR\n"
+        + roff(
+            "reopen every file and the daemon's log (logrotate), reconnect outputs; "
+            "pylogd reload also reads the config again"
+        ),
         ".TP\n\\fBSIGUSR1\\fR\n" + roff("log the counters of every stack and plugin"),
         ".TP\n\\fBSIGUSR2\\fR\n" + roff("passed to the inputs: NFCT writes its conntrack table"),
         ".TP\n\\fBSIGTERM\\fR, \\fBSIGINT\\fR\n" + roff("stop reading, write everything accepted, exit 0"),
         ".SH FILES",
         ".TP\n\\fI/etc/pylogd.conf\\fR\n" + roff("the configuration (pylogd.conf(5))"),
-        ".TP\n\\fI/run/pylogd/pylogd.sock\\fR\n" + roff("the control socket read by pylogd stats"),
+        ".TP\n\\fI/run/pylogd/pylogd.sock\\fR\n" + roff("the control socket of pylogd stats and pylogd reload"),
         ".SH SEE ALSO",
         "\\fBpylogd.conf\\fR(5), \\fBnft\\fR(8), \\fBconntrack\\fR(8), \\fBulogd\\fR(8)",
     ]

@@ -21,7 +21,7 @@ from .config import INT_MAX
 from .log import ERROR, NOTICE
 from .loop import BacklogReader, EventLoop
 from .netlink import BACKLOG_SIZE, DEFAULT_RCVBUF, DEFAULT_RCVBUF_MAX, NetlinkSocket
-from .plugin import Input, Option, int_option, str_option
+from .plugin import Feed, Input, Option, int_option, str_option
 
 __all__ = ["NetlinkInput", "backlog_option", "netns_option", "rcvbuf_options"]
 
@@ -98,6 +98,23 @@ class NetlinkInput(Input):
 
     def _make_reader(self) -> BacklogReader:
         raise NotImplementedError
+
+    def refeed(self, feed: Feed) -> bool:
+        """A reload changed the stacks this input feeds: the socket stays (nothing the kernel sends
+        meanwhile is lost); what was read ahead goes to the old stacks, what comes next to ``feed``'s."""
+        sock, reader = self.sock, self._reader
+        if sock is None or sock.closed or reader is None:
+            return False
+        self.loop.remove_reader(sock.fileno())
+        reader.finish()
+        self.feed = feed
+        self._refed()
+        self._reader = self._make_reader()
+        self.loop.add_reader(sock.fileno(), self._reader)
+        return True
+
+    def _refed(self) -> None:
+        """After ``self.feed`` changed, before the reader is made again: what depends on the feed."""
 
     def stop(self) -> None:
         """Stop reading; what was read ahead, and what the kernel still holds, is written first.

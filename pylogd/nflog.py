@@ -729,12 +729,7 @@ class NflogSocket(NetlinkSocket):
         self._expect: int | None = None
         self.slow = 0  # messages decoded by the attribute walk instead of a compiled layout
         self.compiled = 0  # layouts learnt
-        self.record = tuple(record)
-        project((None,) * NFIELDS, self.record, (0, 0))  # a bad spec fails here, not on a packet
-        self._identity = self.record == PACKET_RECORD
-        self._seq_at = self.record.index(F_SEQ) if F_SEQ in self.record else None
-        self._layouts: dict[bytes, list[Layout]] = {}
-        self._last: Layout = _no_layout  # the layout of the previous message: a burst is mostly one
+        self.set_record(record)
         self._compiles = _COMPILES_PER_SECOND
         self._compiles_refill = 0.0  # when the compile budget is next refilled (monotonic time)
         self._raced: deque[bytes] = deque()
@@ -985,6 +980,15 @@ class NflogSocket(NetlinkSocket):
                 candidates.insert(0, layout)
                 del candidates[_LAYOUTS_PER_KEY:]
         return (rec if self._identity else project(rec, self.record, clock)), layout or previous
+
+    def set_record(self, record: Sequence) -> None:
+        """What :meth:`drain` hands out from now on (a record spec); the layouts learnt are forgotten."""
+        self.record = tuple(record)
+        project((None,) * NFIELDS, self.record, (0, 0))  # a bad spec fails here, not on a packet
+        self._identity = self.record == PACKET_RECORD
+        self._seq_at = self.record.index(F_SEQ) if F_SEQ in self.record else None
+        self._layouts: dict[bytes, list[Layout]] = {}
+        self._last: Layout = _no_layout  # the layout of the previous message: a burst is mostly one
 
     def packets(self, timeout: float | None = None, copy: bool = True) -> Iterator[Packet]:
         """Yield packets as they arrive; stop after ``timeout`` seconds without one (None: never).

@@ -9,6 +9,49 @@ Per event the core calls the callable returned by :meth:`Filter.handler` or
 :meth:`Output.handler` with the stack's record (a list, see :mod:`pylogd.keys`).
 Handlers are built once per stack, after key resolution, so they can keep the
 slot numbers they need in local variables instead of looking names up per event.
+
+Lifecycle
+---------
+One plugin object is one instance (an id of the config, shared by every stack that names it).
+The core calls, in this order for an object, never twice and never after ``stop``:
+
+``__init__(id, options, log)``
+    ``options`` are checked one by one already (types, bounds, choices), relative paths made absolute.
+``configure()``
+    Check the options as a whole; raise :class:`PluginError`.  Opens nothing and changes nothing
+    outside the object: ``--check`` and every reload run it on objects that may never start, and a
+    reload builds a new object for each instance of the new config before it knows which it keeps.
+``start(loop)``
+    Open sockets, files, connections.  Outputs start first, then filters, then inputs, so when an
+    input starts the whole stack can take events; an input's ``feed`` is set before its ``start``.
+    May raise :class:`PluginError` or OSError: at start-up the daemon then stops, at a reload that
+    change is refused (new outputs and filters) or the input is left out and the reload reports it.
+``handler(slots)`` (filters, outputs)
+    Called once per stack that uses the instance, after ``start``: at start-up, and again at a reload
+    for each new or changed stack.  An instance's handlers for several stacks may be alive at once,
+    and a handler for a stack made after the others must work as well as the first one.
+``reopen()`` (through ``on_signal(SIGHUP)``)
+    Reopen files and reconnect (logrotate): on SIGHUP and at every reload, for every running instance.
+``refeed(feed)`` (inputs)
+    A reload kept the instance (same plugin, same options) but changed the stacks it feeds: hand what
+    was read ahead to the old feed, then feed ``feed``.  Return False when the input cannot; it is then
+    stopped and a new object of the new config started in its place (what the old one held is lost).
+``stop()``
+    Release everything.  An input's last drain happens here (what it read goes to its stacks); an
+    output is stopped only after every stack writing through it has written what it accepted.  At a
+    reload an instance that is no longer used, or whose options changed, is stopped while the others
+    run on; a new object takes its place (options changed) with ``configure`` and ``start``.
+``abort()``
+    Instead of ``stop`` when start-up (or a reload's start of new outputs and filters) failed after
+    this one started.
+
+Which instances a reload keeps: the same id, plugin and options (``options ==``).  A kept instance
+is never told of the reload (beyond ``reopen`` and, for an input, ``refeed``): what it holds (a
+socket, read-ahead, a conntrack table, a connection) stays.  State a plugin passes to the core must
+therefore be declared, not left in attributes the core reads at one moment of start-up: the hooks
+are :meth:`Output.writes_block` (was ``blocking`` set in ``configure()``), :meth:`Output.channel`
+(an SQL output's per-stack transaction in doubt, settled by its spool: see :mod:`pylogd.sql`),
+:meth:`Output.watch_runner`, :meth:`Input.refeed`.
 """
 
 from __future__ import annotations
@@ -179,6 +222,12 @@ class Input(Plugin):
 
     feed: Feed
 
+    def refeed(self, feed: Feed) -> bool:
+        """A reload changed the stacks this running input feeds (see the module's lifecycle): what
+        was read ahead goes to the old ``self.feed``, then events go to ``feed``.  False: the input
+        cannot, and is restarted instead."""
+        return False
+
 
 class Filter(Plugin):
     def handler(self, slots: Slots) -> Callable[[list], Any]:
@@ -187,12 +236,26 @@ class Filter(Plugin):
 
 
 class Output(Plugin):
-    #: an output that can block (network, database) runs its writes in a worker thread
+    #: an output that can block (network, database) runs its writes in a worker thread (the default of
+    #: :meth:`writes_block`; an output that decides by its options overrides that method)
     blocking: ClassVar[bool] = False
     #: an entry's size in bytes, for the bound on what may wait while writes fail (bytes and str: len)
     entry_size: ClassVar[Callable[[Any], int]] = len
     #: the longest back-off between two tries of a failing write, in seconds
     max_retry_delay: ClassVar[float] = 5.0
+
+    def writes_block(self) -> bool:
+        """Whether the output's writes may block (a socket, a database): then they run in the stack
+        runner's worker thread.  Asked when each stack's runner starts, after ``start``."""
+        return self.blocking
+
+    def channel(self, name: str, keep: Callable[[dict], None] | None) -> Any:
+        """A stack's own way into the output (its ``write`` and its transaction in doubt, see
+        :class:`pylogd.sql.Channel`), or None: the stack writes through :meth:`write`."""
+        return None
+
+    def watch_runner(self, runner: Any) -> None:
+        """Told of each stack runner writing through it (an output that reports losses downstream)."""
 
     def wildcard_reads(self, key: Key) -> bool:
         """For a wildcard output: whether it reads ``key`` of an earlier plugin.  A key no plugin

@@ -90,19 +90,14 @@ class OutputRunner:
         self._taken = 0
         self.spool = spool
         # an output shared by several stacks keeps each stack's transaction in doubt apart (a channel)
-        make_channel = getattr(output, "channel", None)
-        self.channel = (
-            make_channel(stack_name, self._keep_doubt if spool is not None else None) if make_channel else None
-        )
+        self.channel = output.channel(stack_name, self._keep_doubt if spool is not None else None)
         self._write = self.channel.write if self.channel is not None else output.write
         # one write, one transaction: the record of a transaction in doubt then names where it starts
         self._chunk = min(CHUNK, getattr(output, "batch_rows", CHUNK) or CHUNK)
         if spool is not None and spool.doubt is not None and self.channel is not None:
             self.channel.adopt(spool.doubt)
         # an output that reports its own losses downstream (IPFIX's exporter counts) reads the runner's
-        watch = getattr(output, "watch_runner", None)
-        if watch is not None:
-            watch(self)
+        output.watch_runner(self)
         self._lock = threading.Lock()  # the backlog and the spool, with a worker thread
         self._progress_lock = threading.Lock()  # one progress write at a time, in order
         self._wake = threading.Condition(self._lock)
@@ -126,9 +121,19 @@ class OutputRunner:
         if self.spool is not None and self.spool.entries:
             self.log.notice(f"{self.name}: {self.spool.entries} entries wait in the spool; they are written first")
             self._next_try = 0.0
-        if self.output.blocking:
+        if self.output.writes_block():
             self._thread = threading.Thread(target=self._worker, name=f"output-{self.output.id}", daemon=True)
             self._thread.start()
+
+    def attach_spool(self, spool: Spool) -> None:
+        """At a reload: the spool this runner's stack is named after was still a closing runner's when this
+        one was made.  Before :meth:`start`, with nothing accepted yet."""
+        assert self.spool is None and self._thread is None and not self.batch and not self._waiting()
+        self.spool = spool
+        if self.channel is not None:
+            self.channel.keep = self._keep_doubt
+            if spool.doubt is not None:
+                self.channel.adopt(spool.doubt)
 
     def pending(self) -> int:
         memory = 0 if self._from_spool else len(self._backlog)

@@ -439,6 +439,14 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 os.chown(path, uid, gid, follow_symlinks=False)
 
+    def move(self, directory: str) -> None:
+        """Go on in ``directory`` (a reload renamed the stack that owns the spool): the directory is
+        renamed, files open stay open.  Raises OSError when it cannot be (one there already, say)."""
+        if os.path.lexists(directory):
+            raise FileExistsError(17, "a spool directory of that name exists", directory)
+        os.rename(self.directory, directory)
+        self.directory = directory
+
     def close(self) -> None:
         self._close_tail()
         self._close_reader()

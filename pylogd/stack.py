@@ -369,16 +369,25 @@ def _nearest(
 def spool_for(plan: StackPlan, options: dict[str, Any], log: Logger) -> Spool | None:
     """The spool of a stack's output, when ``[global] spool_dir`` is set: its directory is named after
     the output and the stack's text, so a restart with the same stack finds what it left."""
+    path = spool_path(plan, options)
+    return None if path is None else Spool(path, options["spool_max_bytes"], log)
+
+
+def spool_path(plan: StackPlan, options: dict[str, Any]) -> str | None:
+    """The directory :func:`spool_for` uses (None: no spool_dir)."""
     if not options.get("spool_dir"):
         return None
-    name = f"{plan.instances[-1].id}.{zlib.crc32(plan.decl.text.encode()):08x}"
-    return Spool(os.path.join(options["spool_dir"], name), options["spool_max_bytes"], log)
+    return os.path.join(options["spool_dir"], f"{plan.instances[-1].id}.{zlib.crc32(plan.decl.text.encode()):08x}")
 
 
 class Stack:
     """A running stack: one preallocated record and the prebuilt handler chain."""
 
-    def __init__(self, plan: StackPlan, log: Logger, spool: Spool | None = None) -> None:
+    def __init__(
+        self, plan: StackPlan, log: Logger, spool: Spool | None = None, runner: OutputRunner | None = None
+    ) -> None:
+        """``runner``: at a reload, the runner of the stack this one replaces, whose output instance
+        is kept: what waits there (memory, spool) is written by this stack's output, in order."""
         self.plan = plan
         self.name = str(plan.number)
         self.log = log
@@ -393,7 +402,9 @@ class Stack:
         output = members[-1].plugin
         assert isinstance(output, Output)
         self.convert = output.handler(plan.slots[-1])
-        self.runner = OutputRunner(output, self.name, log, *output.backlog_limits(), spool=spool)
+        if runner is None:
+            runner = OutputRunner(output, self.name, log, *output.backlog_limits(), spool=spool)
+        self.runner = runner
         self.run = self._make_run()
 
     def _make_run(self) -> Callable[..., None]:

@@ -81,13 +81,14 @@ def test_an_existing_config_is_kept_and_the_rest_is_in_place(dest: Path) -> None
     assert "u pylogd " in (dest / "usr/lib/sysusers.d/pylogd.conf").read_text()
     unit = (dest / "lib/systemd/system/pylogd.service").read_text()
     assert "ExecStart=/usr/sbin/pylogd -c /etc/pylogd.conf" in unit and "@SBINDIR@" not in unit
+    assert "ExecReload=/usr/sbin/pylogd reload" in unit  # the config read again, its failure reported
 
 
 def test_the_unit_verifies_and_is_hardened(dest: Path, tmp_path: Path) -> None:
     need("systemd-analyze")
     unit = (dest / "lib/systemd/system/pylogd.service").read_text()
-    local = tmp_path / "pylogd.service"  # the same unit, its ExecStart where DESTDIR put the program
-    local.write_text(unit.replace("ExecStart=/usr/sbin/pylogd", f"ExecStart={dest}/opt/pylogd/bin/pylogd"))
+    local = tmp_path / "pylogd.service"  # the same unit, its commands where DESTDIR put the program
+    local.write_text(unit.replace("=/usr/sbin/pylogd ", f"={dest}/opt/pylogd/bin/pylogd "))
     # Documentation= names man pages: man finds them where DESTDIR put them
     env = os.environ | {"MANPATH": str(dest / "usr/share/man")}
     verify = subprocess.run(

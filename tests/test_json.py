@@ -482,7 +482,7 @@ def link(out: jsonout.Json) -> transport.Transport:
 @pytest.mark.parametrize("cut", [0, 5, 9, 10, 14, 25, 29])
 def test_a_failed_send_keeps_the_lines_not_sent_whole(monkeypatch: pytest.MonkeyPatch, cut: int) -> None:
     out = socket_output()
-    assert out.blocking  # the runner writes it from a worker thread
+    assert out.writes_block()  # the runner writes it from a worker thread
     monkeypatch.setattr(transport, "_peer_gone", lambda sock: False)
     entries = [b"line one\n", b"line two!\n", b"line three\n"]  # 9, 10, 11 bytes
     broken = Breaking(cut)

@@ -32,7 +32,7 @@ def test_hundred_rotations_under_traffic_lose_split_and_repeat_nothing(tmp_path)
             pytest.fail("CI=true but logrotate is missing", pytrace=False)
         pytest.skip("needs logrotate")
     shipped = (ROOT / "etc/logrotate.d/pylogd").read_text()
-    assert "copytruncate" not in shipped.split("#")[-1] and "systemctl reload pylogd.service" in shipped
+    assert "copytruncate" not in shipped.split("#")[-1] and "--signal=HUP pylogd.service" in shipped
     emu, out = tmp_path / "emu.log", tmp_path / "out.json"
     d = Daemon(
         tmp_path,

@@ -128,7 +128,7 @@ from pylogd.log import NOTICE
 from pylogd.loop import BacklogReader, EventLoop
 from pylogd.netlink import DEFAULT_RCVBUF, NLA, NLA_TYPE_MASK, NetlinkError, NetlinkSocket
 from pylogd.netlink_input import NetlinkInput, backlog_option, netns_option, rcvbuf_options
-from pylogd.plugin import Kind, PluginError, PluginSpec, int_option, key, str_option
+from pylogd.plugin import Feed, Kind, PluginError, PluginSpec, int_option, key, str_option
 
 #: the longest timer, in seconds: the loop's epoll timeout is a C int of milliseconds (24.8 days)
 MAX_TIMER = 24 * 86400
@@ -676,6 +676,16 @@ class Nfct(NetlinkInput):
             emit()
 
         return emit_flow
+
+    def refeed(self, feed: Feed) -> bool:
+        if self.sock is None:  # polling mode: no socket, the next dump writes to the new stacks
+            self.feed = feed
+            self._emit = self._make_emitter()
+            return True
+        return super().refeed(feed)
+
+    def _refed(self) -> None:
+        self._emit = self._make_emitter()
 
     def _make_reader(self) -> BacklogReader:
         sock = self.sock

@@ -279,6 +279,10 @@ class Nflog(NetlinkInput):
             record.pop()
         return record
 
+    def _refed(self) -> None:
+        assert self.sock is not None
+        self.sock.set_record(self._record())  # the keys the new stacks read
+
     def _make_reader(self) -> BacklogReader:
         sock = self.sock
         assert sock is not None

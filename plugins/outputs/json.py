@@ -807,8 +807,6 @@ class Json(FileOutput):
             if not o["file"]:
                 raise PluginError("file is empty", option="file")
             return
-        # a socket can block: its writes run in the runner's worker thread
-        self.blocking = True  # type: ignore[misc]
         check_address(self.mode, o["host"], o["port"], o["file"], path_option="file")
         if self.mode != "tls":
             for name, value in tls_arguments(o).items():
@@ -818,6 +816,9 @@ class Json(FileOutput):
         self.transport = open_transport(
             self.mode, host=o["host"], port=o["port"], path=o["file"], log=self.log, name=self.id, **tls_arguments(o)
         )
+
+    def writes_block(self) -> bool:
+        return self.mode != "file"  # a socket can block: its writes run in the runner's worker thread
 
     def statistics(self) -> dict[str, int]:
         return {} if self.transport is None else self.transport.statistics()

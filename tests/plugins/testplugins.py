@@ -84,6 +84,10 @@ class PipeIn(Input):
             emit()
         self.feed.flush()
 
+    def refeed(self, feed) -> bool:
+        self.feed = feed  # nothing is read ahead: each read is emitted and flushed at once
+        return True
+
     def statistics(self) -> dict[str, int]:
         return {"received": self.received}
 
