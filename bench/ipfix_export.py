@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flow_path import RULES, cpu_seconds, in_ns, send_flows, sh, status_kb  # bench/ is the script's directory
-from packet_path import daemon_command
+from packet_path import daemon_command, publish
 
 READY = {"ulogd": "entering main loop", "pylogd": "entering main loop"}
 MODES = {"event": "hash_enable=0\n", "hash": ""}
@@ -154,22 +154,14 @@ def main() -> int:
         subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     build = "pure Python" if os.environ.get("PYLOGD_PURE_PYTHON") else "compiled where built"
-    table = "\n".join(
-        [
-            f"### IPFIX export, {time.strftime('%Y-%m-%d')}, {args.flows} flows, {platform.machine()}, "
-            f"pylogd {build}, Python {sys.version.split()[0]}",
-            "",
-            "| NFCT mode | rate | ulogd µs/record | pylogd µs/record | ratio | ulogd loss (max) | pylogd loss (max) "
-            "| ulogd RSS MiB | pylogd RSS MiB |",
-            "|---|---|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
-    )
-    print(table)
-    if args.results:
-        with open(args.results, "a") as f:
-            f.write("\n" + table)
+    publish(
+        f"IPFIX export, {time.strftime('%Y-%m-%d')}, {args.flows} flows, {platform.machine()}, pylogd {build}, "
+        f"Python {sys.version.split()[0]}",
+        ["NFCT mode", "rate", "ulogd µs/record", "pylogd µs/record", "ratio", "ulogd loss (max)",
+         "pylogd loss (max)", "ulogd RSS MiB", "pylogd RSS MiB"],
+        rows,
+        args.results,
+    )  # fmt: skip
     return 0
 
 

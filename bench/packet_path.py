@@ -202,6 +202,16 @@ def make_namespace(ns: str, ports: tuple[int, ...]) -> None:
     sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=rules)
 
 
+def publish(title: str, columns: list[str], rows: list[str], results: str | None) -> None:
+    """Print a Markdown table of ``rows`` (already ``| a | b |`` lines) under ``title``, and append it
+    to the file ``results`` when one is named."""
+    table = "\n".join([f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *rows, ""])
+    print(table)
+    if results:
+        with open(results, "a") as f:
+            f.write("\n" + table)
+
+
 def daemon_command(daemon: str, conf: Path) -> list[str]:
     """ulogd, pylogd of this tree, or ``pylogd@DIR``: the pylogd of another tree (a variant being
     compared), installed in that tree's own ``.venv`` (``make run`` or ``make compiled`` there).

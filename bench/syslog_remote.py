@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from packet_path import GROUP, PORT, PROBE_PORT, SENDER, count_lines, cpu_seconds, daemon_command, sender
+from packet_path import GROUP, PORT, PROBE_PORT, SENDER, count_lines, cpu_seconds, daemon_command, publish, sender
 
 RSYSLOGD = "/usr/sbin/rsyslogd"
 STACK = "log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,print1:PRINTPKT,"
@@ -159,21 +159,13 @@ def main() -> int:
                 print(row, flush=True)
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    table = "\n".join(
-        [
-            f"### SYSLOG remote, {time.strftime('%Y-%m-%d')}, {args.packets} packets a run, {platform.machine()}, "
-            f"Python {sys.version.split()[0]}",
-            "",
-            "| output | rate asked | lines/s delivered | CPU µs/packet | loss (max) |",
-            "|---|---|---|---|---|",
-            *rows,
-            "",
-        ]
+    publish(
+        f"SYSLOG remote, {time.strftime('%Y-%m-%d')}, {args.packets} packets a run, {platform.machine()}, "
+        f"Python {sys.version.split()[0]}",
+        ["output", "rate asked", "lines/s delivered", "CPU µs/packet", "loss (max)"],
+        rows,
+        args.results,
     )
-    print(table)
-    if args.results:
-        with open(args.results, "a") as f:
-            f.write("\n" + table)
     return 0
 
 
