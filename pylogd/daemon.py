@@ -81,14 +81,7 @@ class Daemon:
                     feed = InputFeed(inst.plugin, [s for s in self.stacks if s.plan.instances[0] is inst])
                     inst.plugin.feed = feed
                     self.feeds.append(feed)
-                try:
-                    inst.plugin.start(self.loop)
-                except (PluginError, OSError) as exc:
-                    raise DaemonError(f"cannot start {inst.id} ({inst.spec.name}): {exc}") from None
-                except Exception as exc:  # a bug: named as one, its traceback kept for the log (pylogd.cli)
-                    raise DaemonError(
-                        f"cannot start {inst.id} ({inst.spec.name}): internal error: {type(exc).__name__}: {exc}"
-                    ) from exc
+                self._start_instance(inst)
                 self._started.append(inst)
 
     def run(self) -> None:
