@@ -84,7 +84,7 @@ import time
 from collections.abc import Callable
 
 from .log import ERROR, NOTICE, Logger
-from .plugin import Option, PluginError, path_option, str_option
+from .plugin import Option, Output, PluginError, path_option, str_option
 
 MODES = ("tcp", "udp", "unix")
 UNIX_PATH_MAX = 108  # sun_path, the terminating NUL included
@@ -883,6 +883,28 @@ def tls_context(*, ca_file: str = "", cert_file: str = "", key_file: str = "") -
 
 def _reason(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+
+
+class TransportOutput(Output):
+    """An output whose entries go out through one :class:`Transport` (``self.transport``, made by the
+    output's ``configure`` or ``start``): its writes, SIGHUP (a new connection), counters and stop."""
+
+    transport: Transport | None = None
+
+    def write(self, entries: list) -> None:
+        assert self.transport is not None
+        self.transport.send(entries)
+
+    def reopen(self) -> None:
+        if self.transport is not None:
+            self.transport.reopen()
+
+    def statistics(self) -> dict[str, int]:
+        return self.transport.statistics() if self.transport is not None else {}
+
+    def stop(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 def open_transport(

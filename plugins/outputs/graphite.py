@@ -28,11 +28,11 @@ from typing import Any, ClassVar
 
 from pylogd.keys import KeyType
 from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, key, str_option
-from pylogd.transport import Transport, check_address, open_transport
+from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, key, str_option
+from pylogd.transport import TransportOutput, check_address, open_transport
 
 
-class Graphite(Output):
+class Graphite(TransportOutput):
     spec = PluginSpec(
         name="GRAPHITE",
         kind=Kind.OUTPUT,
@@ -55,7 +55,6 @@ class Graphite(Output):
 
     def __init__(self, instance_id: str, options: dict[str, Any], log: Any) -> None:
         super().__init__(instance_id, options, log)
-        self.transport: Transport | None = None
 
     def configure(self) -> None:
         # ulogd declared both without a default and failed the start without them: here --check says so
@@ -89,18 +88,3 @@ class Graphite(Output):
             return text.encode("utf-8", "surrogateescape")
 
         return convert
-
-    def write(self, entries: list) -> None:
-        assert self.transport is not None
-        self.transport.send(entries)
-
-    def reopen(self) -> None:
-        if self.transport is not None:
-            self.transport.reopen()
-
-    def statistics(self) -> dict[str, int]:
-        return self.transport.statistics() if self.transport is not None else {}
-
-    def stop(self) -> None:
-        if self.transport is not None:
-            self.transport.close()

@@ -63,8 +63,15 @@ from typing import Any, ClassVar
 from pylogd.ipfix import CT_NEW, NAT_EVENTS, V9_VERSION, Exporter, FlowEncoder, Message
 from pylogd.keys import KeyType
 from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, int_option, key, str_option
-from pylogd.transport import Transport, check_address, open_transport, tls_arguments, tls_context, tls_options
+from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, key, str_option
+from pylogd.transport import (
+    TransportOutput,
+    check_address,
+    open_transport,
+    tls_arguments,
+    tls_context,
+    tls_options,
+)
 
 ICMP_PROTOCOLS = (1, 58)
 #: messages made and sent at a time
@@ -73,7 +80,7 @@ SEND_GROUP = 4
 PACE_SLACK = 0.01
 
 
-class Ipfix(Output):
+class Ipfix(TransportOutput):
     spec = PluginSpec(
         name="IPFIX",
         kind=Kind.OUTPUT,
@@ -160,7 +167,6 @@ class Ipfix(Output):
 
     def __init__(self, instance_id: str, options: dict[str, Any], log: Any) -> None:
         super().__init__(instance_id, options, log)
-        self.transport: Transport | None = None
         self.exporter: Exporter | None = None
         self.no_address = 0
         self._next_send = 0.0
@@ -331,17 +337,9 @@ class Ipfix(Output):
                 flows += message.flows
         return flows
 
-    def reopen(self) -> None:
-        if self.transport is not None:
-            self.transport.reopen()
-
     def statistics(self) -> dict[str, int]:
-        counts = self.transport.statistics() if self.transport is not None else {}
+        counts = super().statistics()
         if self.exporter is not None:
             counts.update(messages=self.exporter.messages_sent, flows=self.exporter.records_sent)
         counts["no_address"] = self.no_address
         return counts
-
-    def stop(self) -> None:
-        if self.transport is not None:
-            self.transport.close()

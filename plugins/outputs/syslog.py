@@ -77,9 +77,16 @@ from typing import Any
 from pylogd.keys import INTEGER_TYPES, Key, KeyType
 from pylogd.log import Logger
 from pylogd.loop import EventLoop
-from pylogd.plugin import Kind, Output, PluginError, PluginSpec, Slots, int_option, key, str_option
+from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, key, str_option
 from pylogd.relp import RelpTransport
-from pylogd.transport import Transport, check_address, open_transport, tls_arguments, tls_context, tls_options
+from pylogd.transport import (
+    TransportOutput,
+    check_address,
+    open_transport,
+    tls_arguments,
+    tls_context,
+    tls_options,
+)
 
 FACILITIES = {
     "LOG_DAEMON": syslog.LOG_DAEMON,
@@ -169,7 +176,7 @@ def _slot(slots: Slots, name: str) -> int | None:
         return None
 
 
-class Syslog(Output):
+class Syslog(TransportOutput):
     spec = PluginSpec(
         name="SYSLOG",
         kind=Kind.OUTPUT,
@@ -224,7 +231,6 @@ class Syslog(Output):
 
     def __init__(self, instance_id: str, options: dict[str, Any], log: Logger) -> None:
         super().__init__(instance_id, options, log)
-        self.transport: Transport | None = None
 
     def configure(self) -> None:
         o = self.options
@@ -373,7 +379,7 @@ class Syslog(Output):
 
     def write(self, entries: list) -> None:
         if self.transport is not None:
-            self.transport.send(entries)
+            super().write(entries)
             return
         send, pri = syslog.syslog, self.priority
         for line in entries:
@@ -383,14 +389,3 @@ class Syslog(Output):
                 # undecodable prefix bytes (surrogate escapes) or a NUL: send what can be sent
                 text = line.encode("utf-8", "surrogateescape").replace(b"\0", b"\\0")
                 send(pri, text.decode("utf-8", "replace"))
-
-    def reopen(self) -> None:
-        if self.transport is not None:
-            self.transport.reopen()
-
-    def statistics(self) -> dict[str, int]:
-        return self.transport.statistics() if self.transport is not None else {}
-
-    def stop(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
