@@ -407,11 +407,32 @@ class TcpForwarder:
         self._lock = threading.Lock()
         self._flowing = threading.Event()
         self._flowing.set()
+        self._hold_at: list[bytes] = []  # commands still to be seen, in order, before freezing
+        self._deliver_last = True
+        self._silent = False
+        self._epoch = 0  # thaw(drop=True) moves it on: a chunk held across that is dropped
+        self.held = threading.Event()
 
     def freeze(self) -> None:
         self._flowing.clear()
 
-    def thaw(self) -> None:
+    def freeze_after(self, *commands: bytes, deliver_last: bool = True) -> None:
+        """Freeze once a client has sent ``commands`` in that order: the last reaches the server (or, with
+        ``deliver_last`` false, waits with what follows); the server's answer waits too (a client killed
+        then dies at exactly that point)."""
+        self.held.clear()
+        self._hold_at = list(commands)
+        self._deliver_last = deliver_last
+
+    def drop_silently(self) -> None:
+        """From now on a client that goes leaves its server connection open, as a network that lost the
+        connection without a word does: the server's session lives on with whatever it held."""
+        self._silent = True
+
+    def thaw(self, drop: bool = False) -> None:
+        """Let bytes flow again; with ``drop``, what was held is lost (a network that lost it)."""
+        if drop:
+            self._epoch += 1
         self._flowing.set()
 
     def up(self) -> None:
@@ -450,17 +471,33 @@ class TcpForwarder:
             with self._lock:
                 self._conns += [client, server]
             for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(src, dst, src is client), daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        tail = b""  # the end of the last chunk: a command split between two reads is still seen
         try:
             while data := src.recv(65536):
+                seen, held = tail + data, False
+                while from_client and self._hold_at and self._hold_at[0] in seen:
+                    seen = seen[seen.index(self._hold_at.pop(0)) + 1 :]
+                    held = not self._hold_at
+                if held and not self._deliver_last:
+                    self._flowing.clear()
+                    self.held.set()
+                epoch = self._epoch
                 self._flowing.wait()
+                if epoch != self._epoch:
+                    continue
                 dst.sendall(data)
+                if held and self._deliver_last:
+                    self._flowing.clear()
+                    self.held.set()
+                tail = seen[-64:]
         except OSError:
             pass
         finally:
-            for s in (src, dst):
+            client = src if from_client else dst
+            for s in (src, dst) if not self._silent else (client,):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
 

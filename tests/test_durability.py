@@ -221,10 +221,21 @@ def test_seeded_kills_during_writing_and_write_back_write_every_event_once(db: D
         stop_if_running(d)
 
 
+#: where each of three kills lands in a write-back: the commands a batch has sent (the last reached the
+#: server, its answer and everything after it held back) when pylogd dies
+KILL_POINTS = {
+    "mysql": [(b"XA START", b"INSERT"), (b"XA PREPARE",), (b"XA COMMIT",)],
+    "pgsql": [(b"txid_current", b"COPY"), (b"txid_current",), (b"txid_current", b"COMMIT")],
+}
+
+
 def test_kill_9_during_the_write_back_writes_nothing_twice(db: Db, tmp_path: Path) -> None:
     """30,000 entries spooled while the database was away; it is back, and pylogd is killed (-9) three
-    times while it writes them back: each row once (before: the read position moved once per record, and
-    three kills wrote 8,000 to 12,000 rows again)."""
+    times while it writes them back, each time at a chosen point of a batch: rows sent, not committed; the
+    batch prepared (MariaDB's XA); the COMMIT applied by the server and its answer never read.  Each row
+    is written once (before: the read position moved once per record, and three kills wrote 8,000 to
+    12,000 rows again).  The forwarder holds the batch at that point, so a kill cannot come after the
+    whole spool was written (a test that waited for rows to appear and then killed could)."""
     d, _ = spool_daemon(db, tmp_path, "out7")
     start_then_cut(db, d)
     sent = 30_000
@@ -232,14 +243,54 @@ def test_kill_9_during_the_write_back_writes_nothing_twice(db: Db, tmp_path: Pat
     assert d.stop() == 0  # what waits goes to the spool at exit
     db.fwd.up()
     try:
-        for _ in range(3):
-            before = db.count()
+        for commands in KILL_POINTS[db.kind]:
+            db.fwd.freeze_after(*commands)
             d.start()
-            wait_for(lambda b=before: db.count() > b, timeout=30, what="the write-back under way")
+            assert db.fwd.held.wait(30), f"no batch reached {commands[-1]!r}"
             kill9(d)
+            db.fwd.thaw()
+            assert db.count() < sent  # the kill came during the write-back
         d.start()
         finish(d, db, sent)
     finally:
+        db.fwd.thaw()
+        stop_if_running(d)
+
+
+def test_a_batch_in_doubt_whose_session_outlived_pylogd_is_written_once(db: Db, tmp_path: Path) -> None:
+    """pylogd is killed with a batch at its COMMIT (MariaDB: prepared; PostgreSQL: the COMMIT not yet
+    arrived) and the network keeps the server's end of the connection open, so the session lives on
+    holding the batch.  The next start ends that session first, then settles the batch: each row once.
+    Before, the record on disk did not name the session: MariaDB refused to commit a branch a live
+    session holds (XAER_NOTA) and the batch was written twice; PostgreSQL answered "in progress" at
+    every try and the rows behind waited for as long as the server kept the session (hours)."""
+    d, _ = spool_daemon(db, tmp_path, "out8")
+    start_then_cut(db, d)
+    sent = 10_000
+    d.send(range(1, sent + 1))
+    assert d.stop() == 0
+    db.fwd.up()
+    if db.kind == "mysql":
+        db.fwd.freeze_after(b"XA PREPARE")
+    else:
+        db.fwd.freeze_after(b"txid_current", b"COMMIT", deliver_last=False)
+    db.fwd.drop_silently()
+    try:
+        d.start()
+        assert db.fwd.held.wait(30), "no batch reached its COMMIT"
+        kill9(d)
+        db.fwd.thaw(drop=True)
+        d.start()
+        finish(d, db, sent)
+        assert "ending it" in read_text(d.log) or db.kind == "mysql"
+        # the old session's connection ends at last: nothing it held may come back as rows (a prepared
+        # branch the settle left to it would be committed by the next start's write)
+        db.fwd.down()
+        d.start()
+        d.send([sent + 1])
+        finish(d, db, sent + 1)
+    finally:
+        db.fwd.thaw()
         stop_if_running(d)
 
 

@@ -318,11 +318,15 @@ class Mysql(SqlOutput):
         xid = self._xa[0]
         cur.execute("XA END %s", (xid,))
         # on disk (with a spool) before PREPARE and again after it: a later start that finds the branch
-        # neither prepared nor pending knows by the flag whether it was committed or rolled back
-        self.save_state({"xid": xid, "prepared": False, **self._batch})
+        # neither prepared nor pending knows by the flag whether it was committed or rolled back; and by
+        # the session, which it ends first, that the branch is not still attached to it (the server
+        # refuses to commit a branch a live session holds, and a network that dropped the connection
+        # silently leaves that session for hours)
+        record = {"xid": xid, "thread": self._thread_id, **self._batch}
+        self.save_state({**record, "prepared": False})
         cur.execute("XA PREPARE %s", (xid,))
         self._xa[1] = True
-        self.save_state({"xid": xid, "prepared": True, **self._batch})
+        self.save_state({**record, "prepared": True})
         cur.execute("XA COMMIT %s", (xid,))
         self._xa = None
 
@@ -377,7 +381,7 @@ class Mysql(SqlOutput):
                         # the next settle must not take "not pending" for "never prepared"; and it
                         # ends this session first, should the COMMIT still be on its way
                         record.update(prepared=True, thread=cur.connection.thread_id())
-                        self.save_state({k: v for k, v in record.items() if k != "thread"})
+                        self.save_state(record)
                         cur.execute("XA COMMIT %s", (xid,))
                         committed = True
                     else:
@@ -401,6 +405,9 @@ class Mysql(SqlOutput):
             return f"xid is {xid!r}"
         if not isinstance(record.get("prepared"), bool):
             return "prepared is not true or false"
+        thread = record.get("thread", 0)
+        if type(thread) is not int or thread < 0:
+            return f"thread is {thread!r}"
         return super().doubt_problem(record)
 
     def _end_session(self, cur: Any, thread: int) -> None:

@@ -305,7 +305,9 @@ class Pgsql(SqlOutput):
         self._backend = conn.info.backend_pid
 
     def commit(self, conn: Any, cur: Any) -> None:
-        self.save_state({"txid": self._xid, **self._batch})
+        # the backend too: a later start ends it should it still hold the transaction (a network that
+        # dropped the connection silently leaves it open for hours, and the rows behind would wait)
+        self.save_state({"txid": self._xid, "backend": self._backend, **self._batch})
         conn.commit()
         self._xid = None
 
@@ -373,6 +375,9 @@ class Pgsql(SqlOutput):
         txid = record.get("txid") if isinstance(record, dict) else None
         if type(txid) is not int or txid < 0:
             return f"txid is {txid!r}"
+        backend = record.get("backend", 0)
+        if type(backend) is not int or backend < 0:
+            return f"backend is {backend!r}"
         return super().doubt_problem(record)
 
     # -- a server that stops answering ----------------------------------------------------------------
