@@ -67,6 +67,7 @@ from .keys import Key, KeyFlag, KeyType
 if TYPE_CHECKING:
     from .log import Logger
     from .loop import EventLoop
+    from .stack import StackPlan
 
 #: A filter handler returns STOP to end the event quietly (ulogd's ULOGD_IRET_STOP).
 STOP = object()
@@ -272,6 +273,16 @@ class Output(Plugin):
         """Return the per-event callable for one stack: it turns the record into an entry
         (whatever ``write`` wants: a line, a row) or returns None to write nothing."""
         raise NotImplementedError
+
+    def fused(self, plan: StackPlan) -> Callable[[Sequence], Any] | None:
+        """A way from the input's keys straight to the entry for the stack ``plan``
+        (:class:`pylogd.stack.StackPlan`), or None.  Where the stack's filters make nothing this output
+        could not make more cheaply from the input's keys (PCAP needs of BASE only a length, which it
+        reads from the packet), the stack runs no filter and no :meth:`handler`: the callable gets a
+        sequence whose input keys are at their slots and returns the entry the filters and handler
+        would have made, or None.  Called after :meth:`handler`; the tests hold the two ways to each
+        other."""
+        return None
 
     def write(self, entries: list) -> None:
         """Write a batch of entries, with one of three outcomes:

@@ -402,12 +402,15 @@ class Stack:
         output = members[-1].plugin
         assert isinstance(output, Output)
         self.convert = output.handler(plan.slots[-1])
+        self.fused = output.fused(plan)
         if runner is None:
             runner = OutputRunner(output, self.name, log, *output.backlog_limits(), spool=spool)
         self.runner = runner
         self.run = self._make_run()
 
     def _make_run(self) -> Callable[..., None]:
+        if self.fused is not None:
+            return self._make_fused_run(self.fused)
         values = self.values
         blank = [None] * len(values)
         filters = tuple(self.filters)
@@ -445,6 +448,40 @@ class Stack:
         self._events = count
         return run
 
+    def _make_fused_run(self, fused: Callable[[Sequence], Any]) -> Callable[..., None]:
+        """run() for an output that makes its entry from the input's keys (:meth:`Output.fused`): no
+        filter runs, and keys handed over are not copied into the record."""
+        values = self.values
+        blank = [None] * len(values)
+        append = self.runner.batch.append
+        stack = self
+        events = 0
+
+        def run(keys: Sequence | None = None) -> None:
+            nonlocal events
+            events += 1
+            try:
+                entry = fused(values if keys is None else keys)
+                if entry is not None:
+                    append(entry)
+            except Exception as exc:
+                stack.errors += 1
+                stack.log.every(
+                    10, ERROR, "event", f"stack {stack.name}: {stack._culprit(exc)} failed on an event: {exc!r}"
+                )
+            if keys is None:
+                values[:] = blank
+
+        def count() -> int:
+            return events
+
+        self._events = count
+        return run
+
+    def reads(self) -> set[int]:
+        """The slots something of this stack reads: its output's alone when no filter runs."""
+        return self.plan.slots[-1].read() if self.fused is not None else self.plan.reads()
+
     @property
     def events(self) -> int:
         return self._events()
@@ -479,7 +516,7 @@ class InputFeed(Feed):
         self.values = stacks[0].values
         self._slots = {k.name: i for i, k in enumerate(inp.spec.outputs)}
         # the input's keys are at the same slots in every stack it feeds
-        self._read = set().union(*(s.plan.reads() for s in stacks))
+        self._read = set().union(*(s.reads() for s in stacks))
         runners = [s.runner for s in stacks]
         self.emit, self.emit_keys = self._make_emits()
 

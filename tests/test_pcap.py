@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from conftest import PYLOGD, ROOT
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pylogd.plugins.outputs import pcap as pcapout
 from pylogd.plugins.outputs.pcap import Pcap
 from scapy.layers.inet import IP, TCP, UDP
@@ -26,8 +28,11 @@ from scapy.utils import rdpcap, wrpcap
 from test_compat_ulogd import pair, run_both_on_corpus, wait_equal_and_quiet  # noqa: F401  (pair: a fixture)
 from test_pcapfile import pcap
 
+from pylogd.config import parse_ini
 from pylogd.log import Logger
 from pylogd.plugin import PluginError, Slots
+from pylogd.registry import Registry
+from pylogd.stack import Stack, build
 
 ULOGD = "/usr/sbin/ulogd"
 #: the global header ulogd 2.0.8 wrote in the reference's live run (ulogd-2.0.8.md 9.6), on a UTC host
@@ -295,3 +300,65 @@ def test_same_packets_same_pcap_records(pair, tmp_path: Path) -> None:  # noqa: 
     assert len(rdpcap(str(files[1]))) == len(p_records)
     res = subprocess.run(["tcpdump", "-nn", "-r", str(files[1])], capture_output=True, text=True, check=True)
     assert len(res.stdout.splitlines()) == len(p_records)
+
+
+# ------------------------------------------------------------------------------------------------
+# ulogd's stack NFLOG→BASE→PCAP runs no filter: its entry comes straight from NFLOG's keys
+
+
+def stack_of(text: str, tmp_path: Path) -> Stack:
+    raw = parse_ini("test.conf", f'[global]\nstack={text}\n[pcap1]\nfile="{tmp_path / "x.pcap"}"\n[log1]\n')
+    return Stack(build(raw, Registry(), Logger).stacks[0], Logger("core"))
+
+
+def generic_entry(stack: Stack, keys: list) -> Any:
+    """What the filters and PCAP's handler make of an event with the input's ``keys``."""
+    values = [None] * stack.plan.size
+    values[: len(keys)] = keys
+    for handler in stack.filters:
+        handler(values)
+    return stack.convert(values)
+
+
+def test_the_example_stack_is_fused_and_others_are_not(tmp_path: Path) -> None:
+    assert stack_of("log1:NFLOG,base1:BASE,pcap1:PCAP", tmp_path).fused is not None
+    # a filter PCAP cannot stand in for: the stack runs as built
+    assert stack_of("log1:NFLOG,base1:BASE,ip2str1:IP2STR,pcap1:PCAP", tmp_path).fused is None
+    assert stack_of("log1:NFLOG,base1:BASE,mark1:MARK,pcap1:PCAP", tmp_path).fused is None
+
+
+FAMILIES = st.sampled_from([None, 0, 2, 3, 7, 10])
+IPV4_START = st.builds(lambda rest: bytes([0x45, 0]) + rest, st.binary(max_size=80))
+IPV6_START = st.builds(lambda rest: bytes([0x60]) + rest, st.binary(max_size=120))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    pkt=st.one_of(st.none(), st.binary(max_size=100), IPV4_START, IPV6_START),
+    family=FAMILIES,
+    pktlen=st.one_of(st.none(), st.integers(0, 200)),
+    sec=st.one_of(st.none(), st.integers(0, 2**32 - 1)),
+    usec=st.integers(0, 999_999),
+    protocol=st.sampled_from([None, 0x0800, 0x86DD, 0x0806]),
+)
+def test_the_fused_entry_is_the_one_base_and_the_handler_make(
+    tmp_path: Path, pkt: bytes | None, family: int | None, pktlen: int | None, sec: int | None, usec: int, protocol
+) -> None:
+    stack = stack_of("log1:NFLOG,base1:BASE,pcap1:PCAP", tmp_path)
+    slot = {k.name: i for i, k in enumerate(stack.plan.instances[0].spec.outputs)}
+    keys: list = [None] * len(slot)
+    given_keys = {
+        "raw.pkt": None if pkt is None else memoryview(pkt),
+        "raw.pktlen": pktlen,
+        "oob.family": family,
+        "oob.protocol": protocol,
+        "oob.time.sec": sec,
+        "oob.time.usec": None if sec is None else usec,
+    }
+    for name, value in given_keys.items():
+        keys[slot[name]] = value
+    assert stack.fused is not None
+    fused, generic = stack.fused(keys), generic_entry(stack, keys)
+    if sec is None and fused is not None:  # the current time: equal but for the clock's tick
+        fused, generic = fused[8:], generic[8:]
+    assert fused == generic
