@@ -61,7 +61,11 @@ def write_conf(tmp: Path, stack3: str, cap3_file: str, broken: bool = False) -> 
     lines = "\n".join(f"stack={s}" for s in stacks)
     conf.write_text(
         f'[global]\nlogfile="{tmp}/pylogd.log"\nloglevel=3\nplugin="{TEST_PLUGINS}"\n{lines}\n'
-        f"[log1]\ngroup={G1}\n[log2]\ngroup={G2}\n"
+        # log2 feeds the stack that changes: each packet comes alone (qthreshold 1), so each version of
+        # the stack gets the packets of its own ~20 ms.  With the kernel's batches of 100 (one every
+        # 100 ms at RATE) and reloads at a steady pace, every batch could land in the same version's
+        # turn, and the other version wrote nothing (seen in 2 runs of 60)
+        f"[log1]\ngroup={G1}\n[log2]\ngroup={G2}\nnetlink_qthreshold=1\n"
         f'[cap1]\nfile="{tmp}/cap1.json"\n[cap2]\nfile="{tmp}/cap2.json"\n[cap3]\nfile="{tmp}/{cap3_file}"\n'
     )
     return conf
