@@ -32,6 +32,7 @@ from sqlkit import (
     expected_row,
     frozen,
     need_ulogd,
+    pg_admin,
     pg_backends,
     pg_kill,
     pg_schema_fixture,  # noqa: F401  (the fixture pg_schema)
@@ -43,6 +44,7 @@ from sqlkit import (
 )
 from test_compat_ulogd import pair  # noqa: F401  (pair: a fixture)
 
+from pylogd.log import Logger
 from pylogd.plugin import PluginError
 
 psycopg = pytest.importorskip("psycopg")
@@ -452,7 +454,7 @@ def test_a_function_takes_a_batch_in_one_statement_in_order_and_refuses_only_its
     s = SqlStack("in1:PIPEIN,pg1:PGSQL", section)
     entries = [s.entry({"test.n": n, "test.text": f"r{n}"}) for n in range(1, 12001)]
     rejected, left = s.write(entries)
-    assert s.plugin._unnest == "SELECT count(add_fn(a0, a1)) FROM unnest(%s::integer[], %s::text[]) AS u(a0, a1)"
+    assert s.plugin._staged is not None and s.plugin._staged[2].startswith("SELECT count(add_fn(a0, a1)) FROM")
     assert left == [] and [e[1] for e in rejected] == [n for n in range(1, 12001) if n % 1000 == 777]
     assert pg_schema.rows("SELECT test_n, test_text FROM t ORDER BY _id") == [
         (n, f"r{n}") for n in range(1, 12001) if n % 1000 != 777
@@ -460,12 +462,51 @@ def test_a_function_takes_a_batch_in_one_statement_in_order_and_refuses_only_its
     s.stop()
 
 
+def pg_connect(db: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(host=PG_SOCKET_DIR, user="postgres", dbname=db, autocommit=True)
+
+
+def test_a_role_that_may_not_make_temporary_tables_calls_the_function_row_by_row(logged: Any) -> None:
+    """A batch goes through a temporary table; a role without TEMPORARY on its database (revoked from
+    PUBLIC) gets every row written all the same, one call each, and one line says so."""
+    lines, sink = logged
+    admin = pg_admin()
+    db, role = f"pylogd_notemp_{os.getpid()}", "pylogd_notemp"
+    admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    admin.execute(f"CREATE DATABASE {db}")
+    if not admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchall():
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        admin.execute(f"REVOKE TEMPORARY ON DATABASE {db} FROM PUBLIC")
+        with pg_connect(db) as conn:
+            conn.execute(PROCEDURES + f"GRANT ALL ON t, t__id_seq TO {role};")
+        section = (
+            f'[pg1]\ndb="{db}"\nuser="{role}"\nhost=""\ntable="t"\nprocedure="add_fn"\n'
+            '[in1]\npath="/nonexistent/fifo"\n'
+        )
+        s = SqlStack("in1:PIPEIN,pg1:PGSQL", section, start=False)
+        s.plugin.log = Logger("pg1", sink)
+        s.start()
+        for first in (1, 101):
+            batch = [s.entry({"test.n": n, "test.text": f"r{n}"}) for n in range(first, first + 100)]
+            assert s.write(batch) == ([], [])
+        s.stop()
+        with pg_connect(db) as conn:
+            assert conn.execute("SELECT test_n FROM t ORDER BY _id").fetchall() == [(n,) for n in range(1, 201)]
+        assert sum("no TEMPORARY privilege on the database: calling the function row by row" in x for x in lines) == 1
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        admin.close()
+
+
 def test_an_overloaded_function_is_called_row_by_row(pg_schema: PgSchema) -> None:
     pg_schema.load(PROCEDURES + "CREATE FUNCTION add_fn(n integer) RETURNS integer LANGUAGE SQL AS $$ SELECT 0 $$;")
     section = pg_schema.section("pg1", host="", table="t", procedure="add_fn") + '[in1]\npath="/nonexistent/fifo"\n'
     s = SqlStack("in1:PIPEIN,pg1:PGSQL", section)
     assert s.write([s.entry({"test.n": n, "test.text": f"r{n}"}) for n in range(1, 101)]) == ([], [])
-    assert s.plugin._unnest == ""
+    assert s.plugin._staged is None
     assert pg_schema.rows("SELECT test_n FROM t ORDER BY _id") == [(n,) for n in range(1, 101)]
     s.stop()
 
