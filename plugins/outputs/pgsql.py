@@ -26,8 +26,9 @@ variable ``PYLOGD_<ID>_PASS`` (the instance id in capitals, other characters as 
 Rows are written from a worker thread in batches (up to 5000 rows), one transaction each, the values
 bound as parameters. With ``procedure="INSERT"`` into a table (not a view) each batch goes by COPY,
 which takes a third of the time and a tenth of the CPU; a function (ulogd's INSERT_PACKET_FULL)
-takes a batch as one prepared statement, ``SELECT count(f(a0, ...)) FROM unnest($1::type[], ...)``,
-one array per argument, so the server calls it on every row in order without a round trip per row.
+takes a batch by COPY into a temporary table of its argument types (``pg_temp.pylogd_batch_*``,
+emptied at each commit), then one statement calls it on every row in order, without a round trip per
+row (a role refused TEMPORARY on the database gets one call per row).
 The server need not be up at start; while it is away (stopped, restarted, connections killed) rows
 wait (in memory, ``backlog_memcap`` bytes if set, or in ``[global] spool_dir``) and are written once,
 in order, after reconnecting with back-off. A transaction whose COMMIT was cut off is looked up by its
