@@ -45,11 +45,41 @@ def plugin_classes(module: ModuleType) -> list[type[Plugin]]:
 
 
 class Registry:
+    """Built-in plugins are imported when a stack names them: a daemon runs with the modules of its own
+    stacks only (each plugin module is ``<package>.<name in lower case>``), not with every output's
+    libraries (TLS, SQLite, the database drivers) resident; listing them all imports every one."""
+
     def __init__(self) -> None:
         self._builtins: dict[str, type[Plugin]] | None = None
+        self._imported: dict[str, type[Plugin] | None] = {}  # built-ins imported by name
         self.loaded: dict[str, type[Plugin]] = {}
         #: ulogd plugin files named in plugin= lines that pylogd has no built-in for
         self.unavailable: dict[str, Loc] = {}
+
+    def builtin(self, name: str) -> type[Plugin] | None:
+        """The built-in plugin ``name``, importing its module only."""
+        if self._builtins is not None:
+            return self._builtins.get(name)
+        if name not in self._imported:
+            self._imported[name] = None
+            if re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+                for package_name in BUILTIN_PACKAGES:
+                    module_name = f"{package_name}.{name.lower()}"
+                    if importlib.util.find_spec(module_name) is None:
+                        continue
+                    found = [c for c in plugin_classes(importlib.import_module(module_name)) if c.spec.name == name]
+                    if found:
+                        self._imported[name] = found[0]
+                        break
+        return self._imported[name]
+
+    def has_builtin(self, name: str) -> bool:
+        """Whether a built-in plugin ``name`` exists, importing nothing."""
+        if self._builtins is not None or name in self._imported:
+            return self.builtin(name) is not None
+        return re.fullmatch(r"[A-Z][A-Z0-9_]*", name) is not None and any(
+            importlib.util.find_spec(f"{package_name}.{name.lower()}") is not None for package_name in BUILTIN_PACKAGES
+        )
 
     def builtins(self) -> dict[str, type[Plugin]]:
         if self._builtins is None:
@@ -67,7 +97,7 @@ class Registry:
         return sorted({*self.builtins(), *self.loaded})
 
     def get(self, name: str) -> type[Plugin] | None:
-        return self.loaded.get(name) or self.builtins().get(name)
+        return self.loaded.get(name) or self.builtin(name)
 
     def require(self, name: str, loc: Loc | None) -> type[Plugin]:
         cls = self.get(name)
@@ -96,16 +126,20 @@ class Registry:
             )
         raise ConfigError(loc, f'unknown plugin "{shown}"', choices_hint(name, self.names(), "available plugins"))
 
-    def load(self, value: str, loc: Loc | None = None) -> list[type[Plugin]]:
-        """Handle one plugin= value. Returns the classes it provides."""
+    def load(self, value: str, loc: Loc | None = None, lazy: bool = False) -> list[type[Plugin]]:
+        """Handle one plugin= value. Returns the classes it provides (with ``lazy``, a ulogd .so path
+        imports nothing and returns [])."""
         so = _ULOGD_SO.search(value)
         if so:
             name = so.group(1)
-            cls = self.builtins().get(name)
-            if cls is None:
+            # ulogd.conf names every plugin it may use: a built-in is imported once a stack names it
+            if not self.has_builtin(name):
                 self.unavailable[name] = loc or Loc("-", 0)
                 return []
-            return [cls]
+            if lazy:
+                return []
+            cls = self.builtin(name)
+            return [cls] if cls is not None else []
         module = self._import(value, loc)
         classes = plugin_classes(module)
         if not classes:
@@ -114,7 +148,7 @@ class Registry:
             )
         for cls in classes:
             name = cls.spec.name
-            if name in self.builtins() or (name in self.loaded and self.loaded[name] is not cls):
+            if self.has_builtin(name) or (name in self.loaded and self.loaded[name] is not cls):
                 raise ConfigError(
                     loc, f'plugin "{clip(name)}" from {clip(value)} is already registered', "give it another name"
                 )

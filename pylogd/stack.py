@@ -177,7 +177,7 @@ def _build(raw: RawConfig, registry: Registry, log_factory: Callable[[str], Logg
     options, _ = section_options(GLOBAL_OPTIONS, global_section, "[global]", multi=frozenset({"plugin", "stack"}))
     plugin_entries = [e for e in global_section.entries if e.key == "plugin"]
     for entry in plugin_entries:
-        registry.load(entry.value, entry.loc)
+        registry.load(entry.value, entry.loc, lazy=True)
     stack_entries = [e for e in global_section.entries if e.key == "stack"]
     if not stack_entries:
         raise ConfigError(global_section.loc, "no stack= line in [global]", "add e.g. stack=log1:NFLOG,base1:BASE,...")
