@@ -75,20 +75,49 @@ test: test-deps lint compiled
 	echo "make test: compiled build $$compiled; pure-Python build $$pure; oldest build dependencies $$oldest"; \
 	[ $$compiled$$pure$$oldest = passedpassedpassed ]
 
-# The oldest build dependencies allowed, in a venv and a copy of the tree of their own under build/ (.venv keeps
-# the newest): every hot module compiles and loads (tests/test_compiled.py) and the default config checks.
+# The oldest version of every other dependency pyproject.toml's [project] allows (the ">=" end of the runtime one,
+# the extras' and the test tools'; ruff, pinned to one version, and the build dependencies left to build_pins), as
+# pins for pip; systemd-python only where it builds (libsystemd-dev, which scripts/test-deps installs)
+oldest_dependency_pins = $(shell $(PYTHON) -c 'import re, shutil, subprocess, tomllib; \
+	toml = tomllib.load(open("pyproject.toml", "rb")); project = toml["project"]; \
+	name = lambda r: re.match(r"[\w.-]+", r).group().lower(); \
+	build = {name(r) for r in toml["build-system"]["requires"]}; \
+	systemd = bool(shutil.which("pkg-config")) and subprocess.run(["pkg-config", "--exists", "libsystemd"]).returncode == 0; \
+	requires = project["dependencies"] + sum(project["optional-dependencies"].values(), []); \
+	pins = {re.sub(r"^([\w.\[\]-]+).*>=([^,]+).*$$", r"\1==\2", r) for r in requires \
+		if ">=" in r and name(r) not in build and (systemd or name(r) != "systemd-python")}; \
+	print(" ".join(sorted(f"\x27{p}\x27" for p in pins)))')
+
+# Quick tests (seconds each) of what the oldest runtime and test dependencies do: the PGSQL and MYSQL outputs against
+# the real PostgreSQL and MariaDB (psycopg, PyMySQL), YAML configs (PyYAML), sd_notify (systemd-python), BASE and
+# the conntrack decoder against scapy and pyroute2 (pytest and hypothesis run them all)
+OLDEST_TESTS = tests/test_config_errors.py tests/test_config_stack.py tests/test_notify.py \
+	tests/test_base.py tests/test_nfct_decode.py tests/test_ifindex.py::test_parse_links_reads_what_pyroute2_encodes \
+	$(addprefix tests/test_pgsql.py::test_,shipped_schema_takes_packets_through_insert_packet_full \
+		connstring_replaces_db_host_and_user flat_schema_takes_rows_through_insert \
+		a_refused_row_is_set_aside_and_the_rows_behind_it_written a_cut_off_commit_is_settled_by_its_transaction_id \
+		every_procedure_form_writes_the_rows sighup_reconnects_and_the_password_comes_from_a_file \
+		a_function_takes_a_batch_in_one_statement_in_order_and_refuses_only_its_bad_rows) \
+	$(addprefix tests/test_mysql.py::test_,shipped_schema_takes_packets_through_insert_packet_full \
+		flat_schema_takes_rows_through_insert a_refused_row_is_set_aside_and_the_rows_behind_it_written \
+		a_cut_off_commit_is_settled_by_xa_recover every_procedure_form_writes_the_rows \
+		text_is_written_as_the_driver_escapes_it sighup_reconnects)
+
+# The oldest dependencies allowed, in a venv and a copy of the tree of their own under build/ (.venv keeps the
+# newest): every hot module compiles with the oldest build dependencies and loads (tests/test_compiled.py), the
+# default config checks, and OLDEST_TESTS pass with the oldest runtime and test dependencies.
 # Kept between runs, so that only what changed is compiled again.
 OLDEST ?= build/oldest
 OLDEST_VENV = $(abspath $(OLDEST))/venv
 test-build-oldest:
 	scripts/ensure-venv $(PYTHON) $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/pip install -q $(call build_pins,>) pytest hypothesis
+	$(OLDEST_VENV)/bin/pip install -q $(call build_pins,>) $(oldest_dependency_pins)
 	mkdir -p $(OLDEST)/src
 	tar -c --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.so' --exclude=__pycache__ \
 		--exclude='*.egg-info' --exclude='./.*cache' --exclude=./.hypothesis --exclude=./var . | tar -x -C $(OLDEST)/src
 	cd $(OLDEST)/src && PYLOGD_NO_EXTENSIONS=1 $(OLDEST_VENV)/bin/pip install -q --no-build-isolation -e .
 	cd $(OLDEST)/src && $(OLDEST_VENV)/bin/python setup.py -q build_ext --inplace
-	cd $(OLDEST)/src && $(OLDEST_VENV)/bin/python -m pytest -q tests/test_compiled.py
+	cd $(OLDEST)/src && $(OLDEST_VENV)/bin/python -m pytest -q tests/test_compiled.py $(OLDEST_TESTS)
 	cd $(OLDEST)/src && $(OLDEST_VENV)/bin/pylogd --check -c etc/pylogd.conf >/dev/null
 
 bench: $(VENV)/.dev

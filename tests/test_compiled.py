@@ -141,6 +141,37 @@ def test_every_build_dependency_is_pinned_to_both_ends_of_the_range_tested():
             assert pin in plan.stdout, f"make {target} does not install {pin}:\n{plan.stdout}"
 
 
+def test_every_dependency_is_pinned_to_the_range_tested_and_its_oldest_end_is_installed_by_test_build_oldest():
+    from packaging.version import Version
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        project_table = tomllib.load(f)["project"]
+    extras = project_table["optional-dependencies"].values()
+    requires = project_table["dependencies"] + [requirement for extra in extras for requirement in extra]
+    named: dict[str, str] = {}
+    for requirement in requires:
+        # one project, one range (the dev extras repeat the runtime extras)
+        assert named.setdefault(project(requirement).lower(), requirement) == requirement, requirement
+    assert set(named) >= {"pyyaml", "psycopg", "pymysql", "systemd-python", "pytest", "hypothesis", "scapy", "pyroute2"}
+    ranges = {name: r for name, r in named.items() if "==" not in r}  # ruff is pinned to one version
+    for requirement in ranges.values():
+        oldest, newest = range_ends(requirement)
+        assert Version(oldest) <= Version(newest), requirement
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    plan = subprocess.run(
+        ["make", "-n", "test-build-oldest"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    )
+    pkg_config = shutil.which("pkg-config")
+    builds_systemd = pkg_config and subprocess.run([pkg_config, "--exists", "libsystemd"], timeout=60).returncode == 0
+    for name, requirement in ranges.items():
+        if name in build_requires() or (name == "systemd-python" and not builds_systemd):
+            continue  # the build dependencies: the test above
+        with_extras = re.match(r"[\w.\[\]-]+", requirement).group()  # type: ignore[union-attr]
+        pin = f"{with_extras}=={range_ends(requirement)[0]}"
+        assert pin in plan.stdout, f"make test-build-oldest does not install {pin}:\n{plan.stdout}"
+
+
 def test_the_installed_cython_is_in_the_range_tested():
     cython = pytest.importorskip("Cython", reason="the dev extras install Cython")
     from packaging.requirements import Requirement
