@@ -1,6 +1,6 @@
 # `make run`: build .venv and run the daemon in the foreground on etc/pylogd.conf (needs root for netlink).
 # `make test`: the whole suite (lint, format check, pytest on the compiled build and on the Python source, the
-#   oldest allowed build dependencies). CI runs it through .ci/run with CI=true.
+#   oldest allowed dependencies: build tools, drivers, test tools). CI runs it through .ci/run with CI=true.
 # `make install`: pylogd in its own virtual environment (PREFIX), the systemd unit, /etc/pylogd.conf unless
 #   one exists, logrotate, the service user; DESTDIR stages it all elsewhere (packaging, tests).
 # `make uninstall`: removes what install added; logs, state and /etc/pylogd.conf stay.
@@ -72,7 +72,7 @@ test: test-deps lint compiled
 	PYLOGD_PURE_PYTHON=1 $(VENV)/bin/python -m pytest $(PYTEST_ARGS) || pure=FAILED; \
 	echo "make test: the build with the oldest dependencies allowed (make test-build-oldest)"; \
 	$(SUBMAKE) test-build-oldest || oldest=FAILED; \
-	echo "make test: compiled build $$compiled; pure-Python build $$pure; oldest build dependencies $$oldest"; \
+	echo "make test: compiled build $$compiled; pure-Python build $$pure; oldest allowed dependencies $$oldest"; \
 	[ $$compiled$$pure$$oldest = passedpassedpassed ]
 
 # The oldest version of every other dependency pyproject.toml's [project] allows (the ">=" end of the runtime one,
