@@ -1,12 +1,23 @@
-"""ulogd 2.0.8 and pylogd on the same conntrack traffic, in turn, in a throwaway namespace.
+"""ulogd 2.0.8 and both builds of pylogd on the same conntrack traffic, in turn, in a throwaway namespace.
 
-    sudo .venv/bin/python bench/flow_path.py [--flows N] [--rates 5000,10000,0] [--repeat 3]
-                                             [--buffers default,example,kernel,large] [--also TREE]
-                                             [--live 100000] [--sustained SECONDS] [--results bench/RESULTS.md]
+    sudo .venv/bin/python bench/flow_path.py [--flows N] [--rates 5000,10000,0] [--modes event,hash]
+        [--repeat 3] [--buffers default,example,kernel,large] [--builds ulogd,compiled,pure |
+        --only pylogd|ulogd|pure] [--also TREE] [--live 100000] [--sustained SECONDS]
+        [--results bench/RESULTS.md]
+
+Rerun the tables of bench/RESULTS.md: ``sudo .venv/bin/python bench/flow_path.py --results
+bench/RESULTS.md`` (after ``make compiled``); a quick look: ``--flows 1000 --rates 0 --modes event
+--repeat 1 --live 0``.
+
+The daemons, by default in turn per case and repeat: ulogd, pylogd's compiled build (the Cython
+modules ``make compiled`` builds in place; refused if ``pylogd -V`` does not say all the hot modules
+are compiled) and its pure-Python build (the same program with ``PYLOGD_PURE_PYTHON=1``), each row
+labelled with its build; ``--builds`` (or ``--only``) runs fewer.  Each table has the peak RSS
+(VmHWM) beside the CPU, and each pylogd build's CPU ratio against ulogd in the same run.
 
 Events: per mode (event: ``hash_enable=0``; hash: the default) and per rate, each daemon runs
 ``ct1:NFCT,ip2str1:IP2STR,print1:PRINTFLOW,emu1:LOGEMU`` (sync=0, the same unmodified config for
-both) pinned to CPU 1, while a sender on CPU 0 creates N one-datagram UDP flows at the rate (0: as
+all) pinned to CPU 1, while a sender on CPU 0 creates N one-datagram UDP flows at the rate (0: as
 fast as it can; bench/blast.c's sendmmsg batches when gcc is there), each a NEW event.  Buffers
 (``--buffers``): ``default`` names none (what most ulogd.conf files have), ``example`` the sizes of
 ulogd's example config (217088, growing to 1085440), ``kernel`` the kernel's default for both
@@ -16,18 +27,19 @@ to 32 MiB.  Then
 meets (a flush, or the garbage collector reaping a wave of expired flows).  Lines expected: 2N in
 event mode, N in hash mode.  CPU is the daemon's time on a CPU (schedstat) over the whole run,
 divided by the 2N events the kernel offered; the median of ``--repeat`` runs is reported with
-the largest loss seen.
+the largest loss and the largest peak RSS seen.
 
 Issue 11's cases: ``--modes event --flows 30000 --rates 0 --buffers default,example,kernel`` (30,000
 flows at full speed and their flush, 60,000 events) and ``--modes hash --flows 100000 --rates 0``
 (a flush of 100,000 entries).
 
 ``--sustained SECONDS``: the highest rate of new flows each daemon follows for SECONDS in event mode
-without losing a NEW event (doubling from 5,000/s, then a bisection to 5 %).
+without losing a NEW event (doubling from 5,000/s, then a bisection to 5 %), with the CPU and peak
+RSS at that rate.
 
-Memory: pylogd and ulogd in hash mode while ``--live`` UDP flows stay alive (udp timeout 600 s):
-RSS per flow for each way a flow enters the table (NEW events, the start-up dump), and after an
-overrun and its resync on each (see :func:`memory_phase`).
+Memory: the builds side by side in hash mode while ``--live`` UDP flows stay alive (udp timeout
+600 s): RSS per flow for each way a flow enters the table (NEW events, the start-up dump), and after
+an overrun and its resync on each (see :func:`memory_phase`).
 """
 
 from __future__ import annotations
@@ -46,10 +58,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from packet_path import daemon_command, sender, sustained_search  # bench/ is the script's directory
+from packet_path import (  # bench/ is the script's directory
+    add_build_options,
+    daemon_command,
+    daemon_labels,
+    daemons_of_args,
+    file_label,
+    sender,
+    sustained_search,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-DAEMONS = {"ulogd": ["/usr/sbin/ulogd"], "pylogd": [str(ROOT / ".venv/bin/pylogd")]}
 READY = {"ulogd": "working in event mode", "pylogd": "entering main loop"}
 MODES = {"event": "hash_enable=0\n", "hash": ""}
 BUFFERS = {
@@ -167,7 +185,8 @@ def conf(tmp: Path, name: str, ct: str) -> Path:
 
 
 def start(ns: str, daemon: str, path: Path, log: Path) -> subprocess.Popen:
-    """``daemon``: ulogd, pylogd, or pylogd@TREE (another tree's package, a variant to compare)."""
+    """``daemon``: ulogd, pylogd, pylogd:pure or pylogd@TREE (another tree's package, a variant to
+    compare): see packet_path.daemon_command."""
     proc = subprocess.Popen(in_ns(ns, 1, *daemon_command(daemon, path)), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while READY["ulogd" if daemon == "ulogd" else "pylogd"] not in (log.read_text() if log.exists() else ""):
@@ -211,10 +230,6 @@ def send_flows(ns: str, flows: int, rate: float) -> float:
     return flows / (time.monotonic() - t0)
 
 
-def file_label(daemon: str) -> str:
-    return daemon.replace("/", "_").replace("@", "-")
-
-
 def run_once(
     ns: str, tmp: Path, mode: str, rate: float, daemon: str, flows: int, index: int, buffers: str = "large"
 ) -> Run:
@@ -241,17 +256,13 @@ def run_once(
     return Run(mode, rate, daemon, expected, written, cpu / (2 * flows) * 1e6, rss, send_rate, buffers, sleeps)
 
 
-def daemons_of(args: argparse.Namespace) -> list[str]:
-    return [d for d in DAEMONS if not args.only or d == args.only] + [f"pylogd@{t}" for t in args.also]
-
-
 def events_phase(ns: str, tmp: Path, args: argparse.Namespace) -> list[list[Run]]:
     """Per mode, rate and buffer setting, the daemons take turns ``--repeat`` times."""
     groups = []
     for mode in args.modes.split(","):
         for rate in [float(r) for r in args.rates.split(",")]:
             for buffers in args.buffers.split(","):
-                runs: dict[str, list[Run]] = {d: [] for d in daemons_of(args)}
+                runs: dict[str, list[Run]] = {d: [] for d in args.daemons}
                 for i in range(args.repeat):
                     for daemon in runs:
                         runs[daemon].append(run_once(ns, tmp, mode, rate, daemon, args.flows, i, buffers))
@@ -261,7 +272,7 @@ def events_phase(ns: str, tmp: Path, args: argparse.Namespace) -> list[list[Run]
     return groups
 
 
-def sustained_phase(ns: str, tmp: Path, args: argparse.Namespace) -> str:
+def sustained_phase(ns: str, tmp: Path, args: argparse.Namespace, labels: dict[str, str]) -> str:
     """The highest rate of new flows each daemon follows for ``--sustained`` seconds in event mode
     without losing a NEW event.  The table is flushed before each probe with no daemon listening,
     and nf_conntrack_max (a host-wide sysctl) is raised for the run if the probes need more room."""
@@ -273,9 +284,9 @@ def sustained_phase(ns: str, tmp: Path, args: argparse.Namespace) -> str:
         f"highest rate of new flows followed {seconds:g} s without loss, event mode, NEW events "
         f"(bench/flow_path.py --sustained {seconds:g} --buffers {args.buffers})",
         "",
-        "| buffers | daemon | highest flows/s asked without loss | CPU µs/event there "
+        "| buffers | daemon | highest flows/s asked without loss | CPU µs/event there | peak RSS MiB there "
         "| first rate that lost (flows/s, loss) |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
     probes = iter(range(10**6))
 
@@ -292,24 +303,26 @@ def sustained_phase(ns: str, tmp: Path, args: argparse.Namespace) -> str:
             send_rate = send_flows(ns, flows, rate)
             settle(out)
             cpu = cpu_seconds(proc.pid) - cpu0
+            rss = status_kb(proc.pid, "VmHWM")
         finally:
             stop(proc)
         written = count_lines(out)  # after the stop: ulogd's LOGEMU with sync=0 holds its last lines until exit
         sh("ip", "netns", "exec", ns, "conntrack", "-F")
-        r = Run("event", rate, daemon, flows, written, cpu / max(flows, 1) * 1e6, 0, send_rate, buffers)
+        r = Run("event", rate, daemon, flows, written, cpu / max(flows, 1) * 1e6, rss, send_rate, buffers)
         print(f"  {daemon} {buffers} {rate:.0f}/s: {written}/{flows} lines, sent at {send_rate:,.0f}/s", flush=True)
         return r
 
     try:
         for buffers in args.buffers.split(","):
-            for daemon in daemons_of(args):
+            for daemon, label in labels.items():
                 good, bad = sustained_search(
                     functools.partial(attempt, daemon, buffers), start=5_000, lost=lambda r: r.written < r.expected
                 )
                 held = f"{good.rate:.0f} (sent at {good.send_rate:,.0f})" if good else "none"
                 cpu = f"{good.cpu_us:.2f}" if good else ""
+                rss = f"{good.rss_kb / 1024:.1f}" if good else ""
                 lost = f"{bad.rate:.0f} ({1 - bad.written / bad.expected:.2%})" if bad else "none (sender's limit)"
-                lines.append(f"| {buffers} | {daemon} | {held} | {cpu} | {lost} |")
+                lines.append(f"| {buffers} | {label} | {held} | {cpu} | {rss} | {lost} |")
                 print(lines[-1], flush=True)
     finally:
         limit_path.write_text(str(old_limit))
@@ -335,7 +348,7 @@ def summary_line(runs: list[Run]) -> str:
     r, cpu, worst = summary(runs)
     rate = "max" if not r.rate else f"{r.rate:.0f}/s"
     return (
-        f"{r.mode:5} {rate:>7} {r.buffers:7} {r.daemon:6} lines={min(x.written for x in runs)}/{r.expected} "
+        f"{r.mode:5} {rate:>7} {r.buffers:7} {r.daemon:11} lines={min(x.written for x in runs)}/{r.expected} "
         f"worst loss={worst} cpu={cpu:.2f}µs/event (runs: {', '.join(f'{x.cpu_us:.1f}' for x in runs)}) "
         f"per written {median_of(runs, lambda x: x.cpu_written_us):.2f} "
         f"sleeps/100 events {median_of(runs, sleeps_per_100):.1f} "
@@ -343,7 +356,9 @@ def summary_line(runs: list[Run]) -> str:
     )
 
 
-def render(groups: list[list[Run]], args: argparse.Namespace) -> str:
+def render(groups: list[list[Run]], args: argparse.Namespace, labels: dict[str, str]) -> str:
+    """One row per mode, rate, buffers and daemon (``labels``: variant -> its name in the table),
+    each pylogd build's CPU ratios against the ulogd of the same case, measured in turn."""
     lines = [
         f"### {time.strftime('%Y-%m-%d')} — {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}, "
         f"{args.flows} flows per run, median of {args.repeat} runs",
@@ -353,7 +368,7 @@ def render(groups: list[list[Run]], args: argparse.Namespace) -> str:
         "per 100 events offered (a wake-up each).",
         "",
         "| mode | buffers | flows/s asked (sent) | daemon | lines expected | worst loss | CPU µs/event offered "
-        "| CPU µs/event written | sleeps per 100 events | peak RSS MiB | CPU ratio pylogd/ulogd offered / written |",
+        "| CPU µs/event written | peak RSS MiB | CPU ratio to ulogd offered / written | sleeps per 100 events |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(g[0].mode, g[0].rate, g[0].buffers, g[0].daemon): g for g in groups}
@@ -367,9 +382,9 @@ def render(groups: list[list[Run]], args: argparse.Namespace) -> str:
         asked = "max" if not r.rate else f"{r.rate:.0f}"
         sent = statistics.median(x.send_rate for x in g)
         lines.append(
-            f"| {r.mode} | {r.buffers} | {asked} ({sent:,.0f}) | {r.daemon} | {r.expected} "
+            f"| {r.mode} | {r.buffers} | {asked} ({sent:,.0f}) | {labels.get(r.daemon, r.daemon)} | {r.expected} "
             f"| {worst} ({worst / r.expected:.1%}) | {cpu:.2f} | {written_cpu:.2f} "
-            f"| {median_of(g, sleeps_per_100):.1f} | {max(x.rss_kb for x in g) / 1024:.1f} | {ratio} |"
+            f"| {max(x.rss_kb for x in g) / 1024:.1f} | {ratio} | {median_of(g, sleeps_per_100):.1f} |"
         )
     return "\n".join(lines)
 
@@ -399,9 +414,9 @@ def pylogd_counter(log: Path, proc: subprocess.Popen, name: str) -> int:
     return value
 
 
-def memory_phase(ns: str, tmp: Path, live: int) -> str:
+def memory_phase(ns: str, tmp: Path, live: int, labels: dict[str, str]) -> str:
     """RSS per flow in hash mode, ``live`` UDP flows alive (udp timeout 600 s), for each way a flow
-    enters the table, both daemons side by side:
+    enters the table, the daemons of ``labels`` (variant -> its name in the table) side by side:
 
     1. NEW events: started on an empty table (32 MiB buffer), the flows created at 50,000/s;
        then an overrun and its resync on that table;
@@ -411,31 +426,43 @@ def memory_phase(ns: str, tmp: Path, live: int) -> str:
     An overrun: the daemons are stopped (SIGSTOP) while short flows come and go (OVERRUN_*), more
     events than their buffer holds; the DESTROY events lost leave some of those flows in the
     tables until the resync ``netlink_resync_timeout`` seconds later purges them.  RSS is read
-    once the resync is done (pylogd's counters; ulogd: when it stops using the CPU) and again
+    once the resync is done (each pylogd's counters; ulogd: when it stops using the CPU) and again
     MEMORY_SETTLE seconds later.  Per flow is (RSS - the RSS of the daemon on the empty table) / live.
+    It needs a pylogd build: pylogd's counters tell when the tables are full.
     """
+    daemons = list(labels)
+    pylogds = [d for d in daemons if d != "ulogd"]
+    if not pylogds:
+        return "(memory phase left out: it needs a pylogd build, whose counters tell when the tables are full)"
     sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=600")
     sh("ip", "netns", "exec", ns, "conntrack", "-F")
     common = f"hash_max_entries={live + OVERRUN_LARGE + 10000}\nnetlink_resync_timeout={MEMORY_RESYNC_AFTER}\n"
-    rss: dict[str, dict[str, int]] = {d: {} for d in DAEMONS}
+    rss: dict[str, dict[str, int]] = {d: {} for d in daemons}
     notes = []
+
+    def log_of(d: str, step: str) -> Path:
+        return tmp / f"{file_label(d)}-{step}.log"
+
+    def start_all(step: str, ct: str) -> dict[str, subprocess.Popen]:
+        return {d: start(ns, d, conf(tmp, f"{file_label(d)}-{step}", ct), log_of(d, step)) for d in daemons}
 
     def read_rss(procs: dict[str, subprocess.Popen], what: str) -> None:
         for d, p in procs.items():
             rss[d][what] = status_kb(p.pid, "VmRSS")
 
-    def wait_for(procs: dict[str, subprocess.Popen], log: Path, what: str, done) -> None:
+    def wait_for(procs: dict[str, subprocess.Popen], step: str, what: str, done) -> None:
         deadline = time.monotonic() + 120
-        while not done(procs["pylogd"], log):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"pylogd: {what} not seen in 120 s (see {log})")
+        for d in pylogds:
+            while not done(procs[d], log_of(d, step)):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{d}: {what} not seen in 120 s (see {log_of(d, step)})")
         time.sleep(1)
 
     def table_full(proc: subprocess.Popen, log: Path) -> bool:
         # ct.id is 32 bits of a hash: two flows of 100,000 may share one
         return abs(pylogd_counter(log, proc, "hash_entries") - live) <= 10
 
-    def overrun_and_resync(procs: dict[str, subprocess.Popen], log: Path, flows: int, step: str) -> None:
+    def overrun_and_resync(procs: dict[str, subprocess.Popen], step: str, flows: int, what: str) -> None:
         for p in procs.values():
             p.send_signal(signal.SIGSTOP)
         try:
@@ -445,7 +472,7 @@ def memory_phase(ns: str, tmp: Path, live: int) -> str:
             for p in procs.values():
                 p.send_signal(signal.SIGCONT)
         resyncs = lambda p, log: pylogd_counter(log, p, "resyncs") >= 1 and table_full(p, log)  # noqa: E731
-        wait_for(procs, log, "a resync", resyncs)
+        wait_for(procs, step, "a resync", resyncs)
         for p in procs.values():  # ulogd's resync is its own: done when it stops using the CPU
             busy, deadline = cpu_seconds(p.pid), time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -453,34 +480,35 @@ def memory_phase(ns: str, tmp: Path, live: int) -> str:
                 if (now := cpu_seconds(p.pid)) - busy < 0.01:
                     break
                 busy = now
-        read_rss(procs, f"{step} resync")
+        read_rss(procs, f"{what} resync")
         time.sleep(MEMORY_SETTLE)
-        read_rss(procs, f"{step} settled")
-        counters = {n: pylogd_counter(log, procs["pylogd"], n) for n in ("enobufs", "purged")}
-        notes.append(f"{step}: {flows} short flows, pylogd {counters['enobufs']} overruns, {counters['purged']} purged")
+        read_rss(procs, f"{what} settled")
+        counts = []
+        for d in pylogds:
+            counters = {n: pylogd_counter(log_of(d, step), procs[d], n) for n in ("enobufs", "purged")}
+            counts.append(f"{labels[d]} {counters['enobufs']} overruns, {counters['purged']} purged")
+        notes.append(f"{what}: {flows} short flows, {', '.join(counts)}")
 
     # 1. NEW events, then an overrun
-    ct = common + "netlink_socket_buffer_size=33554432\n"
-    procs = {d: start(ns, d, conf(tmp, f"{d}-m1", ct), tmp / f"{d}-m1.log") for d in DAEMONS}
+    procs = start_all("m1", common + "netlink_socket_buffer_size=33554432\n")
     try:
         time.sleep(1)
         read_rss(procs, "empty")
         sh(*in_ns(ns, 0, sys.executable, "-c", SENDER, str(live), "50000"))
-        wait_for(procs, tmp / "pylogd-m1.log", "the table full", table_full)
+        wait_for(procs, "m1", "the table full", table_full)
         read_rss(procs, "events")
         table = int(sh("ip", "netns", "exec", ns, "conntrack", "-C").stdout.strip())
-        overrun_and_resync(procs, tmp / "pylogd-m1.log", OVERRUN_LARGE, "events")
+        overrun_and_resync(procs, "m1", OVERRUN_LARGE, "events")
     finally:
         for p in procs.values():
             stop(p)
 
     # 2. the start-up dump, then an overrun
-    ct = common + "netlink_socket_buffer_size=106496\n"
-    procs = {d: start(ns, d, conf(tmp, f"{d}-m2", ct), tmp / f"{d}-m2.log") for d in DAEMONS}
+    procs = start_all("m2", common + "netlink_socket_buffer_size=106496\n")
     try:
-        wait_for(procs, tmp / "pylogd-m2.log", "the table full", table_full)
+        wait_for(procs, "m2", "the table full", table_full)
         read_rss(procs, "dump")
-        overrun_and_resync(procs, tmp / "pylogd-m2.log", OVERRUN_SMALL, "dump")
+        overrun_and_resync(procs, "m2", OVERRUN_SMALL, "dump")
     finally:
         for p in procs.values():
             stop(p)
@@ -496,9 +524,9 @@ def memory_phase(ns: str, tmp: Path, live: int) -> str:
         "| start-up dump B/flow | dump, after a resync | 10 s later (RSS MiB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for d in DAEMONS:
+    for d in daemons:
         out.append(
-            f"| {d} | {rss[d]['empty'] / 1024:.1f} | {per_flow(d, 'events')} | {per_flow(d, 'events resync')} "
+            f"| {labels[d]} | {rss[d]['empty'] / 1024:.1f} | {per_flow(d, 'events')} | {per_flow(d, 'events resync')} "
             f"| {per_flow(d, 'events settled')} ({rss[d]['events settled'] / 1024:.1f}) | {per_flow(d, 'dump')} "
             f"| {per_flow(d, 'dump resync')} | {per_flow(d, 'dump settled')} ({rss[d]['dump settled'] / 1024:.1f}) |"
         )
@@ -512,7 +540,7 @@ def main() -> int:
     p.add_argument("--modes", default="event,hash")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--live", type=int, default=100_000, help="live flows for the memory phase (0: skip)")
-    p.add_argument("--only", choices=tuple(DAEMONS))
+    add_build_options(p)
     p.add_argument("--buffers", default="default", help=f"comma separated, of: {', '.join(BUFFERS)}")
     p.add_argument(
         "--also", action="append", default=[], metavar="DIR", help="also run another tree's pylogd (pylogd@DIR)"
@@ -525,6 +553,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("needs root (network namespace)", file=sys.stderr)
         return 2
+    args.daemons = daemons_of_args(args)
+    labels = daemon_labels(args.daemons)
     ns = f"plbenchflow{os.getpid()}"
     sh("ip", "netns", "add", ns)
     try:
@@ -532,11 +562,12 @@ def main() -> int:
         sh("ip", "netns", "exec", ns, "nft", "-f", "-", input=RULES)
         with tempfile.TemporaryDirectory(prefix="pylogd-flowbench-") as d:
             if args.sustained:
-                text = sustained_phase(ns, Path(d), args)
+                text = sustained_phase(ns, Path(d), args, labels)
             else:
-                text = render(events_phase(ns, Path(d), args), args)
-            if args.live and not args.sustained:
-                text += "\n\n" + memory_phase(ns, Path(d), args.live)
+                text = render(events_phase(ns, Path(d), args), args, labels)
+            if args.live and not args.sustained:  # the builds, not --also's trees
+                builds = {k: v for k, v in labels.items() if "@" not in k}
+                text += "\n\n" + memory_phase(ns, Path(d), args.live, builds)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
     print()

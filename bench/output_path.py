@@ -1,17 +1,29 @@
-"""ulogd 2.0.8 and pylogd writing the same packets to JSON, PCAP, SQLITE3, PGSQL and MYSQL, in turn.
+"""ulogd 2.0.8 and both builds of pylogd writing the same packets to JSON, PCAP, SQLITE3, PGSQL and MYSQL, in turn.
 
     sudo .venv/bin/python bench/output_path.py [--packets N] [--rate PPS] [--repeat N] [--output NAME ...]
+        [--builds ulogd,compiled,pure | --only pylogd|ulogd|pure] [--results bench/RESULTS.md]
 
-Each output is configured as ulogd's example ulogd.conf has it (no buffer options, no tuning: what a
-user runs), the daemon pinned to CPU 1 and the sender to CPU 0, in a throwaway network namespace; an
-nft rule logs UDP datagrams to 127.0.0.1 with the prefix ``burst`` (``probe`` for the packets that
-tell the daemon is ready).  Per daemon and output it prints: packets sent, records written (lines,
-pcap records or rows with the burst prefix), loss, CPU µs per record (schedstat, every thread), rows
-or records per second (written / the time from the first packet until the count stopped growing),
-peak RSS and the ratio pylogd/ulogd.  The databases are the machine's PostgreSQL and MariaDB, reached
-through their unix sockets, each run in a database of its own with ulogd's shipped schema loaded.
-PGSQL and MYSQL call INSERT_PACKET_FULL per row as the example does; PGSQL-flat and MYSQL-flat load
-ulogd's flat schemas and insert into their plain table (``procedure="INSERT"``, ``table="ulog2"``).
+Rerun the table of bench/RESULTS.md: ``sudo .venv/bin/python bench/output_path.py --packets 20000
+--repeat 3 --results bench/RESULTS.md`` (after ``make compiled``); a quick look: ``--packets 2000
+--output PCAP --output JSON``; a PostgreSQL outage: ``--output PGSQL --packets 1500 --rate 500
+--outage 1:10``.
+
+The daemons, by default in turn per output and repeat: ulogd, pylogd's compiled build (the Cython
+modules ``make compiled`` builds in place; refused if ``pylogd -V`` does not say all the hot modules
+are compiled) and its pure-Python build (the same program with ``PYLOGD_PURE_PYTHON=1``), each row
+labelled with its build; ``--builds`` (or ``--only``) runs fewer.  Each output is configured as
+ulogd's example ulogd.conf has it (no buffer options, no tuning: what a user runs), the daemon
+pinned to CPU 1 and the sender to CPU 0, in a throwaway network namespace; an nft rule logs UDP
+datagrams to 127.0.0.1 with the prefix ``burst`` (``probe`` for the packets that tell the daemon is
+ready).  Per daemon and output it prints: packets sent, records written (lines, pcap records or
+rows with the burst prefix), loss, CPU µs per record (schedstat, every thread), peak RSS (VmHWM),
+each pylogd build's CPU ratio against ulogd in the same run, rows or records per second (written /
+the time from the first packet until the count stopped growing) and its ratio against ulogd.  With
+``--repeat N`` the table shows the median CPU per record, the largest loss and the largest peak
+RSS.  The databases are the machine's PostgreSQL and MariaDB, reached through their unix sockets,
+each run in a database of its own with ulogd's shipped schema loaded.  PGSQL and MYSQL call
+INSERT_PACKET_FULL per row as the example does; PGSQL-flat and MYSQL-flat load ulogd's flat schemas
+and insert into their plain table (``procedure="INSERT"``, ``table="ulog2"``).
 """
 
 from __future__ import annotations
@@ -32,7 +44,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from packet_path import ROOT, SENDER, cpu_seconds, peak_rss_kb, sender, sh, stop, summary
+from packet_path import (
+    SENDER,
+    add_build_options,
+    cpu_seconds,
+    daemon_command,
+    daemon_labels,
+    daemons_of_args,
+    file_label,
+    peak_rss_kb,
+    sender,
+    sh,
+    stop,
+    summary,
+)
 
 GROUP, PORT, PROBE_PORT = 7, 9999, 9998
 DOC = Path("/usr/share/doc/ulogd2")
@@ -249,18 +274,17 @@ def run_one(
     ns: str, daemon: str, output: str, packets: int, rate: float, tmp: Path, run: int, outage: tuple | None = None
 ) -> Result:
     out = OUTPUTS[output]
-    name = f"{daemon}-{output}-{run}"
+    name = f"{file_label(daemon)}-{output}-{run}"
     conf = tmp / f"{name}.conf"
     conf.write_text(
         f'[global]\nlogfile="{tmp}/{name}.log"\nloglevel=5\nstack={out.stack}\n[log1]\ngroup={GROUP}\n'
         + out.section(tmp, name)
     )
     out.setup(tmp, name)
-    cmd = (
-        ["/usr/sbin/ulogd", "-c", str(conf)] if daemon == "ulogd" else [str(ROOT / ".venv/bin/pylogd"), "-c", str(conf)]
-    )
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, "taskset", "-c", "1", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        ["ip", "netns", "exec", ns, "taskset", "-c", "1", *daemon_command(daemon, conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 30
@@ -297,7 +321,9 @@ def run_one(
         out.teardown(tmp, name)
 
 
-def render(results: list[Result], args: argparse.Namespace) -> str:
+def render(results: list[Result], args: argparse.Namespace, labels: dict[str, str]) -> str:
+    """One row per output and daemon (``labels``: variant -> its name in the table), each pylogd
+    build's ratios against the ulogd of the same output, measured in turn."""
     rate = "full speed" if not args.rate else f"{args.rate:.0f} pps"
     runs = f", median of {args.repeat} runs (loss: the largest)" if args.repeat > 1 else ""
     lines = [
@@ -305,8 +331,8 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
         f"{platform.release()}, {args.packets} packets at {rate}, ulogd's example config (no buffer options){runs}"
         + (f", PostgreSQL stopped {args.outage.replace(':', ' s in for ')} s" if args.outage else ""),
         "",
-        "| output | daemon | sent | written | loss | CPU µs/record | records/s | peak RSS MiB | CPU ratio "
-        "| records/s ratio |",
+        "| output | daemon | sent | written | loss | CPU µs/record | peak RSS MiB | CPU ratio to ulogd | records/s "
+        "| records/s ratio to ulogd |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, str], list[Result]] = {}
@@ -316,12 +342,12 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
     for (output, daemon), r in by.items():
         cpu_ratio = rate_ratio = ""
         u = by.get((output, "ulogd"))
-        if daemon == "pylogd" and u and u.written and r.written:
+        if daemon != "ulogd" and u and u.written and r.written:
             cpu_ratio = f"{r.us_per_record / u.us_per_record:.2f}"
             rate_ratio = f"{r.per_second / u.per_second:.1f}"
         lines.append(
-            f"| {output} | {daemon} | {r.sent} | {r.written} | {r.loss:.1%} | {r.us_per_record:.2f} "
-            f"| {r.per_second:.0f} | {r.peak_rss_kb / 1024:.1f} | {cpu_ratio} | {rate_ratio} |"
+            f"| {output} | {labels.get(daemon, daemon)} | {r.sent} | {r.written} | {r.loss:.1%} "
+            f"| {r.us_per_record:.2f} | {r.peak_rss_kb / 1024:.1f} | {cpu_ratio} | {r.per_second:.0f} | {rate_ratio} |"
         )
     return "\n".join(lines)
 
@@ -332,7 +358,7 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=0, help="packets per second; 0 = as fast as the sender can")
     p.add_argument("--repeat", type=int, default=1, help="runs per daemon and output, taking turns")
     p.add_argument("--output", choices=list(OUTPUTS), action="append")
-    p.add_argument("--only", choices=("pylogd", "ulogd"))
+    add_build_options(p)
     p.add_argument("--results", help="append the Markdown table to this file (e.g. bench/RESULTS.md)")
     p.add_argument(
         "--outage",
@@ -344,6 +370,8 @@ def main() -> int:
     if os.geteuid() != 0 or not shutil.which("nft") or not Path("/usr/sbin/ulogd").exists():
         print("needs root, nft, ip and ulogd2 with its output plugins", file=sys.stderr)
         return 1
+    daemons = daemons_of_args(args)
+    labels = daemon_labels(daemons)
     ns = f"pylogd-obench-{os.getpid()}"
     results: list[Result] = []
     try:
@@ -353,20 +381,18 @@ def main() -> int:
             os.chmod(tmp, 0o755)
             for output in args.output or list(OUTPUTS):
                 for run in range(args.repeat):
-                    for daemon in ("ulogd", "pylogd"):
-                        if args.only and daemon != args.only:
-                            continue
+                    for daemon in daemons:
                         r = run_one(ns, daemon, output, args.packets, args.rate, tmp, run, outage)
                         results.append(r)
                         print(
-                            f"{daemon:6} {output:8} sent={r.sent} written={r.written} loss={r.loss:.1%} "
+                            f"{daemon:11} {output:8} sent={r.sent} written={r.written} loss={r.loss:.1%} "
                             f"cpu={r.us_per_record:.2f}µs/record {r.per_second:.0f}/s "
                             f"rss={r.peak_rss_kb / 1024:.1f}MiB",
                             flush=True,
                         )
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
-    table = render(results, args)
+    table = render(results, args, labels)
     print()
     print(table)
     if args.results:

@@ -1,20 +1,29 @@
-"""ulogd 2.0.8 and pylogd on the same packets, in turn, in a throwaway network namespace.
+"""ulogd 2.0.8 and both builds of pylogd on the same packets, in turn, in a throwaway network namespace.
 
-    sudo .venv/bin/python bench/packet_path.py [--packets N] [--rate PPS] [--repeat N] [--only pylogd|ulogd]
-        [--cases 100000@0,200000@400000] [--config NAME ...] [--also TREE] [--sustained SECONDS]
+    sudo .venv/bin/python bench/packet_path.py [--packets N] [--rate PPS] [--repeat N]
+        [--builds ulogd,compiled,pure | --only pylogd|ulogd|pure] [--cases 100000@0,200000@400000]
+        [--config NAME ...] [--also TREE] [--rr] [--sustained SECONDS] [--results bench/RESULTS.md]
 
-For each daemon and each configuration it prints: packets sent, records written, loss, CPU µs per
-record (the daemon's time on a CPU, user and system, all threads, while the packets flowed: schedstat),
-peak RSS, the ratio pylogd/ulogd, and how long the daemon waited for its CPU (other work there).
-With ``--repeat N`` the daemons take turns N times per configuration; the table shows the median
-CPU per record and the largest loss.  Both daemons read the same unmodified ulogd.conf (but for
-"kernel default buffer", where pylogd is told the kernel's default that ulogd gets by naming
-none); the daemon is pinned to CPU 1 and the sender to CPU 0.  Packets are UDP datagrams to
-127.0.0.1 inside the namespace, logged by an nft rule.
+Rerun the table of bench/RESULTS.md: ``sudo .venv/bin/python bench/packet_path.py --packets 100000
+--repeat 3 --results bench/RESULTS.md`` (after ``make compiled``); a quick look: ``--packets 2000
+--config "no buffer options"``.
+
+The daemons, by default in turn per configuration and repeat: ulogd, pylogd's compiled build (the
+Cython modules ``make compiled`` builds in place; refused if ``pylogd -V`` does not say all the hot
+modules are compiled) and its pure-Python build (the same program with ``PYLOGD_PURE_PYTHON=1``),
+each row labelled with its build; ``--builds`` (or ``--only``) runs fewer.  For each daemon and
+configuration it prints: packets sent, records written, loss, CPU µs per record (the daemon's time
+on a CPU, user and system, all threads, while the packets flowed: schedstat), peak RSS (VmHWM),
+each pylogd build's CPU ratio against ulogd in the same run, and how long the daemon waited for its
+CPU (other work there).  With ``--repeat N`` the daemons take turns N times per configuration; the
+table shows the median CPU per record, the largest loss and the largest peak RSS.  All daemons read
+the same unmodified ulogd.conf (but for "kernel default buffer", where pylogd is told the kernel's
+default that ulogd gets by naming none); the daemon is pinned to CPU 1 and the sender to CPU 0.
+Packets are UDP datagrams to 127.0.0.1 inside the namespace, logged by an nft rule.
 
 Issue 11's cases: ``--cases 100000@0,200000@400000,200000@200000 --config "no buffer options"
 --config "example buffers (217088)" --config "kernel default buffer" --config "LOGEMU sync=1"``;
-the highest rate held 10 s without loss: ``--sustained 10``.
+the highest rate held 10 s without loss (and CPU and peak RSS there): ``--sustained 10``.
 """
 
 from __future__ import annotations
@@ -212,29 +221,125 @@ def publish(title: str, columns: list[str], rows: list[str], results: str | None
             f.write("\n" + table)
 
 
+#: the builds a run compares by default, each a daemon variant of :func:`daemon_command`, in this order
+BUILDS = {"ulogd": "ulogd", "compiled": "pylogd", "pure": "pylogd:pure"}
+PURE_ENV = "PYLOGD_PURE_PYTHON"  # pylogd/compiled.py: set, pylogd imports its .py files only
+
+
+def split_variant(daemon: str) -> tuple[str, set[str]]:
+    """``pylogd@DIR:pure:rr`` -> (``pylogd@DIR``, {"pure", "rr"})."""
+    name, *mods = daemon.split(":")
+    unknown = set(mods) - {"pure", "rr"}
+    if unknown:
+        raise SystemExit(f"{daemon}: unknown variant {', '.join(sorted(unknown))} (known: pure, rr)")
+    return name, set(mods)
+
+
 def daemon_command(daemon: str, conf: Path) -> list[str]:
     """ulogd, pylogd of this tree, or ``pylogd@DIR``: the pylogd of another tree (a variant being
     compared), installed in that tree's own ``.venv`` (``make run`` or ``make compiled`` there).
-    ``pylogd:rr`` (or ``pylogd@DIR:rr``) runs it under SCHED_RR priority 99, the scheduling ulogd
-    2.0.8 gives itself at start.
+    Suffixes, in any combination: ``:pure`` runs the pure-Python build (``PYLOGD_PURE_PYTHON=1`` in
+    its environment; without it the variable is removed, so the compiled modules load where they are
+    built); ``:rr`` runs it under SCHED_RR priority 99, the scheduling ulogd 2.0.8 gives itself at
+    start.  Each wrapper (chrt, env) exec()s in place: the process started is the daemon's own pid.
 
     Why a venv per tree: this tree's interpreter with PYTHONPATH=DIR ran this tree's code all the
     same (``-m`` puts the working directory, this tree, first on sys.path, and this venv's editable
     install maps ``pylogd.plugins`` to this tree's plugins/ whatever the path says)."""
-    if daemon.endswith(":rr"):
-        return ["chrt", "--rr", "99", *daemon_command(daemon.removesuffix(":rr"), conf)]
-    if daemon == "ulogd":
+    name, mods = split_variant(daemon)
+    if name == "ulogd":
+        if mods:
+            raise SystemExit(f"{daemon}: the variants are pylogd's")
         return ["/usr/sbin/ulogd", "-c", str(conf)]
-    if daemon.startswith("pylogd@"):
-        program = Path(daemon.split("@", 1)[1]).resolve() / ".venv/bin/pylogd"
+    prefix = ["chrt", "--rr", "99"] if "rr" in mods else []
+    prefix += ["env", f"{PURE_ENV}=1"] if "pure" in mods else ["env", "-u", PURE_ENV]
+    return [*prefix, pylogd_program(name), "-c", str(conf)]
+
+
+def pylogd_program(name: str) -> str:
+    if name.startswith("pylogd@"):
+        program = Path(name.split("@", 1)[1]).resolve() / ".venv/bin/pylogd"
         if not program.exists():
             raise SystemExit(f"{program} is missing: run `make compiled` in that tree first")
-        return [str(program), "-c", str(conf)]
-    return [str(ROOT / ".venv/bin/pylogd"), "-c", str(conf)]
+        return str(program)
+    if name != "pylogd":
+        raise SystemExit(f"{name}: not a daemon (ulogd, pylogd, pylogd@DIR)")
+    return str(ROOT / ".venv/bin/pylogd")
+
+
+def build_of(daemon: str) -> str:
+    """What the build of ``daemon`` says of itself: ``pylogd -V`` run as the daemon will run
+    (program and environment), the text in its parentheses, e.g. "compiled: all 20 hot modules",
+    the line pylogd also logs at start."""
+    name, mods = split_variant(daemon)
+    env = {k: v for k, v in os.environ.items() if k != PURE_ENV} | ({PURE_ENV: "1"} if "pure" in mods else {})
+    done = subprocess.run([pylogd_program(name), "-V"], capture_output=True, text=True, env=env)
+    text = (done.stdout or done.stderr).strip()
+    return text[text.find("(") + 1 : text.rfind(")")] if "(" in text else text or "build unknown"
+
+
+def daemon_labels(daemons: list[str]) -> dict[str, str]:
+    """The table's name of each daemon variant, saying which build it is: "pylogd (compiled)" only
+    when ``pylogd -V`` says all the hot modules are compiled, "pylogd (pure Python)"; another
+    build's own words otherwise.  This tree's compiled build not in place is refused: its row would
+    measure the Python source under the compiled build's name."""
+    labels = {}
+    for daemon in daemons:
+        name, mods = split_variant(daemon)
+        if name == "ulogd":
+            labels[daemon] = "ulogd"
+            continue
+        build = build_of(daemon)
+        kind = build
+        if build.startswith("compiled: all "):
+            kind = "compiled"
+        elif build.startswith("pure Python"):
+            kind = "pure Python"
+        if name == "pylogd" and "pure" not in mods and kind != "compiled":
+            raise SystemExit(
+                f"{daemon}: the compiled build is not in place (`pylogd -V`: {build}): run `make compiled`, "
+                "or leave it out (--builds ulogd,pure)"
+            )
+        extra = ", SCHED_RR" if "rr" in mods else ""
+        labels[daemon] = f"{name} ({kind}{extra})"
+        print(f"{daemon}: {labels[daemon]} (pylogd -V: {build})", flush=True)
+    return labels
+
+
+def add_build_options(p: argparse.ArgumentParser) -> None:
+    """--builds and --only, shared by the three scripts."""
+    p.add_argument(
+        "--builds",
+        default=",".join(BUILDS),
+        help=f"comma separated, of {', '.join(BUILDS)} (pylogd with PYLOGD_PURE_PYTHON=1): the daemons run in "
+        "turn per case and repeat, in this order (default: all three)",
+    )
+    p.add_argument(
+        "--only",
+        choices=("pylogd", "ulogd", "pure"),
+        help="one build alone: pylogd is the compiled one (short for --builds compiled)",
+    )
+
+
+def daemons_of_args(args: argparse.Namespace) -> list[str]:
+    """The daemon variants of --builds (or --only), then --also's trees and --rr when the script has them."""
+    builds = ["compiled" if args.only == "pylogd" else args.only] if args.only else args.builds.split(",")
+    unknown = [b for b in builds if b not in BUILDS]
+    if unknown or not builds:
+        raise SystemExit(f"--builds: {', '.join(unknown) or 'none'}: choose among {', '.join(BUILDS)}")
+    daemons = [BUILDS[b] for b in builds]
+    daemons += [f"pylogd@{tree}" for tree in getattr(args, "also", [])]
+    daemons += ["pylogd:rr"] if getattr(args, "rr", False) else []
+    return daemons
+
+
+def file_label(daemon: str) -> str:
+    """``daemon`` as a part of file and database names."""
+    return daemon.replace("/", "_").replace("@", "-").replace(":", "-")
 
 
 def run_one(ns: str, daemon: str, config: str, opts: dict, packets: int, rate: float, tmp: Path, run: int) -> Result:
-    label = daemon.replace("/", "_").replace("@", "-").replace(":", "-")
+    label = file_label(daemon)
     setting = config.replace(" ", "_").replace("=", "").replace("(", "").replace(")", "")
     name = f"{label}-{setting}-{packets}-{rate:.0f}-{run}"  # each run its own files
     conf = tmp / f"{name}.conf"
@@ -358,7 +463,7 @@ def main() -> int:
         "--cases",
         help=f"several bursts, PACKETS@RATE comma separated, instead of --packets/--rate (issue 11: {ISSUE_CASES})",
     )
-    p.add_argument("--only", choices=("pylogd", "ulogd"))
+    add_build_options(p)
     p.add_argument(
         "--also",
         action="append",
@@ -388,9 +493,8 @@ def main() -> int:
         print("needs root, nft and ip (apt-get install nftables iproute2)", file=sys.stderr)
         return 1
     cases = parse_cases(args.cases) if args.cases else [(args.packets, args.rate)]
-    daemons = [d for d in ("ulogd", "pylogd") if not args.only or d == args.only]
-    daemons += [f"pylogd@{tree}" for tree in args.also]
-    daemons += ["pylogd:rr"] if args.rr else []
+    daemons = daemons_of_args(args)
+    labels = {} if args.soak else daemon_labels(daemons)
     ns = f"pylogd-bench-{os.getpid()}"
     results: list[Result] = []
     try:
@@ -405,7 +509,7 @@ def main() -> int:
                         f.write(f"\n{time.strftime('%Y-%m-%d')} {platform.node()}: {line}\n")
                 return 0
             if args.sustained:
-                table = sustained(ns, tmp, daemons, args.config or ["no buffer options"], args.sustained)
+                table = sustained(ns, tmp, labels, args.config or ["no buffer options"], args.sustained)
             else:
                 for packets, rate in cases:
                     for config in args.config or list(CONFIGS):
@@ -414,7 +518,7 @@ def main() -> int:
                                 opts = CONFIGS[config]
                                 results.append(run_one(ns, daemon, config, opts, packets, rate, tmp, run))
                                 print_result(results[-1])
-                table = render(results, args)
+                table = render(results, args, labels)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
     print()
@@ -425,16 +529,17 @@ def main() -> int:
     return 0
 
 
-def sustained(ns: str, tmp: Path, daemons: list[str], configs: list[str], seconds: float) -> str:
-    """The highest rate each daemon holds for ``seconds`` with no packet lost: the rate doubles from
-    25,000/s until a run loses, then a bisection to within 5 %; every probe is a fresh daemon."""
+def sustained(ns: str, tmp: Path, labels: dict[str, str], configs: list[str], seconds: float) -> str:
+    """The highest rate each daemon (``labels``: variant -> its name in the table) holds for
+    ``seconds`` with no packet lost: the rate doubles from 25,000/s until a run loses, then a
+    bisection to within 5 %; every probe is a fresh daemon."""
     lines = [
         f"### {time.strftime('%Y-%m-%d')} — {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}, "
         f"highest rate held {seconds:g} s without loss (bench/packet_path.py --sustained {seconds:g})",
         "",
-        "| config | daemon | highest rate asked without loss (pps) | CPU µs/record there "
+        "| config | daemon | highest rate asked without loss (pps) | CPU µs/record there | peak RSS MiB there "
         "| first rate that lost (pps, loss) |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
     probes = iter(range(1000, 10**6))  # each probe its own files
 
@@ -444,12 +549,13 @@ def sustained(ns: str, tmp: Path, daemons: list[str], configs: list[str], second
         return r
 
     for config in configs:
-        for daemon in daemons:
+        for daemon, label in labels.items():
             good, bad = sustained_search(functools.partial(attempt, daemon, config))
             held = f"{good.rate:.0f} (sent at {good.send_rate:,.0f})" if good else "none"
             cpu = f"{good.us_per_record:.2f}" if good else ""
+            rss = f"{good.peak_rss_kb / 1024:.1f}" if good else ""
             lost = f"{bad.rate:.0f} ({bad.loss:.2%})" if bad else "none (sender's limit)"
-            lines.append(f"| {config} | {daemon} | {held} | {cpu} | {lost} |")
+            lines.append(f"| {config} | {label} | {held} | {cpu} | {rss} | {lost} |")
             print(lines[-1], flush=True)
     return "\n".join(lines)
 
@@ -487,7 +593,7 @@ def sustained_search(
 
 def print_result(r: Result) -> None:
     print(
-        f"{r.daemon:6} {r.config:30} sent={r.sent} written={r.written} loss={r.loss:.1%} "
+        f"{r.daemon:11} {r.config:30} sent={r.sent} written={r.written} loss={r.loss:.1%} "
         f"cpu={r.us_per_record:.2f}µs/record rss={r.peak_rss_kb / 1024:.1f}MiB sent at {r.send_rate:.0f} pps "
         f"waited for the CPU {r.waited_s * 1000:.0f} ms",
         flush=True,
@@ -502,14 +608,16 @@ def summary(runs: list) -> Any:
     return replace(ranked[len(ranked) // 2], peak_rss_kb=max(r.peak_rss_kb for r in runs), worst_written=worst.written)
 
 
-def render(results: list[Result], args: argparse.Namespace) -> str:
+def render(results: list[Result], args: argparse.Namespace, labels: dict[str, str]) -> str:
+    """One row per burst, config and daemon (``labels``: variant -> its name in the table), each
+    pylogd build's CPU ratio against the ulogd of the same burst and config, measured in turn."""
     runs = f", median of {args.repeat} runs (loss: the largest)" if args.repeat > 1 else ""
     lines = [
         f"### {time.strftime('%Y-%m-%d')} — {platform.node()}, {os.cpu_count()} cores, kernel {platform.release()}, "
         f"NFLOG→BASE→IFINDEX→IP2STR→PRINTPKT→LOGEMU{runs}",
         "",
         "| burst | config | daemon | sent | sent at pps | written | loss | CPU µs/record | peak RSS MiB "
-        "| CPU ratio pylogd/ulogd | most ms waiting for the CPU |",
+        "| CPU ratio to ulogd | most ms waiting for the CPU |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[int, float, str, str], list[Result]] = {}
@@ -523,7 +631,8 @@ def render(results: list[Result], args: argparse.Namespace) -> str:
             ratio = f"{r.us_per_record / u.us_per_record:.2f}"
         burst = f"{sent} at {'full speed' if not rate else f'{rate:.0f}/s'}"
         lines.append(
-            f"| {burst} | {config} | {daemon} | {r.sent} | {r.send_rate:.0f} | {r.written} | {r.worst_loss:.1%} "
+            f"| {burst} | {config} | {labels.get(daemon, daemon)} | {r.sent} | {r.send_rate:.0f} | {r.written} "
+            f"| {r.worst_loss:.1%} "
             f"| {r.us_per_record:.2f} | {r.peak_rss_kb / 1024:.1f} | {ratio} "
             f"| {max(x.waited_s for x in groups[sent, rate, config, daemon]) * 1000:.0f} |"
         )
