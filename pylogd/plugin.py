@@ -30,6 +30,9 @@ The core calls, in this order for an object, never twice and never after ``stop`
     Called once per stack that uses the instance, after ``start``: at start-up, and again at a reload
     for each new or changed stack.  An instance's handlers for several stacks may be alive at once,
     and a handler for a stack made after the others must work as well as the first one.
+``fused(plan)`` (outputs)
+    Right after ``handler`` for the same stack: a way from the input's keys straight to the entry when
+    the stack's filters make nothing the output could not make itself (None: the stack runs as built).
 ``reopen()`` (through ``on_signal(SIGHUP)``)
     Reopen files and reconnect (logrotate): on SIGHUP and at every reload, for every running instance.
 ``refeed(feed)`` (inputs)
