@@ -436,10 +436,7 @@ class Stack:
                     if entry is not None:
                         append(entry)
             except Exception as exc:
-                stack.errors += 1
-                stack.log.every(
-                    10, ERROR, "event", f"stack {stack.name}: {stack._culprit(exc)} failed on an event: {exc!r}"
-                )
+                stack.failed(exc)
             values[:] = blank
 
         def count() -> int:
@@ -465,10 +462,7 @@ class Stack:
                 if entry is not None:
                     append(entry)
             except Exception as exc:
-                stack.errors += 1
-                stack.log.every(
-                    10, ERROR, "event", f"stack {stack.name}: {stack._culprit(exc)} failed on an event: {exc!r}"
-                )
+                stack.failed(exc)
             if keys is None:
                 values[:] = blank
 
@@ -485,6 +479,11 @@ class Stack:
     @property
     def events(self) -> int:
         return self._events()
+
+    def failed(self, exc: BaseException) -> None:
+        """An event that raised in a plugin: counted, and logged at most every 10 s."""
+        self.errors += 1
+        self.log.every(10, ERROR, "event", f"stack {self.name}: {self._culprit(exc)} failed on an event: {exc!r}")
 
     def _culprit(self, exc: BaseException) -> str:
         modules = {type(inst.plugin).__module__: f"{inst.id}:{inst.spec.name}" for inst in self.plan.instances}

@@ -96,6 +96,44 @@ def header_length(pkt: Any, family: int | None) -> int:
     return len(pkt)
 
 
+def record_maker(slots: Slots, by_key: bool) -> Callable[[Sequence], bytes | None]:
+    """An event's pcap record.  The original length of an IPv4 or IPv6 packet comes from BASE's keys
+    (``by_key``), or from the packet's own header read as BASE reads it (from a whole IPv4 or IPv6
+    header, whatever the version nibble says); otherwise, and when that is not there, from
+    :func:`header_length`."""
+    i_pkt, i_pktlen, i_family = slots.inp("raw.pkt"), slots.inp("raw.pktlen"), slots.inp("oob.family")
+    i_sec, i_usec = slots.inp("oob.time.sec"), slots.inp("oob.time.usec")
+    i_totlen = slots.inp("ip.totlen") if by_key else None
+    i_payloadlen = slots.inp("ip6.payloadlen") if by_key else None
+    pack, now, length_at = RECORD_HEADER.pack, time.time, _LENGTH.unpack_from
+
+    def convert(v: Sequence) -> bytes | None:
+        pkt = v[i_pkt]
+        if pkt is None:
+            return None
+        caplen = v[i_pktlen]
+        if caplen is not None and caplen < len(pkt):
+            pkt = pkt[:caplen]
+        sec, usec = v[i_sec], v[i_usec]
+        if sec is None or usec is None:
+            t = now()
+            sec, usec = int(t), int(t % 1 * 1e6)
+        family = v[i_family]
+        n = len(pkt)
+        length = None
+        if family == 2:
+            length = v[i_totlen] if by_key else length_at(pkt, 2)[0] if n >= 20 else None
+        elif family == 10:
+            payload = v[i_payloadlen] if by_key else length_at(pkt, 4)[0] if n >= 40 else None
+            if payload is not None:
+                length = payload + 40
+        if length is None:
+            length = header_length(pkt, family)
+        return pack(sec & 0xFFFFFFFF, usec, n, length) + pkt
+
+    return convert
+
+
 class Pcap(FileOutput):
     spec = PluginSpec(
         name="PCAP",
@@ -157,32 +195,7 @@ class Pcap(FileOutput):
         self.log.notice(f"reopened {self.options['file']}")
 
     def handler(self, slots: Slots) -> Callable[[list], Any]:
-        i_pkt, i_pktlen, i_family = slots.inp("raw.pkt"), slots.inp("raw.pktlen"), slots.inp("oob.family")
-        i_totlen, i_payloadlen = slots.inp("ip.totlen"), slots.inp("ip6.payloadlen")
-        i_sec, i_usec = slots.inp("oob.time.sec"), slots.inp("oob.time.usec")
-        pack, now = RECORD_HEADER.pack, time.time
-
-        def convert(v: list) -> bytes | None:
-            pkt = v[i_pkt]
-            if pkt is None:
-                return None
-            caplen = v[i_pktlen]
-            if caplen is not None and caplen < len(pkt):
-                pkt = pkt[:caplen]
-            sec, usec = v[i_sec], v[i_usec]
-            if sec is None or usec is None:
-                t = now()
-                sec, usec = int(t), int(t % 1 * 1e6)
-            family = v[i_family]
-            if family == 2 and v[i_totlen] is not None:
-                length = v[i_totlen]
-            elif family == 10 and v[i_payloadlen] is not None:
-                length = v[i_payloadlen] + 40
-            else:
-                length = header_length(pkt, family)
-            return pack(sec & 0xFFFFFFFF, usec, len(pkt), length) + pkt
-
-        return convert
+        return record_maker(slots, by_key=True)
 
     def fused(self, plan: StackPlan) -> Callable[[Sequence], Any] | None:
         """ulogd's stack NFLOG→BASE→PCAP straight from NFLOG's keys: of BASE's keys PCAP reads only the
@@ -197,35 +210,9 @@ class Pcap(FileOutput):
             if source not in (bases if name in ("ip.totlen", "ip6.payloadlen") else (first,)):
                 return None
         slots = plan.slots[-1]
-        i_pkt, i_pktlen, i_family = slots.inp("raw.pkt"), slots.inp("raw.pktlen"), slots.inp("oob.family")
-        i_sec, i_usec = slots.inp("oob.time.sec"), slots.inp("oob.time.usec")
-        if None in (i_pkt, i_pktlen, i_family, i_sec, i_usec):
+        if None in (slots.inp(k) for k in ("raw.pkt", "raw.pktlen", "oob.family", "oob.time.sec", "oob.time.usec")):
             return None
-        pack, now, length_at = RECORD_HEADER.pack, time.time, _LENGTH.unpack_from
-
-        def convert(v: Sequence) -> bytes | None:
-            pkt = v[i_pkt]
-            if pkt is None:
-                return None
-            caplen = v[i_pktlen]
-            if caplen is not None and caplen < len(pkt):
-                pkt = pkt[:caplen]
-            sec, usec = v[i_sec], v[i_usec]
-            if sec is None or usec is None:
-                t = now()
-                sec, usec = int(t), int(t % 1 * 1e6)
-            family = v[i_family]
-            n = len(pkt)
-            # BASE sets ip.totlen from a whole IPv4 header, ip6.payloadlen from a whole IPv6 header
-            if family == 2 and n >= 20:
-                length = length_at(pkt, 2)[0]
-            elif family == 10 and n >= 40:
-                length = length_at(pkt, 4)[0] + 40
-            else:
-                length = header_length(pkt, family)
-            return pack(sec & 0xFFFFFFFF, usec, n, length) + pkt
-
-        return convert
+        return record_maker(slots, by_key=False)
 
     def write(self, entries: list) -> None:
         fd = self.fd
