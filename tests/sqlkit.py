@@ -478,9 +478,10 @@ class TcpForwarder:
         try:
             while data := src.recv(65536):
                 seen, held = tail + data, False
-                while from_client and self._hold_at and self._hold_at[0] in seen:
-                    seen = seen[seen.index(self._hold_at.pop(0)) + 1 :]
-                    held = not self._hold_at
+                with self._lock:  # one list for every connection's pipes
+                    while from_client and self._hold_at and self._hold_at[0] in seen:
+                        seen = seen[seen.index(self._hold_at.pop(0)) + 1 :]
+                        held = not self._hold_at
                 if held and not self._deliver_last:
                     self._flowing.clear()
                     self.held.set()
