@@ -107,9 +107,20 @@ def tls_options(when: str, peer: str = "server") -> tuple[Option, ...]:
     )
 
 
+TLS_OPTION_NAMES = ("ca_file", "cert_file", "key_file", "server_name")
+
+
 def tls_arguments(options: dict) -> dict[str, str]:
     """The tls options of an output declaring :func:`tls_options`, as :func:`open_transport` takes them."""
-    return {name: options[name] for name in ("ca_file", "cert_file", "key_file", "server_name")}
+    return {name: options[name] for name in TLS_OPTION_NAMES}
+
+
+def refuse_tls_options(options: dict, applies_to: str) -> None:
+    """For an output not configured for TLS: a tls option set anyway is a mistake, named in one line
+    (``applies_to``: where it does apply, e.g. "mode tls")."""
+    for name in TLS_OPTION_NAMES:
+        if options[name]:
+            raise PluginError(f"{name} applies to {applies_to}", option=name)
 
 
 def check_address(mode: str, host: str, port: str, path: str, *, path_option: str = "path") -> None:

@@ -68,6 +68,7 @@ from pylogd.transport import (
     TransportOutput,
     check_address,
     open_transport,
+    refuse_tls_options,
     tls_arguments,
     tls_context,
     tls_options,
@@ -184,13 +185,10 @@ class Ipfix(TransportOutput):
         if o["version"] == V9_VERSION and o["proto"] != "udp":
             raise PluginError("NetFlow v9 (version=9) goes over UDP only: set proto=udp", "proto")
         check_address(o["proto"], o["host"], str(o["port"]), "")
-        tls = tls_arguments(o)
         if o["proto"] == "tls":
             tls_context(ca_file=o["ca_file"], cert_file=o["cert_file"], key_file=o["key_file"])  # --check tells
         else:
-            for name, value in tls.items():
-                if value:
-                    raise PluginError(f"{name} applies to proto=tls", name)
+            refuse_tls_options(o, "proto=tls")
 
     def start(self, loop: EventLoop) -> None:
         o = self.options

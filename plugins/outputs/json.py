@@ -106,7 +106,14 @@ from pylogd.keys import INTEGER_TYPES, Key, KeyType
 from pylogd.loop import EventLoop
 from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, path_option, str_option
 from pylogd.transport import MODES as TRANSPORT_MODES
-from pylogd.transport import Transport, check_address, open_transport, tls_arguments, tls_options
+from pylogd.transport import (
+    Transport,
+    check_address,
+    open_transport,
+    refuse_tls_options,
+    tls_arguments,
+    tls_options,
+)
 
 MODES = ("file", *TRANSPORT_MODES, "tls")
 ECS_VERSION = "8.11.0"
@@ -809,9 +816,7 @@ class Json(FileOutput):
             return
         check_address(self.mode, o["host"], o["port"], o["file"], path_option="file")
         if self.mode != "tls":
-            for name, value in tls_arguments(o).items():
-                if value:
-                    raise PluginError(f"{name} applies to mode tls", option=name)
+            refuse_tls_options(o, "mode tls")
         # a TLS file that cannot be used fails here, so --check says so
         self.transport = open_transport(
             self.mode, host=o["host"], port=o["port"], path=o["file"], log=self.log, name=self.id, **tls_arguments(o)

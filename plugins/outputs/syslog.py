@@ -80,9 +80,11 @@ from pylogd.loop import EventLoop
 from pylogd.plugin import Kind, PluginError, PluginSpec, Slots, int_option, key, str_option
 from pylogd.relp import RelpTransport
 from pylogd.transport import (
+    TLS_OPTION_NAMES,
     TransportOutput,
     check_address,
     open_transport,
+    refuse_tls_options,
     tls_arguments,
     tls_context,
     tls_options,
@@ -117,7 +119,6 @@ FORMATS = ("rfc3164", "rfc5424")
 DEFAULT_PORTS = {"udp": "514", "tcp": "514", "tls": "6514", "relp": "2514"}
 #: the options that only a remote mode reads, and those that only tls reads
 REMOTE_OPTIONS = ("host", "port", "hostname", "tls")
-TLS_OPTIONS = ("ca_file", "cert_file", "key_file", "server_name")
 #: RFC 3164's month names, whatever the locale
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 #: RFC 5424 §6.3.3: in a parameter value these three are escaped with a backslash
@@ -238,7 +239,7 @@ class Syslog(TransportOutput):
         self.mode = str(o["mode"]).lower()
         self.format = str(o["format"]).lower()
         if self.mode == "local":
-            for name in (*REMOTE_OPTIONS, *TLS_OPTIONS):
+            for name in (*REMOTE_OPTIONS, *TLS_OPTION_NAMES):
                 if o[name]:
                     raise PluginError(
                         f"{name} is set but mode is local (the local syslog daemon); choose mode udp, tcp, tls "
@@ -256,9 +257,7 @@ class Syslog(TransportOutput):
         if o["tls"] and self.mode not in ("tls", "relp"):
             raise PluginError("tls=1 applies to mode relp; for TLS without RELP choose mode tls", option="tls")
         if not tls:
-            for name in TLS_OPTIONS:
-                if o[name]:
-                    raise PluginError(f"{name} applies to mode tls and to mode relp with tls=1", option=name)
+            refuse_tls_options(o, "mode tls and to mode relp with tls=1")
         hostname = o["hostname"] or socket.gethostname() or "-"
         if len(hostname) > 255 or not all("!" <= c <= "~" for c in hostname):
             raise PluginError("hostname must be at most 255 printable ASCII characters, no space", "hostname")
